@@ -1,0 +1,37 @@
+package v1alpha1
+
+// Condition types on an Operation. Each step of a repave owns one; a user can
+// `kubectl wait --for=condition=Succeeded operation/NAME`.
+const (
+	// ConditionSucceeded is True when the Operation succeeded and False when it failed; it is absent
+	// (or Unknown) while the Operation is not finished.
+	ConditionSucceeded = "Succeeded"
+	// ConditionScheduled is True once the Operation holds its Server and host capacity and may run.
+	ConditionScheduled = "Scheduled"
+	// ConditionImageReady is True once the OS image is downloaded, verified and cached.
+	ConditionImageReady = "ImageReady"
+	// ConditionCloudInitReady is True once the cloud-init data source is built for this install.
+	ConditionCloudInitReady = "CloudInitReady"
+	// ConditionNetworkReady is True once the server has its network interface and IP address.
+	ConditionNetworkReady = "NetworkReady"
+	// ConditionVMRunning is True once the server (VM) is powered on with the fresh disk.
+	ConditionVMRunning = "VMRunning"
+	// ConditionGuestReady is True once cloud-init in the freshly installed OS finished without
+	// errors, in this boot.
+	ConditionGuestReady = "GuestReady"
+	// ConditionNodeReady is True once the Node named after the Server is Ready (only for profiles
+	// with joinsCluster).
+	ConditionNodeReady = "NodeReady"
+)
+
+// Condition types on a Server.
+const (
+	// ConditionProvisioned is True while the Server runs an installation that finished successfully.
+	ConditionProvisioned = "Provisioned"
+)
+
+// Condition types on a ProvisioningProfile.
+const (
+	// ConditionValid is True when the profile passed the checks made before any server is touched.
+	ConditionValid = "Valid"
+)

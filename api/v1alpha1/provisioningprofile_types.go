@@ -1,0 +1,97 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// DefaultImageURL is the OS image a profile installs when it names none: Ubuntu 22.04 LTS.
+const DefaultImageURL = "https://cloud-images.ubuntu.com/jammy/current/jammy-server-cloudimg-amd64.img"
+
+// ImageSource says where an OS image comes from and how to verify it.
+type ImageSource struct {
+	// URL of a bootable cloud image (qcow2 or raw) with cloud-init. http, https and file URLs are
+	// supported. Images are downloaded once per URL and cached on the datacenter host.
+	// +kubebuilder:default="https://cloud-images.ubuntu.com/jammy/current/jammy-server-cloudimg-amd64.img"
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('http://') || self.startsWith('https://') || self.startsWith('file:///')",message="image.url must be an http://, https:// or file:/// URL"
+	// +optional
+	URL string `json:"url,omitempty"`
+
+	// Checksum of the image as "sha256:<64 hex digits>" or "sha512:<128 hex digits>". When set, a
+	// download that does not match is discarded and the Operation fails. Set it for any image that
+	// is not a moving "current" URL.
+	// +kubebuilder:validation:Pattern=`^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$`
+	// +optional
+	Checksum string `json:"checksum,omitempty"`
+}
+
+// ProvisioningProfileSpec is how to install a server: which OS image, and the cloud-init
+// user-data that configures it on first boot.
+type ProvisioningProfileSpec struct {
+	// CloudInit is the cloud-init user-data, in any format cloud-init accepts: "#cloud-config" YAML,
+	// a shell script ("#!"), a MIME multi-part archive, ... A "#cloud-config" document must be
+	// valid YAML. It is handed to the server as-is (NoCloud user-data in the simulator). It may carry
+	// secrets such as join tokens: it is written only to files readable by root.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=262144
+	CloudInit string `json:"cloudInit"`
+
+	// Image is the OS image to install.
+	// +kubebuilder:default={}
+	// +optional
+	Image ImageSource `json:"image,omitempty"`
+
+	// JoinsCluster declares that the user-data joins the server to the management cluster as a
+	// Node named after the Server. A repave with this profile then succeeds only when that Node is
+	// Ready, and the stale Node of the previous installation is deleted before the new one joins.
+	// +optional
+	JoinsCluster bool `json:"joinsCluster,omitempty"`
+}
+
+// ProvisioningProfileStatus is what a controller found when it checked the profile.
+type ProvisioningProfileStatus struct {
+	// ObservedGeneration is the metadata.generation the conditions were computed from.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Conditions: Valid says whether the user-data passed the checks made before any server is
+	// touched (for example, "#cloud-config" must be YAML).
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// ProvisioningProfile is a reusable recipe for installing servers: an OS image plus cloud-init.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=pp;profile,categories=stargate
+// +kubebuilder:printcolumn:name="Image",type=string,JSONPath=`.spec.image.url`
+// +kubebuilder:printcolumn:name="Joins-Cluster",type=boolean,JSONPath=`.spec.joinsCluster`
+// +kubebuilder:printcolumn:name="Valid",type=string,JSONPath=`.status.conditions[?(@.type=="Valid")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type ProvisioningProfile struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// Spec is the recipe.
+	Spec ProvisioningProfileSpec `json:"spec"`
+	// Status is what a controller found when it checked the profile.
+	// +optional
+	Status ProvisioningProfileStatus `json:"status,omitempty"`
+}
+
+// ProvisioningProfileList is a list of ProvisioningProfiles.
+//
+// +kubebuilder:object:root=true
+type ProvisioningProfileList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []ProvisioningProfile `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&ProvisioningProfile{}, &ProvisioningProfileList{})
+}
