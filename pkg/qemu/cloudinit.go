@@ -164,7 +164,7 @@ func WriteNoCloudISO(path string, cfg CloudInitConfig) error {
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		f, err := fs.OpenFile("/"+name, os.O_CREATE|os.O_RDWR)
+		f, err := fs.OpenFile(name, os.O_CREATE|os.O_RDWR)
 		if err != nil {
 			tmp.Close()
 			return fmt.Errorf("adding %s to seed ISO: %w", name, err)
@@ -207,7 +207,7 @@ func ReadNoCloudISO(path string) (label string, files map[string][]byte, err err
 	if err != nil {
 		return "", nil, fmt.Errorf("reading ISO %s: %w", path, err)
 	}
-	entries, err := fs.ReadDir("/")
+	entries, err := fs.ReadDir(".")
 	if err != nil {
 		return "", nil, fmt.Errorf("listing ISO %s: %w", path, err)
 	}
@@ -216,7 +216,7 @@ func ReadNoCloudISO(path string) (label string, files map[string][]byte, err err
 		if e.IsDir() {
 			continue
 		}
-		r, err := fs.OpenFile("/"+e.Name(), os.O_RDONLY)
+		r, err := fs.OpenFile(e.Name(), os.O_RDONLY)
 		if err != nil {
 			return "", nil, fmt.Errorf("opening %s in ISO: %w", e.Name(), err)
 		}
@@ -226,5 +226,5 @@ func ReadNoCloudISO(path string) (label string, files map[string][]byte, err err
 		}
 		files[e.Name()] = b
 	}
-	return strings.TrimSpace(fs.Label()), files, nil
+	return strings.TrimRight(fs.Label(), " \x00"), files, nil
 }

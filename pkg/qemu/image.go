@@ -339,7 +339,6 @@ func (c *ImageCache) download(ctx context.Context, entry, rawURL string, src *ur
 			return Image{}, checksumError(rawURL, want.String(), got, "downloaded")
 		}
 	}
-	report(done, done)
 
 	// Images are not secret; 0644 lets other tools (and humans) read them.
 	if err := tmp.Chmod(0o644); err != nil {
@@ -372,6 +371,7 @@ func (c *ImageCache) download(ctx context.Context, entry, rawURL string, src *ur
 		return Image{}, fmt.Errorf("renaming %s into place: %w", tmp.Name(), err)
 	}
 	syncImageDir(entry)
+	report(done, done)
 	return Image{Path: data, Digest: digest, Size: done}, nil
 }
 

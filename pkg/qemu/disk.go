@@ -1,0 +1,122 @@
+package qemu
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// diskSectorSize is the granularity of a disk's virtual size; qemu-img rounds
+// up to it anyway, rounding first keeps our arithmetic equal to its result.
+const diskSectorSize = 512
+
+// diskImageInfo is the part of `qemu-img info --output=json` we use.
+type diskImageInfo struct {
+	Format          string `json:"format"`
+	VirtualSize     int64  `json:"virtual-size"`
+	BackingFilename string `json:"backing-filename"`
+}
+
+// ImageFormat returns the format of an image file as qemu-img reports it ("qcow2", "raw", ...).
+func ImageFormat(ctx context.Context, path string) (string, error) {
+	info, err := inspectDiskImage(ctx, path)
+	if err != nil {
+		return "", err
+	}
+	return info.Format, nil
+}
+
+// CreateOverlay creates a qcow2 disk at path backed by the (never written) base image, with the given virtual size in bytes.
+// It costs the same for a 600 MB or a 6 GB base. An existing file at path is replaced (repave = fresh overlay).
+// If sizeBytes is smaller than the base's virtual size, use the base's virtual size (and say so in no error).
+//
+// The backing file is recorded by absolute path (so the overlay does not
+// depend on the working directory) together with its format, so QEMU never
+// probes the base at boot. The overlay is built under a temp name and
+// renamed into place: a failure leaves the old disk, never a half-made one.
+// The file is 0600 because a booted disk may hold the guest's secrets.
+func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) error {
+	absBase, err := filepath.Abs(base)
+	if err != nil {
+		return fmt.Errorf("base image %s: %w", base, err)
+	}
+	info, err := inspectDiskImage(ctx, absBase)
+	if err != nil {
+		return err
+	}
+	if info.Format == "" {
+		return fmt.Errorf("base image %s: qemu-img reported no format", absBase)
+	}
+	// A downloaded image naming its own backing file could point the guest
+	// at any host file; cached bases must be self-contained.
+	if info.BackingFilename != "" {
+		return fmt.Errorf("base image %s has a backing file %s; a base image must be self-contained", absBase, info.BackingFilename)
+	}
+	size := max(sizeBytes, info.VirtualSize)
+	size = (size + diskSectorSize - 1) / diskSectorSize * diskSectorSize
+
+	// CreateTemp makes the file 0600 before any byte is in it; qemu-img
+	// create reuses an existing file and keeps its mode.
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("creating overlay %s: %w", path, err)
+	}
+	tmpName := tmp.Name()
+	tmp.Close()
+	done := false
+	defer func() {
+		if !done {
+			os.Remove(tmpName)
+		}
+	}()
+
+	if _, err := execQemuImg(ctx, "create", "-q", "-f", "qcow2", "-F", info.Format, "-b", absBase,
+		tmpName, strconv.FormatInt(size, 10)); err != nil {
+		return fmt.Errorf("creating overlay %s: %w", path, err)
+	}
+	// Explicit, in case the directory's default ACL or qemu-img widened it.
+	if err := os.Chmod(tmpName, 0o600); err != nil {
+		return fmt.Errorf("creating overlay %s: %w", path, err)
+	}
+	if err := os.Rename(tmpName, path); err != nil {
+		return fmt.Errorf("creating overlay %s: %w", path, err)
+	}
+	done = true
+	return nil
+}
+
+// inspectDiskImage runs qemu-img info on path.
+func inspectDiskImage(ctx context.Context, path string) (diskImageInfo, error) {
+	// --force-share: a running VM holds locks on its disks and their backing
+	// files; a read-only query must not fail because of them.
+	out, err := execQemuImg(ctx, "info", "--force-share", "--output=json", path)
+	if err != nil {
+		return diskImageInfo{}, fmt.Errorf("inspecting image %s: %w", path, err)
+	}
+	var info diskImageInfo
+	if err := json.Unmarshal(out, &info); err != nil {
+		return diskImageInfo{}, fmt.Errorf("inspecting image %s: parsing qemu-img output: %w", path, err)
+	}
+	return info, nil
+}
+
+// execQemuImg runs qemu-img with args (never through a shell) and returns its
+// stdout. A failure names the command line and carries its output, because
+// qemu-img's message is the only useful part of the diagnosis.
+func execQemuImg(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "qemu-img", args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		output := strings.TrimSpace(stderr.String() + stdout.String())
+		return nil, fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, output)
+	}
+	return stdout.Bytes(), nil
+}

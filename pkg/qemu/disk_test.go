@@ -1,0 +1,254 @@
+package qemu
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+const diskTestMiB = 1 << 20
+
+// diskTestNeedQemuImg skips tests that need qemu-img when it is absent.
+func diskTestNeedQemuImg(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skip("qemu-img not on PATH (apt-get install qemu-utils):", err)
+	}
+}
+
+// diskTestRun runs a command and fails the test with its output on error.
+func diskTestRun(t testing.TB, name string, args ...string) []byte {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// diskTestBase creates a base image of the given format and virtual size.
+func diskTestBase(t testing.TB, dir, format string, size int64) string {
+	t.Helper()
+	path := filepath.Join(dir, "base."+format)
+	diskTestRun(t, "qemu-img", "create", "-q", "-f", format, path, strconv.FormatInt(size, 10))
+	return path
+}
+
+// diskTestInfo is what the tests check in `qemu-img info --output=json`.
+type diskTestInfo struct {
+	Format              string `json:"format"`
+	VirtualSize         int64  `json:"virtual-size"`
+	BackingFilename     string `json:"backing-filename"`
+	BackingFilenameFmt  string `json:"backing-filename-format"`
+	FullBackingFilename string `json:"full-backing-filename"`
+}
+
+func diskTestQemuImgInfo(t testing.TB, path string) diskTestInfo {
+	t.Helper()
+	out := diskTestRun(t, "qemu-img", "info", "-U", "--output=json", path)
+	var info diskTestInfo
+	if err := json.Unmarshal(out, &info); err != nil {
+		t.Fatalf("parsing qemu-img info: %v\n%s", err, out)
+	}
+	return info
+}
+
+// diskTestFingerprint is a file's content hash and mtime, to prove a base
+// image was never written.
+func diskTestFingerprint(t testing.TB, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.ModTime().String() + " " + string(h.Sum(nil))
+}
+
+func TestImageFormat(t *testing.T) {
+	t.Parallel()
+	diskTestNeedQemuImg(t)
+	for _, format := range []string{"raw", "qcow2"} {
+		t.Run(format, func(t *testing.T) {
+			t.Parallel()
+			base := diskTestBase(t, t.TempDir(), format, 4*diskTestMiB)
+			got, err := ImageFormat(t.Context(), base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != format {
+				t.Errorf("ImageFormat = %q, want %q", got, format)
+			}
+		})
+	}
+	t.Run("missing", func(t *testing.T) {
+		t.Parallel()
+		missing := filepath.Join(t.TempDir(), "nope.qcow2")
+		_, err := ImageFormat(t.Context(), missing)
+		// The error carries the command line and qemu-img's own message.
+		if err == nil || !strings.Contains(err.Error(), "qemu-img info") || !strings.Contains(err.Error(), "nope.qcow2") {
+			t.Errorf("err = %v, want the failed qemu-img command and its output", err)
+		}
+		t.Log(err)
+	})
+}
+
+func TestCreateOverlay(t *testing.T) {
+	t.Parallel()
+	diskTestNeedQemuImg(t)
+	const baseSize = 8 * diskTestMiB
+	for _, tc := range []struct {
+		name     string
+		format   string
+		size     int64
+		wantSize int64
+	}{
+		{"raw base grown", "raw", 32 * diskTestMiB, 32 * diskTestMiB},
+		{"qcow2 base grown", "qcow2", 32 * diskTestMiB, 32 * diskTestMiB},
+		{"smaller than base", "qcow2", 1 * diskTestMiB, baseSize},
+		{"zero means base size", "raw", 0, baseSize},
+		{"rounded up to a sector", "raw", baseSize + 1, baseSize + 512},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			base := diskTestBase(t, dir, tc.format, baseSize)
+			overlay := filepath.Join(dir, "disk.qcow2")
+
+			if err := CreateOverlay(t.Context(), base, overlay, tc.size); err != nil {
+				t.Fatal(err)
+			}
+			info := diskTestQemuImgInfo(t, overlay)
+			if info.Format != "qcow2" || info.BackingFilename != base || info.BackingFilenameFmt != tc.format || info.VirtualSize != tc.wantSize {
+				t.Errorf("overlay info %+v, want qcow2 backed by %s (%s) of %d bytes", info, base, tc.format, tc.wantSize)
+			}
+			fi, err := os.Stat(overlay)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm() != 0o600 {
+				t.Errorf("overlay mode %v, want 0600", fi.Mode().Perm())
+			}
+			if des, _ := os.ReadDir(dir); len(des) != 2 {
+				t.Errorf("dir holds %d files, want base and overlay only (no temp left)", len(des))
+			}
+		})
+	}
+}
+
+func TestCreateOverlayLeavesBaseUnchanged(t *testing.T) {
+	t.Parallel()
+	diskTestNeedQemuImg(t)
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		t.Skip("qemu-io not on PATH, cannot write into the overlay:", err)
+	}
+	for _, format := range []string{"raw", "qcow2"} {
+		t.Run(format, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			base := diskTestBase(t, dir, format, 8*diskTestMiB)
+			before := diskTestFingerprint(t, base)
+			overlay := filepath.Join(dir, "disk.qcow2")
+			if err := CreateOverlay(t.Context(), base, overlay, 16*diskTestMiB); err != nil {
+				t.Fatal(err)
+			}
+
+			diskTestRun(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 0 1M", overlay)
+			diskTestRun(t, "qemu-io", "-f", "qcow2", "-c", "read -P 0xab 0 1M", overlay)
+			if after := diskTestFingerprint(t, base); after != before {
+				t.Error("base image changed after writing into the overlay")
+			}
+
+			// Repave: a fresh overlay replaces the written one and reads the
+			// base's zeros again.
+			if err := CreateOverlay(t.Context(), base, overlay, 16*diskTestMiB); err != nil {
+				t.Fatal(err)
+			}
+			diskTestRun(t, "qemu-io", "-f", "qcow2", "-c", "read -P 0 0 1M", overlay)
+			if after := diskTestFingerprint(t, base); after != before {
+				t.Error("base image changed after replacing the overlay")
+			}
+		})
+	}
+}
+
+func TestCreateOverlayReplacesExisting(t *testing.T) {
+	t.Parallel()
+	diskTestNeedQemuImg(t)
+	dir := t.TempDir()
+	base := diskTestBase(t, dir, "raw", 4*diskTestMiB)
+	overlay := filepath.Join(dir, "disk.qcow2")
+	if err := os.WriteFile(overlay, []byte("not a disk"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := CreateOverlay(t.Context(), base, overlay, 8*diskTestMiB); err != nil {
+		t.Fatal(err)
+	}
+	if info := diskTestQemuImgInfo(t, overlay); info.Format != "qcow2" || info.BackingFilename != base {
+		t.Errorf("overlay info %+v, want qcow2 backed by %s", info, base)
+	}
+	if fi, err := os.Stat(overlay); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("replaced overlay: stat %v, %v; want mode 0600", fi, err)
+	}
+}
+
+// TestCreateOverlayRelativeBase cannot run in parallel: it changes the
+// working directory.
+func TestCreateOverlayRelativeBase(t *testing.T) {
+	diskTestNeedQemuImg(t)
+	dir := t.TempDir()
+	base := diskTestBase(t, dir, "raw", 4*diskTestMiB)
+	t.Chdir(dir)
+	if err := CreateOverlay(t.Context(), "base.raw", "disk.qcow2", 0); err != nil {
+		t.Fatal(err)
+	}
+	info := diskTestQemuImgInfo(t, filepath.Join(dir, "disk.qcow2"))
+	if info.BackingFilename != base {
+		t.Errorf("backing file %q, want the absolute %q", info.BackingFilename, base)
+	}
+}
+
+func TestCreateOverlayErrors(t *testing.T) {
+	t.Parallel()
+	diskTestNeedQemuImg(t)
+	dir := t.TempDir()
+	base := diskTestBase(t, dir, "raw", 4*diskTestMiB)
+	chained := filepath.Join(dir, "chained.qcow2")
+	diskTestRun(t, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, chained)
+
+	for _, tc := range []struct {
+		name    string
+		base    string
+		overlay string
+		want    string
+	}{
+		{"missing base", filepath.Join(dir, "missing.img"), filepath.Join(dir, "a.qcow2"), "qemu-img info"},
+		{"base with a backing file", chained, filepath.Join(dir, "b.qcow2"), "has a backing file"},
+		{"missing overlay dir", base, filepath.Join(dir, "no", "such", "c.qcow2"), "creating overlay"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			err := CreateOverlay(t.Context(), tc.base, tc.overlay, 8*diskTestMiB)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want it to mention %q", err, tc.want)
+			}
+			if _, statErr := os.Stat(tc.overlay); statErr == nil {
+				t.Errorf("overlay %s exists after a failure", tc.overlay)
+			}
+		})
+	}
+}
