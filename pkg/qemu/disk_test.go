@@ -234,20 +234,28 @@ func TestCreateOverlayErrors(t *testing.T) {
 		name    string
 		base    string
 		overlay string
+		size    int64
 		want    string
 	}{
-		{"missing base", filepath.Join(dir, "missing.img"), filepath.Join(dir, "a.qcow2"), "qemu-img info"},
-		{"base with a backing file", chained, filepath.Join(dir, "b.qcow2"), "has a backing file"},
-		{"missing overlay dir", base, filepath.Join(dir, "no", "such", "c.qcow2"), "creating overlay"},
+		{"missing base", filepath.Join(dir, "missing.img"), filepath.Join(dir, "a.qcow2"), 8 * diskTestMiB, "qemu-img info"},
+		{"base with a backing file", chained, filepath.Join(dir, "b.qcow2"), 8 * diskTestMiB, "has a backing file"},
+		{"missing overlay dir", base, filepath.Join(dir, "no", "such", "c.qcow2"), 8 * diskTestMiB, "creating overlay"},
+		// qemu-img itself fails: its command line and message are in the error.
+		{"size too large for qcow2", base, filepath.Join(dir, "d.qcow2"), 1 << 62, "too large"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			err := CreateOverlay(t.Context(), tc.base, tc.overlay, 8*diskTestMiB)
+			err := CreateOverlay(t.Context(), tc.base, tc.overlay, tc.size)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("err = %v, want it to mention %q", err, tc.want)
 			}
+			t.Log(err)
 			if _, statErr := os.Stat(tc.overlay); statErr == nil {
 				t.Errorf("overlay %s exists after a failure", tc.overlay)
+			}
+			temps, _ := filepath.Glob(filepath.Join(filepath.Dir(tc.overlay), ".*.tmp-*"))
+			if len(temps) != 0 {
+				t.Errorf("temp files left behind: %v", temps)
 			}
 		})
 	}

@@ -82,9 +82,11 @@ type ImageCache struct {
 
 // Progress is called during a download with bytes done and total (total -1 when unknown). May be nil.
 //
-// It is called from the goroutine doing the download, at most about once per
-// MiB, and finally with (n, n) once all n bytes are in. A cache hit reports
-// (size, size) once.
+// It is called from the goroutine doing the download (so it must be quick),
+// at most about once per MiB, and finally with (n, n) once all n bytes are in
+// place. A cache hit reports (size, size) once. Callers sharing a download all
+// get its progress. After Fetch returned because its ctx was done, one more
+// call may still arrive.
 type Progress func(done, total int64)
 
 // Image is a cached image.

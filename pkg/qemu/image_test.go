@@ -228,6 +228,7 @@ func TestImageCacheFetchChecksum(t *testing.T) {
 			if !errors.Is(err, ErrChecksumMismatch) {
 				t.Fatalf("err = %v, want ErrChecksumMismatch", err)
 			}
+			t.Log(err)
 			for _, want := range []string{strings.ToLower(tc.checksum), "update spec.image.checksum", rawURL} {
 				if !strings.Contains(err.Error(), want) {
 					t.Errorf("error %q does not mention %q", err, want)
@@ -326,6 +327,7 @@ func TestImageCacheFetchHTTPErrors(t *testing.T) {
 			if err == nil {
 				t.Fatal("fetch succeeded")
 			}
+			t.Log(err)
 			if errors.Is(err, ErrNotFound) != tc.notFound {
 				t.Errorf("errors.Is(%v, ErrNotFound) = %v, want %v", err, !tc.notFound, tc.notFound)
 			}
@@ -367,6 +369,8 @@ func TestImageCacheFetchInterruptedThenRetry(t *testing.T) {
 		t.Fatal("fetch of a truncated body succeeded")
 	} else if !strings.Contains(err.Error(), rawURL) {
 		t.Errorf("error %q does not name the URL", err)
+	} else {
+		t.Log(err)
 	}
 	imgAssertNoData(t, c.Dir, rawURL)
 
@@ -608,6 +612,7 @@ func TestImageCacheFetchUnreachableHost(t *testing.T) {
 	if !strings.Contains(err.Error(), rawURL) {
 		t.Errorf("error %q does not name the URL", err)
 	}
+	t.Log(err)
 	imgAssertNoData(t, c.Dir, rawURL)
 }
 

@@ -199,6 +199,11 @@ func (n *Network) Teardown() error {
 			errs = append(errs, fmt.Errorf("iptables: %w", err))
 		} else {
 			for _, j := range jumps {
+				// iptables cannot even check a jump to a chain that is gone: then the jump is gone too.
+				target := j.spec[len(j.spec)-1]
+				if exists, err := ipt.ChainExists(j.table, target); err != nil || !exists {
+					continue
+				}
 				if err := ipt.DeleteIfExists(j.table, j.chain, j.spec...); err != nil {
 					errs = append(errs, fmt.Errorf("removing jump from %s/%s: %w", j.table, j.chain, err))
 				}
