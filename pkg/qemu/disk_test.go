@@ -253,7 +253,7 @@ func TestCreateOverlayErrors(t *testing.T) {
 			if _, statErr := os.Stat(tc.overlay); statErr == nil {
 				t.Errorf("overlay %s exists after a failure", tc.overlay)
 			}
-			temps, _ := filepath.Glob(filepath.Join(filepath.Dir(tc.overlay), ".*.tmp-*"))
+			temps, _ := filepath.Glob(filepath.Join(filepath.Dir(tc.overlay), "."+filepath.Base(tc.overlay)+".tmp-*"))
 			if len(temps) != 0 {
 				t.Errorf("temp files left behind: %v", temps)
 			}

@@ -165,6 +165,9 @@ func (c *ImageCache) Fetch(ctx context.Context, rawURL, checksum string, progres
 // is none.
 func (c *ImageCache) join(ctx context.Context, entry, rawURL string, src *url.URL, want imageChecksum, progress Progress) (Image, error) {
 	key := entry + "\x00" + want.String()
+	if ctx.Err() != nil { // do not start a download nobody will wait for
+		return Image{}, fmt.Errorf("fetching %s: %w", rawURL, context.Cause(ctx))
+	}
 
 	c.mu.Lock()
 	if c.calls == nil {

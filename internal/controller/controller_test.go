@@ -1,0 +1,527 @@
+package controller_test
+
+import (
+	"context"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	stargatev1 "stargate.io/stargate/api/v1alpha1"
+	"stargate.io/stargate/internal/controller"
+	"stargate.io/stargate/internal/mockdc"
+	"stargate.io/stargate/internal/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	ctrl.SetLogger(logr.Discard())
+	var err error
+	env, err = testenv.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = env.Stop()
+	os.Exit(code)
+}
+
+var nsCounter atomic.Int32
+
+// harness is one test's namespace, fake datacenter and controller.
+type harness struct {
+	t      *testing.T
+	ns     string
+	dc     *mockdc.Server
+	dcURL  string
+	opts   controller.Options
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newHarness(t *testing.T, stepDelay time.Duration, opts controller.Options) *harness {
+	t.Helper()
+	ns := fmt.Sprintf("t%d-%s", nsCounter.Add(1), strings.ToLower(strings.ReplaceAll(t.Name(), "_", "-")))
+	if len(ns) > 50 {
+		ns = ns[:50]
+	}
+	ns = strings.Trim(strings.ReplaceAll(ns, "/", "-"), "-")
+	if err := env.Client.Create(context.Background(), testenv.Namespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	dc := mockdc.NewServer(mockdc.Config{StepDelay: stepDelay})
+	srv := httptest.NewServer(dc)
+	t.Cleanup(srv.Close)
+	if opts.PollInterval == 0 {
+		opts.PollInterval = 50 * time.Millisecond
+	}
+	h := &harness{t: t, ns: ns, dc: dc, dcURL: srv.URL, opts: opts}
+	h.start(&mockdc.Provider{BaseURL: srv.URL})
+	t.Cleanup(h.stop)
+	return h
+}
+
+// start runs a controller manager watching only this test's namespace (Nodes are cluster-wide).
+func (h *harness) start(p controller.Provider) {
+	h.t.Helper()
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+		Scheme:                 env.Scheme,
+		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{h.ns: {}}},
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		// Several managers (tests, restarts) register the same controller names in one process.
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := controller.Setup(mgr, p, h.opts, controller.NewMetrics(prometheus.NewRegistry())); err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel, h.done = cancel, make(chan struct{})
+	go func() {
+		defer close(h.done)
+		if err := mgr.Start(ctx); err != nil {
+			h.t.Errorf("manager: %v", err)
+		}
+	}()
+}
+
+func (h *harness) stop() {
+	if h.cancel != nil {
+		h.cancel()
+		<-h.done
+		h.cancel = nil
+	}
+}
+
+func (h *harness) create(obj client.Object) {
+	h.t.Helper()
+	obj.SetNamespace(h.ns)
+	if err := env.Client.Create(context.Background(), obj); err != nil {
+		h.t.Fatalf("creating %T %s: %v", obj, obj.GetName(), err)
+	}
+}
+
+func server(name string) *stargatev1.Server {
+	return &stargatev1.Server{ObjectMeta: metav1.ObjectMeta{Name: name}}
+}
+
+func profile(name, userData string) *stargatev1.ProvisioningProfile {
+	return &stargatev1.ProvisioningProfile{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: stargatev1.ProvisioningProfileSpec{CloudInit: userData, Image: stargatev1.ImageSource{URL: "file:///images/test.qcow2"}}}
+}
+
+func repave(name, serverName, profileName string) *stargatev1.Operation {
+	return &stargatev1.Operation{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: stargatev1.OperationSpec{
+		Operation: stargatev1.OperationRepave, ServerRef: stargatev1.LocalObjectReference{Name: serverName},
+		ProvisioningProfileRef: &stargatev1.LocalObjectReference{Name: profileName}}}
+}
+
+const okUserData = "#cloud-config\nruncmd: [[touch, /ok]]\n"
+
+func (h *harness) op(name string) *stargatev1.Operation {
+	h.t.Helper()
+	op := &stargatev1.Operation{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: name}, op); err != nil {
+		h.t.Fatalf("getting operation %s: %v", name, err)
+	}
+	return op
+}
+
+func (h *harness) server(name string) *stargatev1.Server {
+	h.t.Helper()
+	s := &stargatev1.Server{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: name}, s); err != nil {
+		h.t.Fatalf("getting server %s: %v", name, err)
+	}
+	return s
+}
+
+// eventually polls cond until it holds or timeout passes; msg describes the last state seen.
+func eventually(t *testing.T, timeout time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last string
+	for time.Now().Before(deadline) {
+		ok, msg := cond()
+		if ok {
+			return
+		}
+		last = msg
+		time.Sleep(25 * time.Millisecond) // polling a real apiserver; not a timing assumption
+	}
+	t.Fatalf("condition not met within %s; last: %s", timeout, last)
+}
+
+// consistently checks that cond holds for the whole period.
+func consistently(t *testing.T, period time.Duration, cond func() (bool, string)) {
+	t.Helper()
+	for deadline := time.Now().Add(period); time.Now().Before(deadline); time.Sleep(25 * time.Millisecond) {
+		if ok, msg := cond(); !ok {
+			t.Fatal(msg)
+		}
+	}
+}
+
+func (h *harness) waitPhase(name string, phase stargatev1.OperationPhase, timeout time.Duration) *stargatev1.Operation {
+	h.t.Helper()
+	var op *stargatev1.Operation
+	eventually(h.t, timeout, func() (bool, string) {
+		op = h.op(name)
+		return op.Status.Phase == phase, fmt.Sprintf("phase %q message %q", op.Status.Phase, op.Status.Message)
+	})
+	return op
+}
+
+func (h *harness) events(regarding string) []eventsv1.Event {
+	var list eventsv1.EventList
+	if err := env.Client.List(context.Background(), &list, client.InNamespace(h.ns)); err != nil {
+		h.t.Fatal(err)
+	}
+	var out []eventsv1.Event
+	for _, e := range list.Items {
+		if e.Regarding.Name == regarding {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func hasEvent(evs []eventsv1.Event, reason string) bool {
+	for _, e := range evs {
+		if e.Reason == reason {
+			return true
+		}
+	}
+	return false
+}
+
+func TestRepaveSucceeds(t *testing.T) {
+	h := newHarness(t, 50*time.Millisecond, controller.Options{})
+	h.create(server("s1"))
+	h.create(profile("p", okUserData))
+	h.create(repave("op1", "s1", "p"))
+
+	op := h.waitPhase("op1", stargatev1.OperationSucceeded, 30*time.Second)
+	for _, c := range append([]string{stargatev1.ConditionScheduled, stargatev1.ConditionSucceeded}, mockdc.Steps...) {
+		if !meta.IsStatusConditionTrue(op.Status.Conditions, c) {
+			t.Errorf("condition %s is not True: %+v", c, meta.FindStatusCondition(op.Status.Conditions, c))
+		}
+	}
+	if op.Status.StartTime == nil || op.Status.CompletionTime == nil || op.Status.ObservedGeneration != op.Generation {
+		t.Errorf("times/observedGeneration not set: %+v", op.Status)
+	}
+	s := h.server("s1")
+	if s.Status.State != stargatev1.ServerReady || s.Status.IPAddress == "" || s.Status.LastOperation != "op1" ||
+		s.Status.ProvisioningProfile != "p" || s.Status.InstanceID != controller.InstanceID(op) {
+		t.Errorf("server status %+v", s.Status)
+	}
+	if !meta.IsStatusConditionTrue(s.Status.Conditions, stargatev1.ConditionProvisioned) {
+		t.Error("server condition Provisioned is not True")
+	}
+	eventually(t, 10*time.Second, func() (bool, string) {
+		evs := h.events("op1")
+		return hasEvent(evs, "Started") && hasEvent(evs, "Succeeded"), fmt.Sprintf("%d events", len(evs))
+	})
+	// Valid profile is reported as such.
+	eventually(t, 10*time.Second, func() (bool, string) {
+		p := &stargatev1.ProvisioningProfile{}
+		_ = env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: "p"}, p)
+		return meta.IsStatusConditionTrue(p.Status.Conditions, stargatev1.ConditionValid), fmt.Sprint(p.Status)
+	})
+	// A finished Operation never runs again, even when touched.
+	op.Annotations = map[string]string{"touch": "1"}
+	if err := env.Client.Update(context.Background(), op); err != nil {
+		t.Fatal(err)
+	}
+	consistently(t, 500*time.Millisecond, func() (bool, string) {
+		n := h.dc.Repaves(h.ns, "s1")
+		return n == 1 && h.op("op1").Status.Phase == stargatev1.OperationSucceeded, fmt.Sprintf("server repaved %d times, want 1", n)
+	})
+}
+
+func TestMissingServerWaitsThenFails(t *testing.T) {
+	h := newHarness(t, 10*time.Millisecond, controller.Options{ReferenceWait: 3 * time.Second})
+	h.create(profile("p", okUserData))
+	h.create(repave("op1", "ghost", "p"))
+	eventually(t, 10*time.Second, func() (bool, string) {
+		op := h.op("op1")
+		c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionScheduled)
+		return op.Status.Phase == stargatev1.OperationPending && c != nil && c.Reason == "ServerNotFound", fmt.Sprint(op.Status)
+	})
+	op := h.waitPhase("op1", stargatev1.OperationFailed, 15*time.Second)
+	if !strings.Contains(op.Status.Message, `Server "ghost" does not exist`) || !strings.Contains(op.Status.Message, "gave up") {
+		t.Errorf("message %q", op.Status.Message)
+	}
+	if c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionSucceeded); c == nil || c.Status != metav1.ConditionFalse || c.Reason != "ServerNotFound" {
+		t.Errorf("Succeeded condition %+v", c)
+	}
+}
+
+func TestProfileCreatedLateIsPickedUp(t *testing.T) {
+	h := newHarness(t, 10*time.Millisecond, controller.Options{ReferenceWait: time.Minute})
+	h.create(server("s1"))
+	h.create(repave("op1", "s1", "late"))
+	eventually(t, 10*time.Second, func() (bool, string) {
+		op := h.op("op1")
+		return strings.Contains(op.Status.Message, `ProvisioningProfile "late" does not exist`), op.Status.Message
+	})
+	h.create(profile("late", okUserData))
+	h.waitPhase("op1", stargatev1.OperationSucceeded, 30*time.Second)
+}
+
+func TestInvalidProfileFailsBeforeTouchingTheServer(t *testing.T) {
+	h := newHarness(t, 10*time.Millisecond, controller.Options{})
+	h.create(server("s1"))
+	h.create(profile("bad", "#cloud-config\npackages: [curl\n"))
+	h.create(repave("op1", "s1", "bad"))
+	op := h.waitPhase("op1", stargatev1.OperationFailed, 15*time.Second)
+	if !strings.Contains(op.Status.Message, "not valid YAML") {
+		t.Errorf("message %q does not explain the YAML error", op.Status.Message)
+	}
+	if n := h.dc.Repaves(h.ns, "s1"); n != 0 {
+		t.Errorf("server repaved %d times, want 0", n)
+	}
+	eventually(t, 10*time.Second, func() (bool, string) {
+		p := &stargatev1.ProvisioningProfile{}
+		_ = env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: "bad"}, p)
+		c := meta.FindStatusCondition(p.Status.Conditions, stargatev1.ConditionValid)
+		return c != nil && c.Status == metav1.ConditionFalse && strings.Contains(c.Message, "YAML"), fmt.Sprint(p.Status)
+	})
+}
+
+func TestInjectedFailureIsReported(t *testing.T) {
+	h := newHarness(t, 20*time.Millisecond, controller.Options{})
+	h.create(server("s1"))
+	h.create(profile("p", "#cloud-config\n# "+mockdc.FailMarker+stargatev1.ConditionGuestReady+"\n"))
+	h.create(repave("op1", "s1", "p"))
+	op := h.waitPhase("op1", stargatev1.OperationFailed, 15*time.Second)
+	if c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionGuestReady); c == nil || c.Status != metav1.ConditionFalse {
+		t.Errorf("GuestReady condition %+v, want False", c)
+	}
+	if !meta.IsStatusConditionTrue(op.Status.Conditions, stargatev1.ConditionVMRunning) {
+		t.Error("steps before the failure are not True")
+	}
+	s := h.server("s1")
+	if s.Status.State != stargatev1.ServerError || !strings.Contains(s.Status.Message, "injected failure") {
+		t.Errorf("server status %+v", s.Status)
+	}
+	eventually(t, 10*time.Second, func() (bool, string) {
+		return hasEvent(h.events("op1"), "Failed") && hasEvent(h.events("s1"), "ProvisioningFailed"), "events"
+	})
+}
+
+func TestOneOperationPerServerInCreationOrder(t *testing.T) {
+	h := newHarness(t, 40*time.Millisecond, controller.Options{})
+	h.create(server("s1"))
+	h.create(profile("p", okUserData))
+	// Created in the same second: the tie is broken by name.
+	h.create(repave("op-b", "s1", "p"))
+	h.create(repave("op-a", "s1", "p"))
+	eventually(t, 10*time.Second, func() (bool, string) {
+		a, b := h.op("op-a"), h.op("op-b")
+		return a.Status.Phase == stargatev1.OperationRunning && b.Status.Phase == stargatev1.OperationPending &&
+			strings.Contains(b.Status.Message, "Waiting for Operation op-a"), fmt.Sprintf("a=%s b=%s %q", a.Status.Phase, b.Status.Phase, b.Status.Message)
+	})
+	h.waitPhase("op-a", stargatev1.OperationSucceeded, 20*time.Second)
+	h.waitPhase("op-b", stargatev1.OperationSucceeded, 20*time.Second)
+	if h.dc.Overlaps() != 0 || h.dc.Repaves(h.ns, "s1") != 2 {
+		t.Errorf("overlaps=%d repaves=%d, want 0 and 2", h.dc.Overlaps(), h.dc.Repaves(h.ns, "s1"))
+	}
+	if h.server("s1").Status.LastOperation != "op-b" {
+		t.Errorf("last operation %q, want op-b", h.server("s1").Status.LastOperation)
+	}
+}
+
+func TestCapacityMakesOperationsWait(t *testing.T) {
+	h := newHarness(t, 50*time.Millisecond, controller.Options{MaxParallel: 1})
+	h.create(profile("p", okUserData))
+	for _, s := range []string{"s1", "s2", "s3"} {
+		h.create(server(s))
+		h.create(repave("op-"+s, s, "p"))
+	}
+	sawWaiting := false
+	eventually(t, 30*time.Second, func() (bool, string) {
+		running, done := 0, 0
+		for _, s := range []string{"s1", "s2", "s3"} {
+			op := h.op("op-" + s)
+			switch op.Status.Phase {
+			case stargatev1.OperationRunning:
+				running++
+			case stargatev1.OperationSucceeded:
+				done++
+			case stargatev1.OperationPending:
+				if strings.Contains(op.Status.Message, "Waiting for host capacity") {
+					sawWaiting = true
+				}
+			}
+		}
+		if running > 1 {
+			t.Fatalf("%d repaves running at once with MaxParallel=1", running)
+		}
+		return done == 3, fmt.Sprintf("running=%d done=%d", running, done)
+	})
+	if !sawWaiting {
+		t.Error("no Operation reported waiting for capacity")
+	}
+}
+
+func TestSelectorLeavesOtherServersAlone(t *testing.T) {
+	sel := labels.SelectorFromSet(labels.Set{"stargate.io/datacenter": "here"})
+	h := newHarness(t, 10*time.Millisecond, controller.Options{ServerSelector: sel})
+	mine, theirs := server("mine"), server("theirs")
+	mine.Labels = map[string]string{"stargate.io/datacenter": "here"}
+	theirs.Labels = map[string]string{"stargate.io/datacenter": "elsewhere"}
+	h.create(mine)
+	h.create(theirs)
+	h.create(profile("p", okUserData))
+	h.create(repave("op-theirs", "theirs", "p"))
+	h.create(repave("op-mine", "mine", "p"))
+	h.waitPhase("op-mine", stargatev1.OperationSucceeded, 20*time.Second)
+	if op := h.op("op-theirs"); op.Status.Phase != "" || len(op.Finalizers) != 0 {
+		t.Errorf("another datacenter's Operation was touched: %+v", op.Status)
+	}
+	if s := h.server("theirs"); s.Status.State != "" || len(s.Finalizers) != 0 {
+		t.Errorf("another datacenter's Server was touched: %+v", s.Status)
+	}
+}
+
+func TestRestartMidRepaveCompletesWithOneInstallation(t *testing.T) {
+	h := newHarness(t, 300*time.Millisecond, controller.Options{})
+	h.create(server("s1"))
+	h.create(profile("p", okUserData))
+	h.create(repave("op1", "s1", "p"))
+	eventually(t, 10*time.Second, func() (bool, string) {
+		op := h.op("op1")
+		return meta.IsStatusConditionTrue(op.Status.Conditions, stargatev1.ConditionCloudInitReady), op.Status.Message
+	})
+	h.stop() // the controller dies mid-repave ...
+	h.start(&mockdc.Provider{BaseURL: h.dcURL})
+	h.waitPhase("op1", stargatev1.OperationSucceeded, 30*time.Second)
+	if n := h.dc.Repaves(h.ns, "s1"); n != 1 {
+		t.Errorf("server installed %d times across the restart, want 1", n)
+	}
+}
+
+func TestDeletingRunningOperationPowersServerOff(t *testing.T) {
+	h := newHarness(t, 2*time.Second, controller.Options{})
+	h.create(server("s1"))
+	h.create(profile("p", okUserData))
+	h.create(repave("op1", "s1", "p"))
+	h.waitPhase("op1", stargatev1.OperationRunning, 10*time.Second)
+	if err := env.Client.Delete(context.Background(), h.op("op1")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() (bool, string) {
+		err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: "op1"}, &stargatev1.Operation{})
+		return client.IgnoreNotFound(err) == nil && err != nil, fmt.Sprint(err)
+	})
+	s := h.server("s1")
+	if s.Status.State != stargatev1.ServerError || !strings.Contains(s.Status.Message, "interrupted") {
+		t.Errorf("server status %+v", s.Status)
+	}
+	info, err := (&mockdc.Provider{BaseURL: h.dcURL}).Inspect(context.Background(), client.ObjectKeyFromObject(s))
+	if err != nil || info.Running {
+		t.Errorf("server still running after its repave was deleted: %+v %v", info, err)
+	}
+}
+
+func TestDeletingServerMidRepaveReleasesIt(t *testing.T) {
+	h := newHarness(t, 2*time.Second, controller.Options{})
+	h.create(server("s1"))
+	h.create(profile("p", okUserData))
+	h.create(repave("op1", "s1", "p"))
+	h.waitPhase("op1", stargatev1.OperationRunning, 10*time.Second)
+	if err := env.Client.Delete(context.Background(), h.server("s1")); err != nil {
+		t.Fatal(err)
+	}
+	op := h.waitPhase("op1", stargatev1.OperationFailed, 15*time.Second)
+	if !strings.Contains(op.Status.Message, "deleted") {
+		t.Errorf("message %q", op.Status.Message)
+	}
+	eventually(t, 10*time.Second, func() (bool, string) {
+		err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: "s1"}, &stargatev1.Server{})
+		info, _ := (&mockdc.Provider{BaseURL: h.dcURL}).Inspect(context.Background(), client.ObjectKey{Namespace: h.ns, Name: "s1"})
+		return err != nil && !info.Exists, fmt.Sprintf("server get err=%v, datacenter still has it: %v", err, info.Exists)
+	})
+}
+
+func TestTimeoutFailsAndPowersOff(t *testing.T) {
+	h := newHarness(t, time.Hour, controller.Options{})
+	h.create(server("s1"))
+	h.create(profile("p", okUserData))
+	op := repave("op1", "s1", "p")
+	op.Spec.Timeout = &metav1.Duration{Duration: 10 * time.Second}
+	h.create(op)
+	op = h.waitPhase("op1", stargatev1.OperationFailed, 30*time.Second)
+	if c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionSucceeded); c == nil || c.Reason != "Timeout" {
+		t.Errorf("Succeeded condition %+v, want reason Timeout", c)
+	}
+	if !strings.Contains(op.Status.Message, "ImageReady") {
+		t.Errorf("message %q does not say which step was stuck", op.Status.Message)
+	}
+}
+
+func TestJoinsClusterWaitsForReadyNodeAndDeletesStaleOne(t *testing.T) {
+	h := newHarness(t, 20*time.Millisecond, controller.Options{})
+	name := h.ns + "-w" // Nodes are cluster-scoped: keep the name unique to this test
+	h.create(server(name))
+	p := profile("join", okUserData)
+	p.Spec.JoinsCluster = true
+	h.create(p)
+	stale := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"generation": "old"}}}
+	if err := env.Client.Create(context.Background(), stale); err != nil {
+		t.Fatal(err)
+	}
+	// Creation timestamps have one-second resolution: start the repave in a later second than
+	// the stale Node's registration, as any real previous installation is.
+	eventually(t, 3*time.Second, func() (bool, string) {
+		return time.Now().Truncate(time.Second).After(stale.CreationTimestamp.Time), "waiting for the next second"
+	})
+	h.create(repave("op1", name, "join"))
+	eventually(t, 15*time.Second, func() (bool, string) {
+		op := h.op("op1")
+		c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionNodeReady)
+		err := env.Client.Get(context.Background(), client.ObjectKey{Name: name}, &corev1.Node{})
+		return c != nil && c.Status == metav1.ConditionFalse && err != nil, fmt.Sprintf("NodeReady=%+v, stale node get: %v", c, err)
+	})
+	// The new kubelet registers (in a later second than the repave's start) and becomes Ready.
+	start := h.op("op1").Status.StartTime.Time
+	eventually(t, 3*time.Second, func() (bool, string) {
+		return time.Now().Truncate(time.Second).After(start), "waiting for the next second"
+	})
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if err := env.Client.Create(context.Background(), node); err != nil {
+		t.Fatal(err)
+	}
+	node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
+		LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
+	if err := env.Client.Status().Update(context.Background(), node); err != nil {
+		t.Fatal(err)
+	}
+	op := h.waitPhase("op1", stargatev1.OperationSucceeded, 15*time.Second)
+	if !meta.IsStatusConditionTrue(op.Status.Conditions, stargatev1.ConditionNodeReady) {
+		t.Error("NodeReady not True")
+	}
+}

@@ -1,0 +1,67 @@
+package controller
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	stargatev1 "stargate.io/stargate/api/v1alpha1"
+)
+
+// Metrics are the controller's Prometheus metrics, served on the manager's metrics endpoint.
+type Metrics struct {
+	stepSeconds   *prometheus.HistogramVec
+	repaveSeconds *prometheus.HistogramVec
+	finishedTotal *prometheus.CounterVec
+	running       prometheus.Gauge
+}
+
+// NewMetrics creates the metrics and registers them with reg (nil: controller-runtime's registry).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	if reg == nil {
+		reg = metrics.Registry
+	}
+	buckets := []float64{1, 5, 15, 30, 60, 120, 180, 300, 600, 1200}
+	m := &Metrics{
+		stepSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "stargate_repave_step_duration_seconds", Help: "Time from the start of a repave to the end of each step.", Buckets: buckets,
+		}, []string{"step"}),
+		repaveSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "stargate_repave_duration_seconds", Help: "Duration of finished repaves by result.", Buckets: buckets,
+		}, []string{"result"}),
+		finishedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "stargate_operations_finished_total", Help: "Operations that finished, by phase.",
+		}, []string{"phase"}),
+		running: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "stargate_operations_running", Help: "Operations this controller is running now.",
+		}),
+	}
+	reg.MustRegister(m.stepSeconds, m.repaveSeconds, m.finishedTotal, m.running)
+	return m
+}
+
+func (m *Metrics) started(*stargatev1.Operation) {
+	if m != nil {
+		m.running.Inc()
+	}
+}
+
+func (m *Metrics) finished(op *stargatev1.Operation) {
+	if m == nil {
+		return
+	}
+	m.finishedTotal.WithLabelValues(string(op.Status.Phase)).Inc()
+	if op.Status.StartTime != nil && op.Status.CompletionTime != nil {
+		m.running.Dec()
+		m.repaveSeconds.WithLabelValues(string(op.Status.Phase)).Observe(op.Status.CompletionTime.Sub(op.Status.StartTime.Time).Seconds())
+	}
+}
+
+// stepDone records how long after the start of op the step finished.
+func (m *Metrics) stepDone(op *stargatev1.Operation, step string, at time.Time) {
+	if m == nil || op.Status.StartTime == nil {
+		return
+	}
+	m.stepSeconds.WithLabelValues(step).Observe(at.Sub(op.Status.StartTime.Time).Seconds())
+}

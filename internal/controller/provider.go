@@ -1,0 +1,100 @@
+package controller
+
+import (
+	"context"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// Provider does the datacenter-specific work of Operations: the simulator (QEMU VMs on this host)
+// or a real or mock datacenter API. The controller core is provider-agnostic: it decides what
+// should happen and records it; a provider makes it happen.
+//
+// Every method must return quickly — slow work (downloads, boots) runs in the background and is
+// reported on the next call — and be idempotent: the first call after a controller restart must
+// pick up from whatever state the datacenter is in.
+type Provider interface {
+	// Repave drives the installation described by req towards completion and reports where it
+	// is. Calling it again with the same InstanceID continues the same installation; a new
+	// InstanceID replaces whatever the server ran before.
+	Repave(ctx context.Context, req RepaveRequest) (RepaveStatus, error)
+
+	// Inspect reports what the datacenter knows about a server right now.
+	Inspect(ctx context.Context, server types.NamespacedName) (ServerInfo, error)
+
+	// PowerOff stops a server without releasing it (an interrupted repave must not leave a
+	// half-built server running). A server that is off or unknown is not an error.
+	PowerOff(ctx context.Context, server types.NamespacedName) error
+
+	// Release removes everything the provider holds for a server: machine, disks, network
+	// attachment, IP address. Releasing an unknown server is not an error.
+	Release(ctx context.Context, server types.NamespacedName) error
+}
+
+// RepaveRequest describes one installation.
+type RepaveRequest struct {
+	// Server identifies the server; its name is also the host name.
+	Server types.NamespacedName
+	// InstanceID is unique per repave (derived from the Operation's UID).
+	InstanceID string
+	CPUs       int
+	MemoryMiB  int64
+	DiskBytes  int64
+	// MAC is the fixed MAC address from the Server spec, or empty for a derived one.
+	MAC string
+	// ImageURL and ImageChecksum ("", "sha256:..." or "sha512:...") name the OS image.
+	ImageURL      string
+	ImageChecksum string
+	// UserData is the profile's cloud-init user-data.
+	UserData []byte
+}
+
+// StepState is the state of one step of a repave.
+type StepState string
+
+const (
+	// StepPending: not started yet.
+	StepPending StepState = "Pending"
+	// StepInProgress: running now.
+	StepInProgress StepState = "InProgress"
+	// StepDone: finished successfully.
+	StepDone StepState = "Done"
+	// StepFailed: failed; the repave failed with it.
+	StepFailed StepState = "Failed"
+)
+
+// Step is one step of a repave; Type is the Operation condition it maps to (ImageReady, ...).
+type Step struct {
+	Type    string
+	State   StepState
+	Reason  string
+	Message string
+}
+
+// RepaveStatus is where a repave is.
+type RepaveStatus struct {
+	// Steps in execution order.
+	Steps []Step
+	// Done is true when every step is done.
+	Done bool
+	// Failed is true when a step failed; Reason and Message say which and why (with whatever
+	// diagnostics help, such as the tail of the console).
+	Failed  bool
+	Reason  string
+	Message string
+	// IPAddress and MACAddress of the server, once known.
+	IPAddress  string
+	MACAddress string
+}
+
+// ServerInfo is what a provider knows about a server.
+type ServerInfo struct {
+	// Exists is true when the provider holds resources for the server.
+	Exists bool
+	// Running is true when the server is powered on.
+	Running bool
+	// InstanceID of the installation on the server, if any.
+	InstanceID string
+	IPAddress  string
+	MACAddress string
+}

@@ -1,0 +1,99 @@
+package mockdc
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"stargate.io/stargate/internal/controller"
+)
+
+// Provider drives a mock datacenter over its HTTP API.
+type Provider struct {
+	// BaseURL of the API, e.g. http://127.0.0.1:8090.
+	BaseURL string
+	Client  *http.Client
+}
+
+var _ controller.Provider = (*Provider)(nil)
+
+func (p *Provider) url(server types.NamespacedName, action string) string {
+	u := p.BaseURL + "/v1/servers/" + url.PathEscape(server.Namespace) + "/" + url.PathEscape(server.Name)
+	if action != "" {
+		u += "/" + action
+	}
+	return u
+}
+
+func (p *Provider) do(ctx context.Context, method, u string, body any, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return err
+	}
+	c := p.Client
+	if c == nil {
+		c = http.DefaultClient
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return fmt.Errorf("mock datacenter %s %s: %w", method, u, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("mock datacenter %s %s: %s: %s", method, u, resp.Status, bytes.TrimSpace(msg))
+	}
+	if out != nil {
+		return json.NewDecoder(resp.Body).Decode(out)
+	}
+	return nil
+}
+
+// Repave starts or continues a repave and converts the report.
+func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (controller.RepaveStatus, error) {
+	var rep ServerReport
+	if err := p.do(ctx, http.MethodPut, p.url(req.Server, "repave"), RepaveBody{InstanceID: req.InstanceID, UserData: string(req.UserData), MAC: req.MAC}, &rep); err != nil {
+		return controller.RepaveStatus{}, err
+	}
+	st := controller.RepaveStatus{Done: rep.Done, Failed: rep.Failed, Message: rep.Message, IPAddress: rep.IP, MACAddress: rep.MAC}
+	if rep.Failed {
+		st.Reason = "MockFailure"
+	}
+	for _, s := range rep.Steps {
+		st.Steps = append(st.Steps, controller.Step{Type: s.Type, State: controller.StepState(s.State), Message: s.Message})
+	}
+	return st, nil
+}
+
+// Inspect reports the mock machine.
+func (p *Provider) Inspect(ctx context.Context, server types.NamespacedName) (controller.ServerInfo, error) {
+	var rep ServerReport
+	if err := p.do(ctx, http.MethodGet, p.url(server, ""), nil, &rep); err != nil {
+		return controller.ServerInfo{}, err
+	}
+	return controller.ServerInfo{Exists: rep.Exists, Running: rep.Running, InstanceID: rep.InstanceID, IPAddress: rep.IP, MACAddress: rep.MAC}, nil
+}
+
+// PowerOff powers the mock machine off.
+func (p *Provider) PowerOff(ctx context.Context, server types.NamespacedName) error {
+	return p.do(ctx, http.MethodPost, p.url(server, "power-off"), nil, nil)
+}
+
+// Release forgets the mock machine.
+func (p *Provider) Release(ctx context.Context, server types.NamespacedName) error {
+	return p.do(ctx, http.MethodDelete, p.url(server, ""), nil, nil)
+}

@@ -1,0 +1,233 @@
+// Package mockdc is a fake datacenter: an HTTP API that accepts repaves and reports progress over
+// time, with configurable delays and failure injection, and a Provider that drives it. It stands
+// in for a real datacenter API so the controller core can be tested fast and at scale, without
+// QEMU — it is a deliberate fake, not a simulator of hardware.
+package mockdc
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	stargatev1 "stargate.io/stargate/api/v1alpha1"
+)
+
+// FailMarker in a profile's user-data makes the mock datacenter fail that step, e.g.
+// "# mockdc:fail=GuestReady". It is how tests and demos inject failures through the real API.
+const FailMarker = "mockdc:fail="
+
+// Steps are the steps of a mock repave, in order; they mirror the simulator's.
+var Steps = []string{
+	stargatev1.ConditionImageReady,
+	stargatev1.ConditionCloudInitReady,
+	stargatev1.ConditionNetworkReady,
+	stargatev1.ConditionVMRunning,
+	stargatev1.ConditionGuestReady,
+}
+
+// Config tunes the fake datacenter.
+type Config struct {
+	// StepDelay is how long each step takes.
+	StepDelay time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Server is the fake datacenter API.
+type Server struct {
+	cfg Config
+
+	mu       sync.Mutex
+	machines map[string]*machine
+	nextIP   int
+	// Requests counts API calls, for tests and benchmarks.
+	requests int
+	// overlaps counts repaves that replaced an installation still in progress: a double-booked
+	// server. The controller must keep this at zero.
+	overlaps int
+}
+
+// Overlaps returns how many repaves started while the server's previous one was unfinished.
+func (s *Server) Overlaps() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.overlaps
+}
+
+// Repaves returns how many installations a server had.
+func (s *Server) Repaves(namespace, name string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m := s.machines[namespace+"/"+name]; m != nil {
+		return m.Repaves
+	}
+	return 0
+}
+
+type machine struct {
+	InstanceID string
+	Started    time.Time
+	FailStep   string
+	Running    bool
+	IP, MAC    string
+	// Repaves counts installations.
+	Repaves int
+}
+
+// RepaveBody is the body of PUT /v1/servers/{namespace}/{name}/repave.
+type RepaveBody struct {
+	InstanceID string `json:"instanceID"`
+	UserData   string `json:"userData"`
+	MAC        string `json:"mac,omitempty"`
+}
+
+// StepReport is one step in a progress report.
+type StepReport struct {
+	Type    string `json:"type"`
+	State   string `json:"state"`
+	Message string `json:"message,omitempty"`
+}
+
+// ServerReport is the body of GET /v1/servers/{namespace}/{name}.
+type ServerReport struct {
+	Exists     bool         `json:"exists"`
+	Running    bool         `json:"running"`
+	InstanceID string       `json:"instanceID,omitempty"`
+	IP         string       `json:"ip,omitempty"`
+	MAC        string       `json:"mac,omitempty"`
+	Steps      []StepReport `json:"steps,omitempty"`
+	Done       bool         `json:"done"`
+	Failed     bool         `json:"failed"`
+	Message    string       `json:"message,omitempty"`
+	Repaves    int          `json:"repaves"`
+}
+
+// NewServer returns a fake datacenter.
+func NewServer(cfg Config) *Server {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Server{cfg: cfg, machines: map[string]*machine{}, nextIP: 11}
+}
+
+// Requests returns how many API calls were served.
+func (s *Server) Requests() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.requests
+}
+
+// ServeHTTP routes /v1/servers/{namespace}/{name}[/repave|/power-off].
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	parts := strings.Split(strings.TrimPrefix(r.URL.Path, "/v1/servers/"), "/")
+	if !strings.HasPrefix(r.URL.Path, "/v1/servers/") || len(parts) < 2 || parts[0] == "" || parts[1] == "" {
+		http.Error(w, "not found", http.StatusNotFound)
+		return
+	}
+	key := parts[0] + "/" + parts[1]
+	action := ""
+	if len(parts) > 2 {
+		action = parts[2]
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.requests++
+	switch {
+	case r.Method == http.MethodGet && action == "":
+		writeJSON(w, s.report(key))
+	case r.Method == http.MethodPut && action == "repave":
+		var body RepaveBody
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil || body.InstanceID == "" {
+			http.Error(w, "body must be JSON with an instanceID", http.StatusBadRequest)
+			return
+		}
+		m := s.machines[key]
+		if m == nil {
+			m = &machine{IP: fmt.Sprintf("10.99.%d.%d", s.nextIP/250, 1+s.nextIP%250), MAC: body.MAC}
+			if m.MAC == "" {
+				m.MAC = fmt.Sprintf("52:54:00:99:%02x:%02x", s.nextIP/256, s.nextIP%256)
+			}
+			s.nextIP++
+			s.machines[key] = m
+		}
+		if m.InstanceID != body.InstanceID { // a new installation; the same one is idempotent
+			if prev := s.report(key); m.InstanceID != "" && m.Running && !prev.Done && !prev.Failed {
+				s.overlaps++
+			}
+			m.InstanceID, m.Started, m.Running, m.FailStep = body.InstanceID, s.cfg.Now(), true, failStep(body.UserData)
+			m.Repaves++
+		}
+		w.WriteHeader(http.StatusAccepted)
+		writeJSON(w, s.report(key))
+	case r.Method == http.MethodPost && action == "power-off":
+		if m := s.machines[key]; m != nil {
+			m.Running = false
+		}
+		w.WriteHeader(http.StatusNoContent)
+	case r.Method == http.MethodDelete && action == "":
+		delete(s.machines, key)
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	}
+}
+
+func failStep(userData string) string {
+	i := strings.Index(userData, FailMarker)
+	if i < 0 {
+		return ""
+	}
+	rest := userData[i+len(FailMarker):]
+	if j := strings.IndexAny(rest, " \n\t"); j >= 0 {
+		rest = rest[:j]
+	}
+	return rest
+}
+
+// report computes progress from the time since the repave started: step i is done after
+// (i+1)*StepDelay.
+func (s *Server) report(key string) ServerReport {
+	m := s.machines[key]
+	if m == nil {
+		return ServerReport{}
+	}
+	rep := ServerReport{Exists: true, Running: m.Running, InstanceID: m.InstanceID, IP: m.IP, MAC: m.MAC, Repaves: m.Repaves}
+	if m.InstanceID == "" {
+		return rep
+	}
+	elapsed := s.cfg.Now().Sub(m.Started)
+	rep.Done = true
+	for i, step := range Steps {
+		doneAt := time.Duration(i+1) * s.cfg.StepDelay
+		sr := StepReport{Type: step}
+		switch {
+		case rep.Failed:
+			sr.State = "Pending"
+			rep.Done = false
+		case elapsed >= doneAt && step == m.FailStep:
+			sr.State, sr.Message = "Failed", "mock datacenter: injected failure at "+step
+			rep.Failed, rep.Done, rep.Message = true, false, sr.Message
+		case elapsed >= doneAt:
+			sr.State, sr.Message = "Done", "mock datacenter: "+step+" done"
+		case elapsed >= doneAt-s.cfg.StepDelay:
+			sr.State, sr.Message = "InProgress", "mock datacenter: "+step+" in progress"
+			rep.Done = false
+		default:
+			sr.State = "Pending"
+			rep.Done = false
+		}
+		rep.Steps = append(rep.Steps, sr)
+	}
+	if !m.Running && !rep.Done && !rep.Failed {
+		rep.Failed, rep.Message = true, "mock datacenter: the server was powered off during the repave"
+	}
+	return rep
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
