@@ -49,7 +49,7 @@ var nsCounter atomic.Int32
 
 // harness is one test's namespace, fake datacenter and controller.
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	ns     string
 	dc     *mockdc.Server
 	dcURL  string
@@ -58,7 +58,7 @@ type harness struct {
 	done   chan struct{}
 }
 
-func newHarness(t *testing.T, stepDelay time.Duration, opts controller.Options) *harness {
+func newHarness(t testing.TB, stepDelay time.Duration, opts controller.Options) *harness {
 	t.Helper()
 	ns := fmt.Sprintf("t%d-%s", nsCounter.Add(1), strings.ToLower(strings.ReplaceAll(t.Name(), "_", "-")))
 	if len(ns) > 50 {
@@ -159,7 +159,7 @@ func (h *harness) server(name string) *stargatev1.Server {
 }
 
 // eventually polls cond until it holds or timeout passes; msg describes the last state seen.
-func eventually(t *testing.T, timeout time.Duration, cond func() (bool, string)) {
+func eventually(t testing.TB, timeout time.Duration, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	var last string
@@ -175,7 +175,7 @@ func eventually(t *testing.T, timeout time.Duration, cond func() (bool, string))
 }
 
 // consistently checks that cond holds for the whole period.
-func consistently(t *testing.T, period time.Duration, cond func() (bool, string)) {
+func consistently(t testing.TB, period time.Duration, cond func() (bool, string)) {
 	t.Helper()
 	for deadline := time.Now().Add(period); time.Now().Before(deadline); time.Sleep(25 * time.Millisecond) {
 		if ok, msg := cond(); !ok {
