@@ -1,0 +1,219 @@
+// Package app wires the simulator controller together from command-line options: the thin
+// cmd/simulator main only parses flags and calls Run.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	stargatev1 "stargate.io/stargate/api/v1alpha1"
+	"stargate.io/stargate/internal/controller"
+	"stargate.io/stargate/internal/mockdc"
+	"stargate.io/stargate/internal/simulator"
+	"stargate.io/stargate/pkg/qemu"
+)
+
+// Options are the simulator controller's settings; every field is a flag.
+type Options struct {
+	Provider       string
+	MockURL        string
+	WorkDir        string
+	Bridge         string
+	Gateway        string
+	IPRange        string
+	DNS            string
+	NoNAT          bool
+	Accel          string
+	BootTimeout    time.Duration
+	Namespace      string
+	ServerSelector string
+	MaxParallel    int
+	MaxMemory      string
+	ReferenceWait  time.Duration
+	PollInterval   time.Duration
+	MetricsAddr    string
+	ProbeAddr      string
+}
+
+// BindFlags registers the options on fs, with their defaults.
+func (o *Options) BindFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.Provider, "provider", "qemu", "datacenter provider: qemu (VMs on this host) or mock (a fake datacenter API, see --mock-url)")
+	fs.StringVar(&o.MockURL, "mock-url", "http://127.0.0.1:8090", "base URL of the mock datacenter API (with --provider=mock; start one with bin/mockdc)")
+	fs.StringVar(&o.WorkDir, "work-dir", "/var/lib/stargate", "directory for images, VM disks, IP allocations and sockets")
+	fs.StringVar(&o.Bridge, "bridge", qemu.DefaultBridge, "Linux bridge the VMs attach to (created if missing)")
+	fs.StringVar(&o.Gateway, "gateway", qemu.DefaultGateway, "bridge address and prefix; VMs get addresses in this subnet")
+	fs.StringVar(&o.IPRange, "ip-range", "", "first-last VM addresses, e.g. 192.168.100.11-192.168.100.254 (default .11 to the last usable of the subnet)")
+	fs.StringVar(&o.DNS, "dns", "", "comma-separated DNS servers for the VMs (default: none; set this when guests need names)")
+	fs.BoolVar(&o.NoNAT, "no-nat", false, "do not masquerade VM traffic out of the host (VMs then reach only the host and each other)")
+	fs.StringVar(&o.Accel, "accel", "auto", "QEMU accelerator: auto (KVM when usable, else TCG), kvm or tcg")
+	fs.DurationVar(&o.BootTimeout, "boot-timeout", 5*time.Minute, "fail a repave whose guest shows no cloud-init output this long after starting")
+	fs.StringVar(&o.Namespace, "namespace", "", "watch only this namespace (default: all)")
+	fs.StringVar(&o.ServerSelector, "server-selector", "", "label selector of the Servers this host manages, e.g. stargate.io/datacenter=lab1 (default: all)")
+	fs.IntVar(&o.MaxParallel, "max-parallel", 2, "repaves running at once; more wait in Pending (0: no limit)")
+	fs.StringVar(&o.MaxMemory, "max-memory", "", "memory the VMs being repaved may use together, e.g. 16Gi (default: 80% of this host's memory with --provider=qemu)")
+	fs.DurationVar(&o.ReferenceWait, "reference-wait", 2*time.Minute, "how long an Operation waits for a missing Server or ProvisioningProfile before failing")
+	fs.DurationVar(&o.PollInterval, "poll-interval", 3*time.Second, "how often a running repave is checked")
+	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", "127.0.0.1:8080", "Prometheus metrics address (0 disables)")
+	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", "127.0.0.1:8081", "health and readiness probe address (0 disables)")
+}
+
+// Scheme returns the scheme the controller uses.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	_ = clientgoscheme.AddToScheme(s)
+	_ = stargatev1.AddToScheme(s)
+	return s
+}
+
+// Run starts the controller and blocks until ctx ends.
+func Run(ctx context.Context, cfg *rest.Config, o Options) error {
+	log := ctrl.Log.WithName("simulator")
+	copts := controller.Options{ReferenceWait: o.ReferenceWait, PollInterval: o.PollInterval, MaxParallel: o.MaxParallel}
+	if o.ServerSelector != "" {
+		sel, err := labels.Parse(o.ServerSelector)
+		if err != nil {
+			return fmt.Errorf("--server-selector %q: %w", o.ServerSelector, err)
+		}
+		copts.ServerSelector = sel
+	}
+	if o.MaxMemory != "" {
+		q, err := parseQuantity(o.MaxMemory)
+		if err != nil {
+			return fmt.Errorf("--max-memory: %w", err)
+		}
+		copts.MaxMemoryBytes = q
+	}
+
+	var provider controller.Provider
+	switch o.Provider {
+	case "mock":
+		provider = &mockdc.Provider{BaseURL: strings.TrimRight(o.MockURL, "/")}
+	case "qemu":
+		p, err := newSimulator(o, log)
+		if err != nil {
+			return err
+		}
+		provider = p
+		if copts.MaxMemoryBytes == 0 {
+			copts.MaxMemoryBytes = hostMemory() * 8 / 10
+		}
+	default:
+		return fmt.Errorf("--provider %q: use qemu or mock", o.Provider)
+	}
+
+	mopts := ctrl.Options{
+		Scheme:                 Scheme(),
+		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
+		HealthProbeBindAddress: o.ProbeAddr,
+	}
+	if o.Namespace != "" {
+		mopts.Cache = cache.Options{DefaultNamespaces: map[string]cache.Config{o.Namespace: {}}}
+	}
+	mgr, err := ctrl.NewManager(cfg, mopts)
+	if err != nil {
+		return fmt.Errorf("creating manager: %w", err)
+	}
+	if err := checkCRDs(mgr.GetRESTMapper()); err != nil {
+		return err
+	}
+	if err := controller.Setup(mgr, provider, copts, controller.NewMetrics(nil)); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	log.Info("starting", "provider", o.Provider, "namespace", orAll(o.Namespace), "serverSelector", orAll(o.ServerSelector),
+		"maxParallel", copts.MaxParallel, "maxMemoryMiB", copts.MaxMemoryBytes>>20)
+	return mgr.Start(ctx)
+}
+
+func orAll(s string) string {
+	if s == "" {
+		return "(all)"
+	}
+	return s
+}
+
+// checkCRDs fails early, with the fix, when the Stargate CRDs are not installed.
+func checkCRDs(mapper meta.RESTMapper) error {
+	for _, kind := range []string{"Server", "ProvisioningProfile", "Operation"} {
+		if _, err := mapper.RESTMapping(stargatev1.GroupVersion.WithKind(kind).GroupKind(), stargatev1.GroupVersion.Version); err != nil {
+			return fmt.Errorf("the Stargate CRDs are not installed in this cluster (%s: %v): run `kubectl apply -f config/crd/bases/`", kind, err)
+		}
+	}
+	return nil
+}
+
+// newSimulator checks the host and sets up the QEMU provider.
+func newSimulator(o Options, log interface{ Info(string, ...any) }) (*simulator.Provider, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the qemu provider must run as root: it creates a bridge, tap devices and NAT rules (run it with sudo)")
+	}
+	for _, bin := range []string{"qemu-system-x86_64", "qemu-img"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return nil, fmt.Errorf("%s not found: install QEMU (Debian/Ubuntu: apt-get install qemu-system-x86 qemu-utils)", bin)
+		}
+	}
+	if !o.NoNAT {
+		if _, err := exec.LookPath("iptables"); err != nil {
+			return nil, errors.New("iptables not found, and NAT needs it: apt-get install iptables (or run with --no-nat)")
+		}
+	}
+	accel, warning, err := qemu.ResolveAccel(qemu.Accel(o.Accel))
+	if err != nil {
+		return nil, err
+	}
+	if warning != "" {
+		log.Info("WARNING: " + warning)
+	}
+	gw, err := netip.ParsePrefix(o.Gateway)
+	if err != nil {
+		return nil, fmt.Errorf("--gateway %q: want an address with prefix such as %s: %w", o.Gateway, qemu.DefaultGateway, err)
+	}
+	cfg := simulator.Config{
+		WorkDir: o.WorkDir, Accel: accel, BootTimeout: o.BootTimeout,
+		Network: qemu.NetworkConfig{Bridge: o.Bridge, Gateway: gw, NAT: !o.NoNAT},
+		Log:     ctrl.Log.WithName("qemu"),
+	}
+	if o.IPRange != "" {
+		first, last, ok := strings.Cut(o.IPRange, "-")
+		a, err1 := netip.ParseAddr(strings.TrimSpace(first))
+		b, err2 := netip.ParseAddr(strings.TrimSpace(last))
+		if !ok || err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("--ip-range %q: want FIRST-LAST, e.g. 192.168.100.11-192.168.100.254", o.IPRange)
+		}
+		cfg.FirstIP, cfg.LastIP = a, b
+	}
+	for _, s := range strings.Split(o.DNS, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("--dns %q: %w", s, err)
+		}
+		cfg.DNS = append(cfg.DNS, a)
+	}
+	log.Info("simulator host", "accel", accel, "bridge", o.Bridge, "gateway", gw, "workDir", o.WorkDir)
+	return simulator.New(cfg)
+}

@@ -1,0 +1,49 @@
+package simulator
+
+import (
+	stargatev1 "stargate.io/stargate/api/v1alpha1"
+	"stargate.io/stargate/internal/controller"
+)
+
+// steps of a simulator repave, in order.
+var steps = []string{
+	stargatev1.ConditionImageReady,
+	stargatev1.ConditionCloudInitReady,
+	stargatev1.ConditionNetworkReady,
+	stargatev1.ConditionVMRunning,
+	stargatev1.ConditionGuestReady,
+}
+
+// status builds a RepaveStatus step by step.
+type status struct {
+	controller.RepaveStatus
+}
+
+func newStatus() *status {
+	s := &status{}
+	for _, t := range steps {
+		s.Steps = append(s.Steps, controller.Step{Type: t, State: controller.StepPending, Reason: "Pending"})
+	}
+	return s
+}
+
+func (s *status) set(typ string, state controller.StepState, reason, msg string) {
+	for i := range s.Steps {
+		if s.Steps[i].Type == typ {
+			s.Steps[i] = controller.Step{Type: typ, State: state, Reason: reason, Message: msg}
+		}
+	}
+}
+
+// failStep marks a step failed and the repave with it.
+func (s *status) failStep(typ, reason, msg string) {
+	s.set(typ, controller.StepFailed, reason, msg)
+	s.Failed, s.Reason, s.Message = true, reason, msg
+}
+
+func (s *status) fail(typ, reason, msg string) controller.RepaveStatus {
+	s.failStep(typ, reason, msg)
+	return s.RepaveStatus
+}
+
+func (s *status) finish() controller.RepaveStatus { return s.RepaveStatus }
