@@ -1,0 +1,221 @@
+package simulator_test
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	stargatev1 "stargate.io/stargate/api/v1alpha1"
+	"stargate.io/stargate/internal/controller"
+	"stargate.io/stargate/internal/netnstest"
+	"stargate.io/stargate/internal/simulator"
+	"stargate.io/stargate/internal/testenv"
+	"stargate.io/stargate/pkg/qemu"
+)
+
+func TestMain(m *testing.M) { os.Exit(netnstest.Main(m)) }
+
+const ns = "dc-simulator"
+
+// TestRepaveWithQEMU drives real repaves end to end: Operation → QEMU VM under TCG → cloud-init
+// from our seed → Server ready with an address that answers; a second repave of the same Server
+// (same IP, new instance); a repave whose user-data fails (Failed, with the console in the
+// message); then deleting the Server leaves no VM, tap, file or address behind.
+func TestRepaveWithQEMU(t *testing.T) {
+	netnstest.Require(t)
+	if testing.Short() {
+		t.Skip("boots a VM under TCG (minutes); skipped in -short mode")
+	}
+	image := os.Getenv("STARGATE_GUEST_IMAGE")
+	if image == "" {
+		t.Skip("STARGATE_GUEST_IMAGE is not set: `make test` builds the guest image and sets it (needs root)")
+	}
+	env, err := testenv.Start() // inside this test's network namespace, on its loopback
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Stop()
+	ctx := context.Background()
+	work := t.TempDir()
+	p, err := simulator.New(simulator.Config{
+		WorkDir: work, Accel: qemu.AccelTCG, BootTimeout: 8 * time.Minute, Log: logr.Discard(),
+		Network: qemu.NetworkConfig{Bridge: "sgsim-br0", Gateway: netip.MustParsePrefix("192.168.100.1/24"), NAT: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := p.Teardown(); err != nil {
+			t.Error(err)
+		}
+	}()
+	ctrl.SetLogger(logr.Discard())
+	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: env.Scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := controller.Setup(mgr, p, controller.Options{PollInterval: 2 * time.Second}, controller.NewMetrics(prometheus.NewRegistry())); err != nil {
+		t.Fatal(err)
+	}
+	mctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() { _ = mgr.Start(mctx) }()
+
+	c := env.Client
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(c.Create(ctx, testenv.Namespace(ns)))
+	mem, disk := resourceQ("1536Mi"), resourceQ("4Gi")
+	must(c.Create(ctx, &stargatev1.Server{ObjectMeta: metav1.ObjectMeta{Name: "worker-1", Namespace: ns},
+		Spec: stargatev1.ServerSpec{CPUs: 2, Memory: &mem, Disk: &disk}}))
+	profile := func(name, runcmd string) *stargatev1.ProvisioningProfile {
+		return &stargatev1.ProvisioningProfile{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: stargatev1.ProvisioningProfileSpec{Image: stargatev1.ImageSource{URL: "file://" + image},
+				CloudInit: "#cloud-config\nruncmd:\n  - " + runcmd + "\n"}}
+	}
+	must(c.Create(ctx, profile("hello", `[sh, -c, 'echo STARGATE-HELLO $(hostname) > /dev/ttyS0']`)))
+	must(c.Create(ctx, profile("broken", `[sh, -c, 'echo about to fail; exit 3']`)))
+
+	runOp := func(name, prof string, want stargatev1.OperationPhase) *stargatev1.Operation {
+		t.Helper()
+		start := time.Now()
+		must(c.Create(ctx, &stargatev1.Operation{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: stargatev1.OperationSpec{
+			Operation: stargatev1.OperationRepave, ServerRef: stargatev1.LocalObjectReference{Name: "worker-1"},
+			ProvisioningProfileRef: &stargatev1.LocalObjectReference{Name: prof}}}))
+		op := &stargatev1.Operation{}
+		deadline := time.Now().Add(12 * time.Minute)
+		for {
+			must(c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, op))
+			if op.Status.Phase.IsFinal() {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not finished after 12m: %s %s", name, op.Status.Phase, op.Status.Message)
+			}
+			time.Sleep(2 * time.Second) // polling a repave under software emulation
+		}
+		t.Logf("%s: %s after %s: %s", name, op.Status.Phase, time.Since(start).Round(time.Second), firstLine(op.Status.Message))
+		for _, cond := range op.Status.Conditions {
+			t.Logf("  %-15s %-7s %s", cond.Type, cond.Status, cond.LastTransitionTime.Format(time.TimeOnly))
+		}
+		if op.Status.Phase != want {
+			t.Fatalf("%s: phase %s, want %s: %s", name, op.Status.Phase, want, op.Status.Message)
+		}
+		return op
+	}
+	server := func() *stargatev1.Server {
+		s := &stargatev1.Server{}
+		must(c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "worker-1"}, s))
+		return s
+	}
+	ping := func(ip string) {
+		t.Helper()
+		if out, err := exec.Command("ping", "-c", "3", "-W", "2", ip).CombinedOutput(); err != nil {
+			t.Errorf("server does not answer on %s: %v\n%s", ip, err, out)
+		}
+	}
+	console := func() string {
+		b, _ := os.ReadFile(filepath.Join(p.VMDir(client.ObjectKey{Namespace: ns, Name: "worker-1"}), qemu.ConsoleFile))
+		return string(b)
+	}
+
+	// 1. First repave.
+	op1 := runOp("repave-1", "hello", stargatev1.OperationSucceeded)
+	for _, cond := range []string{stargatev1.ConditionImageReady, stargatev1.ConditionCloudInitReady, stargatev1.ConditionNetworkReady,
+		stargatev1.ConditionVMRunning, stargatev1.ConditionGuestReady, stargatev1.ConditionSucceeded} {
+		if !meta.IsStatusConditionTrue(op1.Status.Conditions, cond) {
+			t.Errorf("repave-1: condition %s not True", cond)
+		}
+	}
+	s := server()
+	if s.Status.State != stargatev1.ServerReady || s.Status.IPAddress == "" {
+		t.Fatalf("server after repave-1: %+v", s.Status)
+	}
+	firstIP, firstInstance := s.Status.IPAddress, s.Status.InstanceID
+	ping(firstIP)
+	if !strings.Contains(console(), "STARGATE-HELLO worker-1") {
+		t.Errorf("user-data did not run in the guest (hostname from meta-data)")
+	}
+
+	// 2. Second repave of the same server: fresh install, same address, one VM, one tap.
+	runOp("repave-2", "hello", stargatev1.OperationSucceeded)
+	s = server()
+	if s.Status.IPAddress != firstIP || s.Status.InstanceID == firstInstance || s.Status.LastOperation != "repave-2" {
+		t.Errorf("after repave-2: ip %s (want %s), instance %s (want a new one), last op %s", s.Status.IPAddress, firstIP, s.Status.InstanceID, s.Status.LastOperation)
+	}
+	ping(firstIP)
+	if n := countQEMU(t, work); n != 1 {
+		t.Errorf("%d QEMU processes for the work dir, want 1", n)
+	}
+	if taps, _ := qemu.Taps(); len(taps) != 1 {
+		t.Errorf("taps %v, want exactly one", taps)
+	}
+
+	// 3. A profile whose user-data fails: the Operation fails, and says why.
+	op3 := runOp("repave-broken", "broken", stargatev1.OperationFailed)
+	if !strings.Contains(op3.Status.Message, "cloud-init finished with errors") || !strings.Contains(op3.Status.Message, "serial console") {
+		t.Errorf("failure message does not explain: %s", op3.Status.Message)
+	}
+	if s := server(); s.Status.State != stargatev1.ServerError {
+		t.Errorf("server state %s after a failed repave, want Error", s.Status.State)
+	}
+
+	// 4. Delete the server: nothing may remain.
+	must(c.Delete(ctx, server()))
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "worker-1"}, &stargatev1.Server{})
+		if client.IgnoreNotFound(err) == nil && err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("server not deleted: %v", err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if n := countQEMU(t, work); n != 0 {
+		t.Errorf("%d QEMU processes left", n)
+	}
+	if taps, _ := qemu.Taps(); len(taps) != 0 {
+		t.Errorf("taps left: %v", taps)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(work, "vms")); len(entries) != 0 {
+		t.Errorf("VM directories left: %v", entries)
+	}
+	ipam := &qemu.IPAM{Dir: filepath.Join(work, "ipam", "sgsim-br0"), First: netip.MustParseAddr("192.168.100.11"), Last: netip.MustParseAddr("192.168.100.254")}
+	if all, _ := ipam.Allocations(); len(all) != 0 {
+		t.Errorf("addresses left: %v", all)
+	}
+}
+
+// countQEMU counts QEMU processes whose command line mentions dir.
+func countQEMU(t *testing.T, dir string) int {
+	t.Helper()
+	out, _ := exec.Command("pgrep", "-f", "qemu-system-x86_64.*"+dir).Output()
+	return len(strings.Fields(string(out)))
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}
+
+func resourceQ(s string) resource.Quantity { return resource.MustParse(s) }
