@@ -18,6 +18,17 @@
 # machine-id (each VM gets its own), cloud-init with datasource_list [ NoCloud, None ], python3,
 # containerd, runc, CNI plugins and the tools kubeadm's preflight wants. No SSH server.
 #
+# Booting it: the Debian cloud kernel has virtio, PIIX IDE and virtio-scsi drivers but NO AHCI, so on
+# `-machine q35` a `-drive ...,media=cdrom` seed (AHCI) is invisible and cloud-init silently falls back to
+# the None datasource. Attach the NoCloud seed (ISO labelled "cidata") as a virtio disk instead:
+#   qemu-system-x86_64 -machine q35 -accel tcg,thread=multi -smp 2 -m 2048 -display none \
+#     -drive file=overlay.qcow2,if=virtio -drive file=seed.iso,if=virtio,format=raw,readonly=on \
+#     -serial file:console.log ...
+# (or as a virtio-scsi CD-ROM: -device virtio-scsi-pci -drive if=none,id=cd,file=seed.iso,media=cdrom
+# -device scsi-cd,drive=cd). Done is `Cloud-init v. X finished at` on the serial console, unless the
+# user-data sets its own final_message. The NIC is eth0 (net.ifnames=0); cloud-init's ENI renderer
+# writes network-config v2 (match by MAC works) to /etc/network/interfaces.d/50-cloud-init.
+#
 # Environment: STARGATE_CACHE (cache root), DEBIAN_MIRROR (default: the bookworm mirror this host's apt
 # uses, else http://deb.debian.org/debian). The mirror is not part of the key: it changes where packages
 # come from, not what the image is.
@@ -147,6 +158,8 @@ cat >"${rootfs}/etc/cloud/cloud.cfg.d/90-stargate.cfg" <<'EOF'
 datasource_list: [ NoCloud, None ]
 # The image ships C.UTF-8 only; generating another locale costs many seconds under TCG.
 locale: C.UTF-8
+# No SSH server in the image: do not try (and warn about failing) to generate host keys.
+ssh_genkeytypes: []
 EOF
 printf 'LANG=C.UTF-8\n' >"${rootfs}/etc/default/locale"
 

@@ -54,6 +54,12 @@ func Start() (*Env, error) {
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 	}
+	// Inside a test network namespace there is no default route, from which kube-apiserver would
+	// otherwise guess the address to advertise.
+	// Loopback is refused while the endpoint reconciler runs; tests need no kubernetes Endpoints.
+	args := env.ControlPlane.GetAPIServer().Configure()
+	args.Set("advertise-address", "127.0.0.1")
+	args.Set("endpoint-reconciler-type", "none")
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("starting envtest (etcd + kube-apiserver from %s): %w", os.Getenv("KUBEBUILDER_ASSETS"), err)
