@@ -15,8 +15,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 )
+
+// prefix names the namespaces this package creates; the suffix is the creating process's PID.
+const prefix = "stargate-test-"
 
 // envNetns is set in the re-executed test binary to the namespace it runs in.
 const envNetns = "STARGATE_TEST_NETNS"
@@ -38,12 +44,15 @@ func Main(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "netnstest: iproute2's ip is required to create a test network namespace (apt-get install iproute2)")
 		return 1
 	}
-	name := fmt.Sprintf("stargate-test-%d", os.Getpid())
+	removeStaleNamespaces()
+	name := fmt.Sprintf("%s%d", prefix, os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "netnstest: creating network namespace %s: %v: %s\n", name, err, out)
 		return 1
 	}
 	defer func() {
+		// Detached processes (QEMU daemonizes) outlive a crashed test: end them with the namespace.
+		killNamespacePids(name)
 		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "netnstest: deleting network namespace %s: %v: %s\n", name, err, out)
 		}
@@ -71,4 +80,30 @@ func Require(t testing.TB) string {
 		t.Skip("needs root to run inside a test-made network namespace (bridge, taps, iptables, VMs); run `make test` as root — CI does")
 	}
 	return name
+}
+
+// killNamespacePids kills every process still running in the namespace.
+func killNamespacePids(name string) {
+	out, _ := exec.Command("ip", "netns", "pids", name).Output()
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
+// removeStaleNamespaces deletes namespaces left by test runs that died (their PID is gone).
+func removeStaleNamespaces() {
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(strings.TrimPrefix(e.Name(), prefix))
+		if !strings.HasPrefix(e.Name(), prefix) || err != nil {
+			continue
+		}
+		if syscall.Kill(pid, 0) == nil {
+			continue // its test run is alive
+		}
+		killNamespacePids(e.Name())
+		_ = exec.Command("ip", "netns", "delete", e.Name()).Run()
+	}
 }
