@@ -255,8 +255,11 @@ cat >"${work}/mke2fs.conf" <<'EOF'
 EOF
 log "creating the ext4 root file system ($(du -sm "${rootfs}" | cut -f1) MiB of files)"
 MKE2FS_CONFIG="${work}/mke2fs.conf" mkfs.ext4 -q -F -T ext4 -L rootfs -m 1 -d "${rootfs}" \
-	"${work}/rootfs.ext4" "$((DISK_SIZE_MIB - 1))M" >&2
-e2fsck -fn "${work}/rootfs.ext4" >&2 || die "the new file system does not pass e2fsck"
+	"${work}/rootfs.ext4" "$((DISK_SIZE_MIB - 1))M" >/dev/null
+if ! e2fsck -fn "${work}/rootfs.ext4" >"${work}/e2fsck.log" 2>&1; then
+	cat "${work}/e2fsck.log" >&2
+	die "the new file system does not pass e2fsck"
+fi
 remove_tree "${rootfs}"
 
 disk="${work}/disk.raw"
@@ -278,6 +281,8 @@ core_size="$(stat -c %s "${work}/core.img")"
 dd if=/usr/lib/grub/i386-pc/boot.img of="${disk}" bs=440 count=1 conv=notrunc status=none
 dd if="${work}/core.img" of="${disk}" bs=512 seek=1 conv=notrunc status=none
 
+# Not compressed (-c): 500 MiB instead of 190 MiB, but no zlib on every read of the backing file
+# (measured: a TCG boot ~3 s faster) and 15 s less build time.
 log "converting to qcow2"
 qemu-img convert -f raw -O qcow2 "${disk}" "${work}/disk.qcow2"
 rm -f "${disk}"
