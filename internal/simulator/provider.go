@@ -176,14 +176,18 @@ func (p *Provider) fetchImage(url, checksum string) *imageFetch {
 		})
 		f.image, f.err = img, err
 		f.done.Store(true)
-		if err != nil {
-			// Forget failures: the next repave tries again (the URL may be fixed by then).
-			p.mu.Lock()
-			delete(p.fetches, key)
-			p.mu.Unlock()
-		}
 	}()
 	return f
+}
+
+// forgetFailedFetch drops a failed download once it has been reported, so the next repave tries
+// again (the URL may be fixed by then).
+func (p *Provider) forgetFailedFetch(url, checksum string, f *imageFetch) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.fetches[url+"\x00"+checksum] == f {
+		delete(p.fetches, url+"\x00"+checksum)
+	}
 }
 
 // Repave drives one installation: image, seed, network, VM, guest readiness.
@@ -204,6 +208,7 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 		return st.finish(), nil
 	}
 	if f.err != nil {
+		p.forgetFailedFetch(req.ImageURL, req.ImageChecksum, f)
 		return st.fail(stargatev1.ConditionImageReady, imageFailureReason(f.err), fmt.Sprintf("Fetching the OS image failed: %v", f.err)), nil
 	}
 	st.set(stargatev1.ConditionImageReady, controller.StepDone, "Cached", fmt.Sprintf("Image %s cached (%s, %d MiB)", req.ImageURL, f.image.Digest, f.image.Size>>20))
