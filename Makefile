@@ -59,6 +59,16 @@ vet: ## Run go vet and check formatting.
 build: ## Build the binaries into bin/.
 	go build -o bin/ ./cmd/...
 
+##@ Demo
+
+.PHONY: demo
+demo: build ## Run the whole demo (root): a VM is repaved and joins a cluster (kind if Docker works, else the embedded local cluster).
+	scripts/demo.sh run
+
+.PHONY: demo-clean
+demo-clean: build ## Remove everything the demo made: VMs, taps, bridge, NAT rules, cluster, files (root).
+	scripts/demo.sh clean
+
 ##@ Test
 
 .PHONY: envtest-assets

@@ -21,6 +21,13 @@ func main() {
 	flag.Parse() // controller-runtime adds --kubeconfig
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
 
+	if opts.Teardown {
+		if err := app.Teardown(ctrl.SetupSignalHandler(), opts); err != nil {
+			fmt.Fprintf(os.Stderr, "simulator: teardown: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "simulator: no cluster to talk to (%v): pass --kubeconfig or set KUBECONFIG\n", err)

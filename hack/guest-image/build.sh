@@ -158,8 +158,6 @@ cat >"${rootfs}/etc/cloud/cloud.cfg.d/90-stargate.cfg" <<'EOF'
 datasource_list: [ NoCloud, None ]
 # The image ships C.UTF-8 only; generating another locale costs many seconds under TCG.
 locale: C.UTF-8
-# No SSH server in the image: do not try (and warn about failing) to generate host keys.
-ssh_genkeytypes: []
 EOF
 printf 'LANG=C.UTF-8\n' >"${rootfs}/etc/default/locale"
 

@@ -50,6 +50,7 @@ type Options struct {
 	PollInterval   time.Duration
 	MetricsAddr    string
 	ProbeAddr      string
+	Teardown       bool
 }
 
 // BindFlags registers the options on fs, with their defaults.
@@ -72,6 +73,16 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.PollInterval, "poll-interval", 3*time.Second, "how often a running repave is checked")
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", "127.0.0.1:8080", "Prometheus metrics address (0 disables)")
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", "127.0.0.1:8081", "health and readiness probe address (0 disables)")
+	fs.BoolVar(&o.Teardown, "teardown", false, "stop and remove every VM in --work-dir, then the bridge and NAT rules, and exit (no cluster needed)")
+}
+
+// Teardown leaves the host as the simulator found it (but for the image cache).
+func Teardown(ctx context.Context, o Options) error {
+	p, err := newSimulator(o, ctrl.Log.WithName("simulator"))
+	if err != nil {
+		return err
+	}
+	return p.ReleaseAll(ctx)
 }
 
 // Scheme returns the scheme the controller uses.

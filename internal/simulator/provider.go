@@ -414,3 +414,22 @@ func imageFailureReason(err error) string {
 	}
 	return "ImageFetchFailed"
 }
+
+// ReleaseAll releases every VM found in the work directory, then removes the bridge and NAT
+// rules: what `simulator --teardown` does to leave a host as it found it.
+func (p *Provider) ReleaseAll(ctx context.Context) error {
+	namespaces, _ := os.ReadDir(filepath.Join(p.cfg.WorkDir, "vms"))
+	var errs []error
+	for _, n := range namespaces {
+		servers, _ := os.ReadDir(filepath.Join(p.cfg.WorkDir, "vms", n.Name()))
+		for _, s := range servers {
+			if err := p.Release(ctx, types.NamespacedName{Namespace: n.Name(), Name: s.Name()}); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if err := p.Teardown(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
