@@ -27,8 +27,9 @@
 # guest file server and the control plane are meant for the simulator, which runs as root).
 set -euo pipefail
 
-readonly HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-readonly REPO="$(cd "${HERE}/.." && pwd)"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "${HERE}/.." && pwd)"
+readonly HERE REPO
 readonly PROFILE_TEMPLATE="${REPO}/config/samples/provisioningprofile-k8s-worker-local.yaml"
 
 STATE_DIR="${STATE_DIR:-/var/lib/stargate/local-cluster}"
@@ -79,8 +80,9 @@ validate_settings() {
 	for octet in "${BASH_REMATCH[@]:1}"; do
 		((10#${octet} <= 255)) || die "ADVERTISE_IP=${ADVERTISE_IP} is not an IPv4 address"
 	done
-	[[ "${FILE_SERVER_PORT}" =~ ^[0-9]{1,5}$ ]] && ((FILE_SERVER_PORT > 0 && FILE_SERVER_PORT < 65536)) ||
+	if ! [[ "${FILE_SERVER_PORT}" =~ ^[0-9]{1,5}$ ]] || ((FILE_SERVER_PORT < 1 || FILE_SERVER_PORT > 65535)); then
 		die "FILE_SERVER_PORT=${FILE_SERVER_PORT} is not a TCP port"
+	fi
 	[[ "${TOKEN_TTL}" =~ ^[0-9]+[hms]$ ]] || die "TOKEN_TTL=${TOKEN_TTL}: want a duration such as 24h or 90m"
 	[[ "${STATE_DIR}" == /* ]] || die "STATE_DIR=${STATE_DIR} must be an absolute path"
 	[[ "${STATE_DIR}" != / && "${STATE_DIR}" =~ ^/[A-Za-z0-9._/+-]+$ && "${STATE_DIR}" != *..* ]] ||
@@ -346,6 +348,13 @@ bootstrap_cluster() {
 			apply --server-side --field-manager=stargate-local-cluster -f - >/dev/null
 	"$(bin kubeadm)" init phase upload-config all --config "${KUBEADM_CONFIG}" --kubeconfig "${ADMIN_CONF}" \
 		>>"${LOG_DIR}/kubeadm.log" 2>&1 || die "kubeadm init phase upload-config failed; see ${LOG_DIR}/kubeadm.log"
+	# The bootstrap-token phase (re)writes cluster-info from the kubeconfig it is given, i.e. with 127.0.0.1,
+	# which the fix-up below replaces: run it only until that was done once, so that a repeated `up` never
+	# shows a joining guest a cluster-info it cannot use.
+	if bootstrap_done; then
+		log "bootstrap tokens, their RBAC rules and cluster-info already set up"
+		return 0
+	fi
 	"$(bin kubeadm)" init phase bootstrap-token --config "${KUBEADM_CONFIG}" --kubeconfig "${ADMIN_CONF}" \
 		>>"${LOG_DIR}/kubeadm.log" 2>&1 || die "kubeadm init phase bootstrap-token failed; see ${LOG_DIR}/kubeadm.log"
 	local ca info
@@ -366,6 +375,14 @@ users: null
 EOF
 	kctl -n kube-public create configmap cluster-info --from-file=kubeconfig="${info}" --dry-run=client -o yaml |
 		kctl apply --server-side --force-conflicts --field-manager=stargate-local-cluster -f - >/dev/null
+}
+
+# bootstrap_done: cluster-info points at ADVERTISE_IP and the phase's last RBAC rule exists.
+bootstrap_done() {
+	local info
+	info="$(kctl -n kube-public get configmap cluster-info -o 'jsonpath={.data.kubeconfig}' 2>/dev/null)" || return 1
+	grep -qF "server: https://${ADVERTISE_IP}:${API_PORT}" <<<"${info}" || return 1
+	kctl -n kube-public get rolebinding kubeadm:bootstrap-signer-clusterinfo >/dev/null 2>&1
 }
 
 cmd_up() {
