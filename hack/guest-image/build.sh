@@ -7,7 +7,7 @@
 # The image lands in OUT_DIR/debian12-<key>/disk.qcow2, where OUT_DIR defaults to
 # ${STARGATE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stargate}/guest-images and <key> is the first 16 hex
 # digits of the sha256 of this recipe (every file under hack/guest-image/). An existing image is reused
-# at once (no root needed); otherwise the build (root, ~5 min on 2 cores) happens in a temporary directory
+# at once (no root needed); otherwise the build (root, ~1.5-2 min on 2 cores) happens in a temporary directory
 # next to the result and the qcow2 is renamed into place at the very end, so an interrupted build never
 # looks cached. Logs go to stderr, only the path goes to stdout.
 #

@@ -1,0 +1,380 @@
+#!/usr/bin/env bash
+# e2e.sh is the offline end-to-end proof of the simulator: a real repave makes a real QEMU VM join a real
+# Kubernetes control plane as a Ready worker Node, a second repave replaces that Node, and deleting the
+# Server leaves nothing behind.
+#
+#   sudo hack/e2e.sh
+#
+# Everything happens inside a network namespace this script creates (stargate-e2e-<pid>) and deletes: the
+# local control plane (scripts/local-cluster.sh, STATE_DIR in a temporary directory), bin/simulator (bridge
+# stargate-br0 192.168.100.1/24, taps, NAT rules, VMs under TCG), kubectl. Nothing changes in the host's own
+# network namespace and no traffic leaves the namespace.
+#
+# Steps and assertions:
+#   1. local cluster up; Stargate CRDs; simulator started; namespace, Server worker-1 (2 CPUs, 2Gi, 10Gi disk),
+#      the rendered k8s-worker-local profile.
+#   2. Operation repave-1: Succeeded (condition Succeeded=True); Server Ready with an IP that answers ping;
+#      Node worker-1 exists, is Ready and has that IP as InternalIP.
+#   3. Operation repave-2 of the same Server: Succeeded; same IP (answers ping), new instance-id; Node worker-1
+#      Ready again with a different UID (the old Node was replaced); one QEMU process and one tap.
+#   4. Delete the Server: within 2 minutes it is gone, with no QEMU process for the work dir, no sg-* tap,
+#      no VM files and no IP allocation left.
+#   Then a table of how long each step of each Operation took (condition lastTransitionTime - startTime).
+# On failure: the last 40 lines of the VM console, the simulator log tail and the Operations as YAML.
+# Always: the simulator, VMs and control plane are stopped, the namespace and temporary files removed.
+#
+# Needs: root, `make build` (bin/simulator), `make kube-binaries`, the guest image (`make guest-image`),
+# qemu-system-x86 qemu-utils iptables iputils-ping iproute2 curl openssl python3.
+# Environment: STARGATE_GUEST_IMAGE (default: hack/guest-image/build.sh), KUBE_BIN_DIR (default:
+# hack/kube-binaries.sh all), E2E_OP_TIMEOUT (seconds per repave, default 900), E2E_KEEP=1 keeps the
+# temporary directory (logs, consoles) for inspection.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "${HERE}/.." && pwd)"
+readonly HERE REPO
+readonly NS_PREFIX=stargate-e2e-
+readonly NS="${NS_PREFIX}$$"
+readonly NAMESPACE=dc-simulator
+readonly SERVER=worker-1
+readonly BRIDGE=stargate-br0
+readonly OP_TIMEOUT="${E2E_OP_TIMEOUT:-900}"
+readonly DELETE_TIMEOUT=120
+readonly T0="${SECONDS}"
+
+log() { printf '[e2e %4ds] %s\n' "$((SECONDS - T0))" "$*" >&2; }
+die() {
+	printf '[e2e %4ds] FAIL: %s\n' "$((SECONDS - T0))" "$*" >&2
+	exit 1
+}
+
+# --- preconditions --------------------------------------------------------------------------------
+[[ "$(id -u)" == 0 ]] || die "run as root: the test creates a network namespace, a bridge, taps and VMs (sudo $0)"
+[[ "${OP_TIMEOUT}" =~ ^[0-9]+$ ]] || die "E2E_OP_TIMEOUT=${OP_TIMEOUT}: want seconds"
+[[ -x "${REPO}/bin/simulator" ]] || die "bin/simulator is missing: run \`make build\`"
+for tool in ip ping qemu-system-x86_64 qemu-img iptables curl timeout; do
+	command -v "${tool}" >/dev/null ||
+		die "${tool} not found: apt-get install iproute2 iputils-ping qemu-system-x86 qemu-utils iptables curl coreutils"
+done
+KUBE_BIN_DIR="${KUBE_BIN_DIR:-$("${REPO}/hack/kube-binaries.sh" all)}"
+readonly KUBE_BIN_DIR
+export KUBE_BIN_DIR
+readonly KUBECTL="${KUBE_BIN_DIR}/kubectl"
+[[ -x "${KUBECTL}" ]] || die "kubectl missing in ${KUBE_BIN_DIR}: run \`make kube-binaries\`"
+IMAGE="${STARGATE_GUEST_IMAGE:-$("${REPO}/hack/guest-image/build.sh")}"
+readonly IMAGE
+[[ -f "${IMAGE}" ]] || die "guest image ${IMAGE} not found: run \`make guest-image\`"
+
+TMP="$(mktemp -d /tmp/stargate-e2e.XXXXXX)"
+readonly TMP
+export STATE_DIR="${TMP}/cluster"
+readonly WORK="${TMP}/work"
+readonly SIM_LOG="${TMP}/simulator.log"
+readonly CONSOLE="${WORK}/vms/${NAMESPACE}/${SERVER}/console.log"
+SIM_PID=""
+NS_CREATED=""
+KCFG=""
+
+in_ns() { ip netns exec "${NS}" "$@"; }
+k() { in_ns "${KUBECTL}" --kubeconfig "${KCFG}" --request-timeout=30s "$@"; }
+kn() { k -n "${NAMESPACE}" "$@"; }
+
+# qemu_pids prints the PIDs of QEMU processes that belong to this test's work directory.
+qemu_pids() {
+	local p cmd
+	for p in /proc/[0-9]*; do
+		cmd="$(tr '\0' ' ' <"${p}/cmdline" 2>/dev/null)" || continue
+		[[ "${cmd}" == qemu-system* && "${cmd}" == *"${WORK}/"* ]] && printf '%s\n' "${p#/proc/}"
+	done
+	return 0
+}
+
+# kill_wait SIGNAL_GRACE_SECONDS PID...: SIGTERM, then SIGKILL after the grace period.
+kill_wait() {
+	local grace="$1" pid i alive
+	shift
+	(($# == 0)) && return 0
+	kill -TERM "$@" 2>/dev/null || true
+	for ((i = 0; i < grace * 10; i++)); do
+		alive=0
+		for pid in "$@"; do kill -0 "${pid}" 2>/dev/null && alive=1; done
+		((alive)) || return 0
+		sleep 0.1
+	done
+	kill -KILL "$@" 2>/dev/null || true
+}
+
+diagnostics() {
+	printf '\n===== diagnostics =====\n' >&2
+	if [[ -f "${CONSOLE}" ]]; then
+		printf -- '--- last 40 lines of the VM console (%s) ---\n' "${CONSOLE}" >&2
+		tail -n 40 "${CONSOLE}" | sed -e 's/\x1b\[[0-9;?]*[a-zA-Z]//g' -e 's/\r//g' >&2 || true
+	else
+		printf -- '--- no VM console at %s ---\n' "${CONSOLE}" >&2
+	fi
+	if [[ -f "${SIM_LOG}" ]]; then
+		printf -- '--- last 40 lines of the simulator log (%s) ---\n' "${SIM_LOG}" >&2
+		tail -n 40 "${SIM_LOG}" >&2 || true
+	fi
+	if [[ -n "${KCFG}" ]]; then
+		printf -- '--- kubectl get operation -n %s -o yaml ---\n' "${NAMESPACE}" >&2
+		kn get operation -o yaml >&2 2>&1 || true
+		printf -- '--- servers and nodes ---\n' >&2
+		kn get servers -o wide >&2 2>&1 || true
+		k get nodes -o wide >&2 2>&1 || true
+	fi
+	printf '===== end of diagnostics =====\n\n' >&2
+}
+
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM HUP
+	set +e
+	((rc == 0)) || diagnostics
+	log "cleaning up"
+	if [[ -n "${SIM_PID}" ]]; then kill_wait 15 "${SIM_PID}"; fi
+	# QEMU daemonizes: its VMs outlive the simulator.
+	# shellcheck disable=SC2046 # one PID per word
+	kill_wait 10 $(qemu_pids)
+	if [[ -n "${NS_CREATED}" ]]; then
+		timeout 90 ip netns exec "${NS}" "${REPO}/scripts/local-cluster.sh" down >/dev/null 2>&1 ||
+			log "WARNING: local-cluster down failed"
+		# Whatever still runs in the namespace was started by this script (nothing else can enter it).
+		# shellcheck disable=SC2046
+		kill_wait 5 $(ip netns pids "${NS}" 2>/dev/null)
+		ip netns delete "${NS}" || log "WARNING: could not delete network namespace ${NS}"
+	fi
+	if [[ "${E2E_KEEP:-}" == 1 ]]; then
+		log "kept ${TMP} (E2E_KEEP=1)"
+	else
+		rm -rf --one-file-system -- "${TMP}"
+	fi
+	if ((rc == 0)); then log "PASS (total $((SECONDS - T0)) s)"; else log "FAILED (exit ${rc}, total $((SECONDS - T0)) s)"; fi
+	exit "${rc}"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+# Namespaces of e2e runs killed hard (their creator PID is gone): their processes were started by such a run.
+remove_stale_namespaces() {
+	local ns pid
+	for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+		[[ "${ns}" == "${NS_PREFIX}"* ]] || continue
+		pid="${ns#"${NS_PREFIX}"}"
+		[[ "${pid}" =~ ^[0-9]+$ ]] || continue
+		kill -0 "${pid}" 2>/dev/null && continue
+		log "removing stale network namespace ${ns}"
+		# shellcheck disable=SC2046
+		kill_wait 5 $(ip netns pids "${ns}" 2>/dev/null)
+		ip netns delete "${ns}" || true
+	done
+}
+
+# --- helpers for the assertions -------------------------------------------------------------------
+# wait_operation NAME: poll until the Operation is final (at most OP_TIMEOUT s), printing its progress;
+# fail unless it Succeeded.
+wait_operation() {
+	local name="$1" deadline=$((SECONDS + OP_TIMEOUT)) phase msg last=""
+	while :; do
+		phase="$(kn get operation "${name}" -o 'jsonpath={.status.phase}' 2>/dev/null)" || phase="?"
+		msg="$(kn get operation "${name}" -o 'jsonpath={.status.message}' 2>/dev/null | head -n1)" || msg=""
+		if [[ "${phase}: ${msg}" != "${last}" ]]; then
+			log "  ${name}: ${phase:-<none>}: ${msg:0:160}"
+			last="${phase}: ${msg}"
+		fi
+		case "${phase}" in
+		Succeeded) break ;;
+		Failed) die "Operation ${name} failed: $(kn get operation "${name}" -o 'jsonpath={.status.message}')" ;;
+		esac
+		kill -0 "${SIM_PID}" 2>/dev/null || die "the simulator exited while ${name} was running (log: ${SIM_LOG})"
+		((SECONDS < deadline)) || die "Operation ${name} not finished after ${OP_TIMEOUT} s (phase ${phase}): ${msg}"
+		sleep 3
+	done
+	# The Succeeded condition is what users wait for: `kubectl wait --for=condition=Succeeded`.
+	kn wait --for=condition=Succeeded "operation/${name}" --timeout=30s >/dev/null ||
+		die "Operation ${name} has phase Succeeded but not condition Succeeded=True"
+}
+
+create_operation() {
+	local name="$1"
+	kn apply -f - >/dev/null <<EOF
+apiVersion: stargate.io/v1alpha1
+kind: Operation
+metadata:
+  name: ${name}
+  namespace: ${NAMESPACE}
+spec:
+  operation: repave
+  serverRef: {name: ${SERVER}}
+  provisioningProfileRef: {name: k8s-worker-local}
+  timeout: 20m
+EOF
+}
+
+server_field() { kn get server "${SERVER}" -o "jsonpath={${1}}"; }
+node_field() { k get node "${SERVER}" -o "jsonpath={${1}}"; }
+
+# assert_installed OP: the Server is Ready at an address that answers; its Node is Ready with that address.
+# Sets IP, NODE_UID, INSTANCE.
+assert_installed() {
+	local op="$1" state ready internal
+	state="$(server_field .status.state)"
+	IP="$(server_field .status.ipAddress)"
+	INSTANCE="$(server_field .status.instanceID)"
+	[[ "${state}" == Ready ]] || die "after ${op}: Server state is '${state}', want Ready ($(server_field .status.message))"
+	[[ "${IP}" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "after ${op}: Server has no IPv4 address ('${IP}')"
+	[[ "$(server_field .status.lastOperation)" == "${op}" ]] || die "after ${op}: Server's lastOperation is not ${op}"
+	in_ns ping -c 3 -W 2 "${IP}" >/dev/null || die "after ${op}: ${IP} does not answer ping from ${NS}"
+	NODE_UID="$(node_field .metadata.uid)" || die "after ${op}: Node ${SERVER} does not exist"
+	ready="$(node_field '.status.conditions[?(@.type=="Ready")].status')"
+	[[ "${ready}" == True ]] || die "after ${op}: Node ${SERVER} is not Ready (Ready=${ready:-<none>})"
+	internal="$(node_field '.status.addresses[?(@.type=="InternalIP")].address')"
+	[[ "${internal}" == "${IP}" ]] || die "after ${op}: Node ${SERVER} has InternalIP '${internal}', want the Server's ${IP}"
+	log "  ${op}: Server ${SERVER} Ready at ${IP} (answers ping); Node ${SERVER} Ready, uid ${NODE_UID}, podCIDR $(node_field .spec.podCIDR)"
+}
+
+# record OP: keep what the timing table needs (the Node and the console change with the next repave).
+record() {
+	local op="$1"
+	kn get operation "${op}" -o 'jsonpath={.status.startTime}' >"${TMP}/${op}.start"
+	local c
+	for c in ImageReady VMRunning GuestReady NodeReady Succeeded; do
+		kn get operation "${op}" -o "jsonpath={.status.conditions[?(@.type==\"${c}\")].lastTransitionTime}" >"${TMP}/${op}.${c}"
+	done
+	node_field '.status.conditions[?(@.type=="Ready")].lastTransitionTime' >"${TMP}/${op}.KubeletReady"
+	grep -a '\[stargate-k8s\]' "${CONSOLE}" | sed 's/\r//g' >"${TMP}/${op}.console-markers" || true
+}
+
+since_start() { # since_start OP FILE-SUFFIX: seconds from the Operation's start to the recorded time
+	local start t
+	start="$(<"${TMP}/$1.start")"
+	t="$(<"${TMP}/$1.$2")"
+	if [[ -z "${start}" || -z "${t}" ]]; then
+		printf -- '-'
+		return
+	fi
+	printf '%d' "$(($(date -d "${t}" +%s) - $(date -d "${start}" +%s)))"
+}
+
+timing_table() {
+	local op c
+	printf '\nSeconds from each Operation'"'"'s status.startTime to the lastTransitionTime of its conditions\n'
+	printf '(NodeReady/Succeeded are only evaluated once cloud-init finished; "kubelet Ready" is the Node'"'"'s own Ready time):\n'
+	printf '%-10s %10s %10s %10s %10s %10s %14s\n' Operation ImageReady VMRunning GuestReady NodeReady Succeeded "kubelet Ready"
+	for op in "$@"; do
+		printf '%-10s' "${op}"
+		for c in ImageReady VMRunning GuestReady NodeReady Succeeded; do printf ' %10s' "$(since_start "${op}" "${c}")"; done
+		printf ' %14s\n' "$(since_start "${op}" KubeletReady)"
+	done
+	for op in "$@"; do
+		printf '\n%s, guest markers (seconds of guest uptime):\n' "${op}"
+		sed 's/^/  /' "${TMP}/${op}.console-markers"
+	done
+	printf '\ne2e phases (wall clock, seconds): %s\n' "${PHASES[*]}"
+}
+
+# --- the test -------------------------------------------------------------------------------------
+PHASES=()
+phase_done() { # phase_done NAME START
+	PHASES+=("$1=$((SECONDS - $2))")
+}
+
+remove_stale_namespaces
+log "network namespace ${NS}, temporary directory ${TMP}, guest image ${IMAGE}"
+ip netns add "${NS}"
+NS_CREATED=1
+in_ns ip link set lo up
+
+t="${SECONDS}"
+timeout 180 ip netns exec "${NS}" "${REPO}/scripts/local-cluster.sh" up 2>"${TMP}/local-cluster-up.log" || {
+	cat "${TMP}/local-cluster-up.log" >&2
+	die "scripts/local-cluster.sh up failed"
+}
+KCFG="$(in_ns "${REPO}/scripts/local-cluster.sh" kubeconfig-path)"
+phase_done cluster-up "${t}"
+log "local cluster up in $((SECONDS - t)) s"
+
+k apply --server-side -f "${REPO}/config/crd/bases/" >/dev/null
+k wait --for=condition=Established crd/servers.stargate.io crd/provisioningprofiles.stargate.io \
+	crd/operations.stargate.io --timeout=60s >/dev/null
+
+t="${SECONDS}"
+ip netns exec "${NS}" "${REPO}/bin/simulator" --kubeconfig "${KCFG}" --accel tcg --work-dir "${WORK}" \
+	--metrics-bind-address 0 --health-probe-bind-address 0 --poll-interval 2s >"${SIM_LOG}" 2>&1 &
+SIM_PID=$!
+deadline=$((SECONDS + 60))
+until in_ns ip link show "${BRIDGE}" >/dev/null 2>&1 && grep -q '"Starting workers"' "${SIM_LOG}"; do
+	kill -0 "${SIM_PID}" 2>/dev/null || die "the simulator exited at start: $(tail -n 5 "${SIM_LOG}")"
+	((SECONDS < deadline)) || die "the simulator did not start within 60 s (log: ${SIM_LOG})"
+	sleep 0.5
+done
+phase_done simulator-start "${t}"
+log "simulator running (pid ${SIM_PID}), bridge ${BRIDGE} up"
+
+k apply -f "${REPO}/config/samples/namespace.yaml" >/dev/null
+kn apply -f - >/dev/null <<EOF
+apiVersion: stargate.io/v1alpha1
+kind: Server
+metadata:
+  name: ${SERVER}
+  namespace: ${NAMESPACE}
+spec:
+  cpus: 2
+  memory: 2Gi
+  disk: 10Gi
+EOF
+in_ns "${REPO}/scripts/local-cluster.sh" profile "${IMAGE}" >"${TMP}/profile.yaml"
+kn apply -f "${TMP}/profile.yaml" >/dev/null
+
+# 1. First repave: a new worker joins.
+log "repave-1: creating the Operation (a VM boot + join under TCG takes ~3 minutes)"
+t="${SECONDS}"
+create_operation repave-1
+wait_operation repave-1
+phase_done repave-1 "${t}"
+assert_installed repave-1
+record repave-1
+first_ip="${IP}" first_uid="${NODE_UID}" first_instance="${INSTANCE}"
+
+# 2. Second repave of the same Server: a fresh install replaces the Node, keeps the address.
+log "repave-2: creating the Operation"
+t="${SECONDS}"
+create_operation repave-2
+wait_operation repave-2
+phase_done repave-2 "${t}"
+assert_installed repave-2
+record repave-2
+[[ "${IP}" == "${first_ip}" ]] || die "repave-2 changed the Server's IP from ${first_ip} to ${IP}"
+[[ "${INSTANCE}" != "${first_instance}" ]] || die "repave-2 kept the instance-id ${INSTANCE}: not a fresh install"
+[[ "${NODE_UID}" != "${first_uid}" ]] ||
+	die "Node ${SERVER} still has uid ${first_uid} after repave-2: the previous installation's Node was not replaced"
+n="$(qemu_pids | wc -l)"
+((n == 1)) || die "after repave-2: ${n} QEMU processes for ${WORK}, want 1"
+n="$(in_ns ip -o link show | grep -c ': sg-')" || true
+((n == 1)) || die "after repave-2: ${n} sg-* taps, want 1"
+log "  repave-2: same IP ${IP}, new instance, Node replaced (uid ${first_uid} -> ${NODE_UID}), one VM, one tap"
+
+# 3. Deleting the Server releases everything.
+log "deleting Server ${SERVER}"
+t="${SECONDS}"
+kn delete server "${SERVER}" --wait=false >/dev/null
+deadline=$((SECONDS + DELETE_TIMEOUT))
+while :; do
+	left=()
+	kn get server "${SERVER}" >/dev/null 2>&1 && left+=("Server object")
+	[[ -z "$(qemu_pids)" ]] || left+=("QEMU process $(qemu_pids | tr '\n' ' ')")
+	taps="$(in_ns ip -o link show | awk -F': ' '$2 ~ /^sg-/ {print $2}' | cut -d@ -f1 | tr '\n' ' ')"
+	[[ -z "${taps}" ]] || left+=("taps ${taps}")
+	vmfiles="$(find "${WORK}/vms" -mindepth 1 2>/dev/null | head -n 5 | tr '\n' ' ')"
+	[[ -z "${vmfiles}" ]] || left+=("VM files ${vmfiles}")
+	ipfiles="$(find "${WORK}/ipam" -type f -regextype posix-extended -regex '.*/[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$' 2>/dev/null | tr '\n' ' ')"
+	[[ -z "${ipfiles}" ]] || left+=("IP allocations ${ipfiles}")
+	((${#left[@]} == 0)) && break
+	((SECONDS < deadline)) || die "${DELETE_TIMEOUT} s after deleting Server ${SERVER}, still left: ${left[*]}"
+	sleep 1
+done
+phase_done delete "${t}"
+log "  Server deleted in $((SECONDS - t)) s: no QEMU process, tap, VM file or IP allocation left"
+
+timing_table repave-1 repave-2

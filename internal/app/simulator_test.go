@@ -1,0 +1,94 @@
+package app
+
+import (
+	"context"
+	"flag"
+	"os"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+)
+
+func defaults(t *testing.T) Options {
+	t.Helper()
+	var o Options
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	o.BindFlags(fs)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	o.MetricsAddr, o.ProbeAddr = "0", "0"
+	return o
+}
+
+func TestRunRejectsBadFlagsClearly(t *testing.T) {
+	cases := []struct {
+		name    string
+		edit    func(*Options)
+		wantErr string
+	}{
+		{"selector", func(o *Options) { o.ServerSelector = "a in (" }, "--server-selector"},
+		{"memory", func(o *Options) { o.MaxMemory = "lots" }, "--max-memory"},
+		{"provider", func(o *Options) { o.Provider = "vmware" }, "use qemu or mock"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := defaults(t)
+			tc.edit(&o)
+			err := Run(context.Background(), nil, o)
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("error %v, want one mentioning %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestSimulatorOptionsAreValidated(t *testing.T) {
+	if os.Geteuid() != 0 {
+		o := defaults(t)
+		_, err := newSimulator(o, discard{})
+		if err == nil || !strings.Contains(err.Error(), "must run as root") {
+			t.Fatalf("non-root start: %v, want a clear 'must run as root' error", err)
+		}
+		return
+	}
+	// As root, only options rejected before any host change are tried here.
+	for _, tc := range []struct {
+		edit    func(*Options)
+		wantErr string
+	}{
+		{func(o *Options) { o.Accel = "hvf" }, "unknown accelerator"},
+		{func(o *Options) { o.Gateway = "192.168.100.1" }, "--gateway"},
+		{func(o *Options) { o.Accel = "tcg"; o.IPRange = "192.168.100.20" }, "--ip-range"},
+		{func(o *Options) { o.Accel = "tcg"; o.DNS = "one.one.one.one" }, "--dns"},
+	} {
+		o := defaults(t)
+		tc.edit(&o)
+		if _, err := newSimulator(o, discard{}); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("error %v, want one mentioning %q", err, tc.wantErr)
+		}
+	}
+}
+
+type discard struct{}
+
+func (discard) Info(string, ...any) {}
+
+func TestRunExplainsMissingCRDs(t *testing.T) {
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		t.Skip("KUBEBUILDER_ASSETS is not set: run with make test")
+	}
+	env := &envtest.Environment{} // a real apiserver without the Stargate CRDs
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer env.Stop()
+	o := defaults(t)
+	o.Provider = "mock"
+	err = Run(context.Background(), cfg, o)
+	if err == nil || !strings.Contains(err.Error(), "kubectl apply -f config/crd/bases/") {
+		t.Fatalf("error %v, want the CRD install command", err)
+	}
+}
