@@ -175,13 +175,15 @@ remove_stale_namespaces() {
 # wait_operation NAME: poll until the Operation is final (at most OP_TIMEOUT s), printing its progress;
 # fail unless it Succeeded.
 wait_operation() {
-	local name="$1" deadline=$((SECONDS + OP_TIMEOUT)) phase msg last=""
+	local name="$1" deadline=$((SECONDS + OP_TIMEOUT)) phase msg last="" printed=0
 	while :; do
 		phase="$(kn get operation "${name}" -o 'jsonpath={.status.phase}' 2>/dev/null)" || phase="?"
 		msg="$(kn get operation "${name}" -o 'jsonpath={.status.message}' 2>/dev/null | head -n1)" || msg=""
-		if [[ "${phase}: ${msg}" != "${last}" ]]; then
-			log "  ${name}: ${phase:-<none>}: ${msg:0:160}"
-			last="${phase}: ${msg}"
+		# Progress: when the phase or the step (the message up to its first digit) changes, else every 30 s.
+		if [[ "${phase}: ${msg%%[0-9]*}" != "${last}" ]] || ((SECONDS - printed >= 30)); then
+			log "  ${name}: ${phase:-<none>}: ${msg:0:170}"
+			last="${phase}: ${msg%%[0-9]*}"
+			printed="${SECONDS}"
 		fi
 		case "${phase}" in
 		Succeeded) break ;;

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
@@ -79,4 +80,17 @@ func (e *Env) Stop() error { return e.env.Stop() }
 // Namespace returns a namespace object, for tests that create their own.
 func Namespace(name string) *corev1.Namespace {
 	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
+}
+
+// Main starts an Env for a test package, runs its tests, stops the Env and returns the exit
+// code: `func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }`.
+func Main(m *testing.M, env **Env) int {
+	e, err := Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	*env = e
+	defer e.Stop()
+	return m.Run()
 }
