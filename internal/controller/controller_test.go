@@ -492,11 +492,17 @@ func TestJoinsClusterWaitsForReadyNodeAndDeletesStaleOne(t *testing.T) {
 		return time.Now().Truncate(time.Second).After(stale.CreationTimestamp.Time), "waiting for the next second"
 	})
 	h.create(repave("op1", name, "join"))
+	// The stale Node goes while the guest is still installing (before its kubeadm join).
+	eventually(t, 15*time.Second, func() (bool, string) {
+		op := h.op("op1")
+		err := env.Client.Get(context.Background(), client.ObjectKey{Name: name}, &corev1.Node{})
+		return err != nil && !meta.IsStatusConditionTrue(op.Status.Conditions, stargatev1.ConditionGuestReady),
+			fmt.Sprintf("stale node get: %v, conditions %+v", err, op.Status.Conditions)
+	})
 	eventually(t, 15*time.Second, func() (bool, string) {
 		op := h.op("op1")
 		c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionNodeReady)
-		err := env.Client.Get(context.Background(), client.ObjectKey{Name: name}, &corev1.Node{})
-		return c != nil && c.Status == metav1.ConditionFalse && err != nil, fmt.Sprintf("NodeReady=%+v, stale node get: %v", c, err)
+		return c != nil && c.Status == metav1.ConditionFalse, fmt.Sprintf("NodeReady=%+v", c)
 	})
 	// The new kubelet registers (in a later second than the repave's start) and becomes Ready.
 	start := h.op("op1").Status.StartTime.Time

@@ -425,12 +425,17 @@ func (r *OperationReconciler) reconcileRunning(ctx context.Context, op *stargate
 		r.fail(op, server, st.Reason, st.Message, now)
 		return ctrl.Result{}, nil
 	}
+	if profile.Spec.JoinsCluster && !st.Done {
+		if err := r.deleteStaleNode(ctx, op, server); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
 	if !st.Done {
 		op.Status.Message = currentStepMessage(st.Steps)
 		return ctrl.Result{RequeueAfter: r.Options.PollInterval}, nil
 	}
 	if profile.Spec.JoinsCluster {
-		ready, msg, err := r.nodeReady(ctx, op, server)
+		ready, msg, err := r.nodeReady(ctx, server)
 		if err != nil {
 			return ctrl.Result{}, err
 		}
@@ -444,24 +449,33 @@ func (r *OperationReconciler) reconcileRunning(ctx context.Context, op *stargate
 	return ctrl.Result{}, r.succeed(ctx, op, server, profile, st, now)
 }
 
-// nodeReady deletes the stale Node of the previous installation (once the old machine is gone)
-// and reports whether the new one is Ready.
-func (r *OperationReconciler) nodeReady(ctx context.Context, op *stargatev1.Operation, server *stargatev1.Server) (bool, string, error) {
+// deleteStaleNode deletes the Node of the previous installation — registered before this repave
+// started — so the new one can join under the same name: kubeadm refuses to join over a Ready Node
+// of that name, and a kubelet does not re-create a Node deleted after it registered. It runs only
+// until the guest finishes cloud-init (which runs the join), so it never deletes the new Node.
+func (r *OperationReconciler) deleteStaleNode(ctx context.Context, op *stargatev1.Operation, server *stargatev1.Server) error {
+	node := &corev1.Node{}
+	if err := r.Client.Get(ctx, types.NamespacedName{Name: server.Name}, node); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if op.Status.StartTime == nil || !node.CreationTimestamp.Before(op.Status.StartTime) {
+		return nil
+	}
+	if err := r.Client.Delete(ctx, node, client.Preconditions{UID: &node.UID}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("deleting stale node %s: %w", node.Name, err)
+	}
+	r.Recorder.Eventf(op, node, corev1.EventTypeNormal, "StaleNodeDeleted", "Repave", "Deleted Node %s of the previous installation so the new one can join", node.Name)
+	return nil
+}
+
+// nodeReady reports whether the Node named after the Server is Ready.
+func (r *OperationReconciler) nodeReady(ctx context.Context, server *stargatev1.Server) (bool, string, error) {
 	node := &corev1.Node{}
 	if err := r.Client.Get(ctx, types.NamespacedName{Name: server.Name}, node); err != nil {
 		if apierrors.IsNotFound(err) {
 			return false, fmt.Sprintf("Waiting for Node %s to join the cluster", server.Name), nil
 		}
 		return false, "", fmt.Errorf("reading node %s: %w", server.Name, err)
-	}
-	if op.Status.StartTime != nil && node.CreationTimestamp.Before(op.Status.StartTime) {
-		// Registered before this repave started: the previous installation's Node. The new
-		// kubelet registers afresh once it is gone.
-		if err := r.Client.Delete(ctx, node, client.Preconditions{UID: &node.UID}); err != nil && !apierrors.IsNotFound(err) {
-			return false, "", fmt.Errorf("deleting stale node %s: %w", node.Name, err)
-		}
-		r.Recorder.Eventf(op, node, corev1.EventTypeNormal, "StaleNodeDeleted", "Repave", "Deleted Node %s of the previous installation", node.Name)
-		return false, fmt.Sprintf("Deleted the previous installation's Node %s; waiting for the new one to join", node.Name), nil
 	}
 	for _, c := range node.Status.Conditions {
 		if c.Type == corev1.NodeReady {
