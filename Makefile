@@ -90,6 +90,10 @@ test: verify-generated vet $(if $(KUBEBUILDER_ASSETS),,envtest-assets) $(if $(IS
 	$(if $(IS_ROOT),STARGATE_GUEST_IMAGE="$${STARGATE_GUEST_IMAGE:-$$(hack/guest-image/build.sh)}") \
 	KUBEBUILDER_ASSETS="$(or $(KUBEBUILDER_ASSETS),$(KUBE_BIN_DIR))" go test $(GO_TEST_FLAGS) ./...
 
+.PHONY: e2e
+e2e: build kube-binaries guest-image ## Offline end-to-end proof (root, ~4 min warm): a TCG VM joins the local cluster, is repaved again, then deleted.
+	STARGATE_GUEST_IMAGE="$$(hack/guest-image/build.sh)" KUBE_BIN_DIR="$(KUBE_BIN_DIR)" hack/e2e.sh
+
 .PHONY: test-short
 test-short: $(if $(KUBEBUILDER_ASSETS),,envtest-assets) ## Run the fast tests only (no VM boots, no scale test).
 	KUBEBUILDER_ASSETS="$(or $(KUBEBUILDER_ASSETS),$(KUBE_BIN_DIR))" go test -short ./...

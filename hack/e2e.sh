@@ -18,7 +18,7 @@
 #   3. Operation repave-2 of the same Server: Succeeded; same IP (answers ping), new instance-id; Node worker-1
 #      Ready again with a different UID (the old Node was replaced); one QEMU process and one tap.
 #   4. Delete the Server: within 2 minutes it is gone, with no QEMU process for the work dir, no sg-* tap,
-#      no VM files and no IP allocation left.
+#      no VM files, no IP allocation and no QMP socket left.
 #   Then a table of how long each step of each Operation took (condition lastTransitionTime - startTime).
 # On failure: the last 40 lines of the VM console, the simulator log tail and the Operations as YAML.
 # Always: the simulator, VMs and control plane are stopped, the namespace and temporary files removed.
@@ -26,7 +26,7 @@
 # Needs: root, `make build` (bin/simulator), `make kube-binaries`, the guest image (`make guest-image`),
 # qemu-system-x86 qemu-utils iptables iputils-ping iproute2 curl openssl python3.
 # Environment: STARGATE_GUEST_IMAGE (default: hack/guest-image/build.sh), KUBE_BIN_DIR (default:
-# hack/kube-binaries.sh all), E2E_OP_TIMEOUT (seconds per repave, default 900), E2E_KEEP=1 keeps the
+# hack/kube-binaries.sh all), SIMULATOR (default: bin/simulator), E2E_OP_TIMEOUT (seconds per repave, default 900), E2E_KEEP=1 keeps the
 # temporary directory (logs, consoles) for inspection.
 set -euo pipefail
 
@@ -41,6 +41,7 @@ readonly BRIDGE=stargate-br0
 readonly OP_TIMEOUT="${E2E_OP_TIMEOUT:-900}"
 readonly DELETE_TIMEOUT=120
 readonly T0="${SECONDS}"
+PASSED=0
 
 log() { printf '[e2e %4ds] %s\n' "$((SECONDS - T0))" "$*" >&2; }
 die() {
@@ -51,7 +52,8 @@ die() {
 # --- preconditions --------------------------------------------------------------------------------
 [[ "$(id -u)" == 0 ]] || die "run as root: the test creates a network namespace, a bridge, taps and VMs (sudo $0)"
 [[ "${OP_TIMEOUT}" =~ ^[0-9]+$ ]] || die "E2E_OP_TIMEOUT=${OP_TIMEOUT}: want seconds"
-[[ -x "${REPO}/bin/simulator" ]] || die "bin/simulator is missing: run \`make build\`"
+readonly SIMULATOR="${SIMULATOR:-${REPO}/bin/simulator}"
+[[ -x "${SIMULATOR}" ]] || die "${SIMULATOR} is missing: run \`make build\`"
 for tool in ip ping qemu-system-x86_64 qemu-img iptables curl timeout; do
 	command -v "${tool}" >/dev/null ||
 		die "${tool} not found: apt-get install iproute2 iputils-ping qemu-system-x86 qemu-utils iptables curl coreutils"
@@ -97,7 +99,10 @@ kill_wait() {
 	kill -TERM "$@" 2>/dev/null || true
 	for ((i = 0; i < grace * 10; i++)); do
 		alive=0
-		for pid in "$@"; do kill -0 "${pid}" 2>/dev/null && alive=1; done
+		for pid in "$@"; do
+			# Exited but not yet reaped (zombie) counts as gone.
+			[[ -r "/proc/${pid}/status" ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/${pid}/status" 2>/dev/null && alive=1
+		done
 		((alive)) || return 0
 		sleep 0.1
 	done
@@ -128,17 +133,23 @@ diagnostics() {
 
 cleanup() {
 	local rc=$?
-	trap - EXIT INT TERM HUP
+	trap - EXIT
+	trap '' INT TERM HUP # cleanup is bounded: let it finish
 	set +e
 	((rc == 0)) || diagnostics
 	log "cleaning up"
 	if [[ -n "${SIM_PID}" ]]; then kill_wait 15 "${SIM_PID}"; fi
+	# The control plane before the VMs: kube-apiserver shuts down at once while its kubelets are alive to
+	# close their connections, but waits up to a minute for those of VMs that were killed.
+	if [[ -n "${NS_CREATED}" ]]; then
+		timeout 90 ip netns exec "${NS}" "${REPO}/scripts/local-cluster.sh" down 2>>"${TMP}/local-cluster-down.log" ||
+			log "WARNING: local-cluster down failed: $(tail -n 3 "${TMP}/local-cluster-down.log")"
+	fi
 	# QEMU daemonizes: its VMs outlive the simulator.
 	# shellcheck disable=SC2046 # one PID per word
 	kill_wait 10 $(qemu_pids)
+	log "simulator, control plane and VMs stopped"
 	if [[ -n "${NS_CREATED}" ]]; then
-		timeout 90 ip netns exec "${NS}" "${REPO}/scripts/local-cluster.sh" down >/dev/null 2>&1 ||
-			log "WARNING: local-cluster down failed"
 		# Whatever still runs in the namespace was started by this script (nothing else can enter it).
 		# shellcheck disable=SC2046
 		kill_wait 5 $(ip netns pids "${NS}" 2>/dev/null)
@@ -150,6 +161,8 @@ cleanup() {
 		rm -rf --one-file-system -- "${TMP}"
 	fi
 	if ((rc == 0)); then log "PASS (total $((SECONDS - T0)) s)"; else log "FAILED (exit ${rc}, total $((SECONDS - T0)) s)"; fi
+	# The closing line CI reads: scenarios (first repave, second repave, deletion) passed and failed.
+	printf 'e2e: %d passed, %d failed\n' "${PASSED}" "$((rc == 0 ? 0 : 1))"
 	exit "${rc}"
 }
 trap cleanup EXIT
@@ -220,7 +233,7 @@ node_field() { k get node "${SERVER}" -o "jsonpath={${1}}"; }
 # assert_installed OP: the Server is Ready at an address that answers; its Node is Ready with that address.
 # Sets IP, NODE_UID, INSTANCE.
 assert_installed() {
-	local op="$1" state ready internal
+	local op="$1" state ready internal cidr
 	state="$(server_field .status.state)"
 	IP="$(server_field .status.ipAddress)"
 	INSTANCE="$(server_field .status.instanceID)"
@@ -233,7 +246,10 @@ assert_installed() {
 	[[ "${ready}" == True ]] || die "after ${op}: Node ${SERVER} is not Ready (Ready=${ready:-<none>})"
 	internal="$(node_field '.status.addresses[?(@.type=="InternalIP")].address')"
 	[[ "${internal}" == "${IP}" ]] || die "after ${op}: Node ${SERVER} has InternalIP '${internal}', want the Server's ${IP}"
-	log "  ${op}: Server ${SERVER} Ready at ${IP} (answers ping); Node ${SERVER} Ready, uid ${NODE_UID}, podCIDR $(node_field .spec.podCIDR)"
+	# The pod network: containerd renders the CNI config from this podCIDR (the Node is Ready only with it).
+	cidr="$(node_field .spec.podCIDR)"
+	[[ -n "${cidr}" ]] || die "after ${op}: Node ${SERVER} has no podCIDR"
+	log "  ${op}: Server ${SERVER} Ready at ${IP} (answers ping); Node ${SERVER} Ready, uid ${NODE_UID}, podCIDR ${cidr}"
 }
 
 # record OP: keep what the timing table needs (the Node and the console change with the next repave).
@@ -302,7 +318,7 @@ k wait --for=condition=Established crd/servers.stargate.io crd/provisioningprofi
 	crd/operations.stargate.io --timeout=60s >/dev/null
 
 t="${SECONDS}"
-ip netns exec "${NS}" "${REPO}/bin/simulator" --kubeconfig "${KCFG}" --accel tcg --work-dir "${WORK}" \
+ip netns exec "${NS}" "${SIMULATOR}" --kubeconfig "${KCFG}" --accel tcg --work-dir "${WORK}" \
 	--metrics-bind-address 0 --health-probe-bind-address 0 --poll-interval 2s >"${SIM_LOG}" 2>&1 &
 SIM_PID=$!
 deadline=$((SECONDS + 60))
@@ -326,17 +342,18 @@ spec:
   memory: 2Gi
   disk: 10Gi
 EOF
-in_ns "${REPO}/scripts/local-cluster.sh" profile "${IMAGE}" >"${TMP}/profile.yaml"
+timeout 60 ip netns exec "${NS}" "${REPO}/scripts/local-cluster.sh" profile "${IMAGE}" >"${TMP}/profile.yaml"
 kn apply -f "${TMP}/profile.yaml" >/dev/null
 
 # 1. First repave: a new worker joins.
-log "repave-1: creating the Operation (a VM boot + join under TCG takes ~3 minutes)"
+log "repave-1: creating the Operation (boot + join of a VM under TCG: 1-3 minutes, more on a busy host)"
 t="${SECONDS}"
 create_operation repave-1
 wait_operation repave-1
 phase_done repave-1 "${t}"
 assert_installed repave-1
 record repave-1
+PASSED=$((PASSED + 1))
 first_ip="${IP}" first_uid="${NODE_UID}" first_instance="${INSTANCE}"
 
 # 2. Second repave of the same Server: a fresh install replaces the Node, keeps the address.
@@ -356,6 +373,7 @@ n="$(qemu_pids | wc -l)"
 n="$(in_ns ip -o link show | grep -c ': sg-')" || true
 ((n == 1)) || die "after repave-2: ${n} sg-* taps, want 1"
 log "  repave-2: same IP ${IP}, new instance, Node replaced (uid ${first_uid} -> ${NODE_UID}), one VM, one tap"
+PASSED=$((PASSED + 1))
 
 # 3. Deleting the Server releases everything.
 log "deleting Server ${SERVER}"
@@ -372,11 +390,15 @@ while :; do
 	[[ -z "${vmfiles}" ]] || left+=("VM files ${vmfiles}")
 	ipfiles="$(find "${WORK}/ipam" -type f -regextype posix-extended -regex '.*/[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$' 2>/dev/null | tr '\n' ' ')"
 	[[ -z "${ipfiles}" ]] || left+=("IP allocations ${ipfiles}")
+	sockets="$(find "${WORK}/run" -name '*.qmp' 2>/dev/null | tr '\n' ' ')"
+	[[ -z "${sockets}" ]] || left+=("QMP sockets ${sockets}")
+	k get node "${SERVER}" >/dev/null 2>&1 && left+=("Node ${SERVER}")
 	((${#left[@]} == 0)) && break
 	((SECONDS < deadline)) || die "${DELETE_TIMEOUT} s after deleting Server ${SERVER}, still left: ${left[*]}"
 	sleep 1
 done
 phase_done delete "${t}"
-log "  Server deleted in $((SECONDS - t)) s: no QEMU process, tap, VM file or IP allocation left"
+log "  Server deleted in $((SECONDS - t)) s: no QEMU process, tap, VM file, IP allocation, QMP socket or Node left"
+PASSED=$((PASSED + 1))
 
 timing_table repave-1 repave-2

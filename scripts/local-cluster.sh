@@ -23,8 +23,8 @@
 # Ports (fixed): 6443 (kube-apiserver, all addresses), 2379/2380/2381 (etcd, 127.0.0.1), 10257
 # (kube-controller-manager, 127.0.0.1), 10259 (kube-scheduler, 127.0.0.1), FILE_SERVER_PORT (all addresses).
 # Run it inside a network namespace (`ip netns exec NS ...`) to keep all of that off the host's network;
-# hack/e2e.sh does. Needs root (it writes under /var/lib and binds privileged-looking paths only, but the
-# guest file server and the control plane are meant for the simulator, which runs as root).
+# hack/e2e.sh and scripts/demo.sh do. Every command runs as root, like the simulator it serves.
+# The processes are detached (setsid): they outlive this script until `down`.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -91,7 +91,7 @@ validate_settings() {
 }
 
 require_root() {
-	[[ "$(id -u)" == 0 ]] || die "must run as root (it runs a control plane for the simulator, which runs as root): sudo $0 $*"
+	[[ "$(id -u)" == 0 ]] || die "must run as root (it runs a control plane for the simulator, which runs as root): sudo $0 ${ARGS[*]}"
 }
 
 require_binaries() {
@@ -101,8 +101,8 @@ require_binaries() {
 	done
 	((${#missing[@]} == 0)) || die "Kubernetes binaries missing in KUBE_BIN_DIR=${KUBE_BIN_DIR}: ${missing[*]}. Run \`make kube-binaries\` (builds them from the Go module proxy and caches them; ~15 min cold) or point KUBE_BIN_DIR at a directory that has them."
 	local t
-	for t in curl openssl ss setsid; do
-		command -v "${t}" >/dev/null || die "${t} not found: apt-get install curl openssl iproute2 util-linux"
+	for t in curl ss setsid base64; do
+		command -v "${t}" >/dev/null || die "${t} not found: apt-get install curl iproute2 util-linux coreutils"
 	done
 	python3_bin >/dev/null || die "python3 not found (serves the binaries to the guests): apt-get install python3"
 }
@@ -147,7 +147,14 @@ start() {
 	log "started ${name} (pid ${pid}, log ${LOG_DIR}/${name}.log)"
 }
 
-# stop NAME: SIGTERM, up to 20 s grace, then SIGKILL.
+# running PID: the process exists and is not a zombie (an exited process whose parent — here init, as the
+# components are detached — has not reaped it yet).
+running() {
+	[[ -r "/proc/$1/status" ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
+# stop NAME: SIGTERM, up to 10 s grace, then SIGKILL. (`down` deletes all state right after, so a graceful
+# shutdown buys nothing; kube-apiserver can wait up to a minute for connections of VMs that were killed.)
 stop() {
 	local name="$1" pid i
 	if ! pid="$(pid_of "${name}")"; then
@@ -155,15 +162,15 @@ stop() {
 		return 0
 	fi
 	kill -TERM "${pid}" 2>/dev/null || true
-	for ((i = 0; i < 200; i++)); do
-		kill -0 "${pid}" 2>/dev/null || break
+	for ((i = 0; i < 100; i++)); do
+		running "${pid}" || break
 		sleep 0.1
 	done
-	if kill -0 "${pid}" 2>/dev/null; then
-		log "${name} (pid ${pid}) did not stop within 20 s: killing it"
+	if running "${pid}"; then
+		log "${name} (pid ${pid}) did not stop within 10 s of SIGTERM: killing it"
 		kill -KILL "${pid}" 2>/dev/null || true
 		for ((i = 0; i < 50; i++)); do
-			kill -0 "${pid}" 2>/dev/null || break
+			running "${pid}" || break
 			sleep 0.1
 		done
 	fi
@@ -398,7 +405,7 @@ bootstrap_done() {
 }
 
 cmd_up() {
-	require_root "$@"
+	require_root
 	validate_settings
 	require_binaries
 	local t0=${SECONDS}
@@ -439,7 +446,7 @@ cmd_up() {
 
 # --- down -----------------------------------------------------------------------------------------
 cmd_down() {
-	require_root "$@"
+	require_root
 	validate_settings
 	if [[ ! -e "${STATE_DIR}" ]]; then
 		log "nothing to do: ${STATE_DIR} does not exist"
@@ -457,6 +464,7 @@ cmd_down() {
 
 # --- status ---------------------------------------------------------------------------------------
 cmd_status() {
+	require_root
 	validate_settings
 	if [[ ! -f "${STATE_DIR}/${MARKER}" ]]; then
 		printf 'no local cluster in %s\n' "${STATE_DIR}"
@@ -501,6 +509,7 @@ join_line() {
 		*) [[ -z "${endpoint}" ]] && endpoint="${words[i]}" ;;
 		esac
 	done
+	[[ "${endpoint}" == *:"${API_PORT}" ]] || die "unexpected endpoint in kubeadm's output: ${out}"
 	[[ "${token}" =~ ^[a-z0-9]{6}\.[a-z0-9]{16}$ ]] || die "unexpected token in kubeadm's output: ${out}"
 	[[ "${hash}" =~ ^sha256:[0-9a-f]{64}$ ]] || die "unexpected CA hash in kubeadm's output: ${out}"
 	JOIN_ENDPOINT="${ADVERTISE_IP}:${API_PORT}"
@@ -509,12 +518,14 @@ join_line() {
 }
 
 cmd_join_command() {
+	require_root
 	validate_settings
 	join_line
 	printf 'kubeadm join %s --token %s --discovery-token-ca-cert-hash %s\n' "${JOIN_ENDPOINT}" "${JOIN_TOKEN}" "${JOIN_HASH}"
 }
 
 cmd_profile() {
+	require_root
 	validate_settings
 	local image="${1:-}"
 	if [[ -z "${image}" ]]; then
@@ -529,7 +540,8 @@ cmd_profile() {
 	text="$(<"${PROFILE_TEMPLATE}")"
 	# Plain string replacement (quoted replacement: no pattern or & semantics); every value was validated
 	# above to be a path, address, token or hash without YAML- or shell-special characters.
-	text="${text//__GUEST_IMAGE__/"${image}"}"
+	# The template's URL is file:///__GUEST_IMAGE_PATH__ so that it is a valid file URL as it stands.
+	text="${text//__GUEST_IMAGE_PATH__/"${image#/}"}"
 	text="${text//__FILE_SERVER__/"${ADVERTISE_IP}:${FILE_SERVER_PORT}"}"
 	text="${text//__JOIN_ENDPOINT__/"${JOIN_ENDPOINT}"}"
 	text="${text//__TOKEN__/"${JOIN_TOKEN}"}"
@@ -541,6 +553,7 @@ cmd_profile() {
 }
 
 cmd_kubeconfig_path() {
+	require_root
 	validate_settings
 	require_state
 	printf '%s\n' "${ADMIN_CONF}"
@@ -565,4 +578,5 @@ main() {
 	esac
 }
 
+ARGS=("$@")
 main "$@"

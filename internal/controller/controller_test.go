@@ -522,4 +522,17 @@ func TestJoinsClusterWaitsForReadyNodeAndDeletesStaleOne(t *testing.T) {
 	if !meta.IsStatusConditionTrue(op.Status.Conditions, stargatev1.ConditionNodeReady) {
 		t.Error("NodeReady not True")
 	}
+
+	// Deleting the Server removes the Node its installation registered (matched by address).
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: h.server(name).Status.IPAddress}}
+	if err := env.Client.Status().Update(context.Background(), node); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Delete(context.Background(), h.server(name)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, func() (bool, string) {
+		err := env.Client.Get(context.Background(), client.ObjectKey{Name: name}, &corev1.Node{})
+		return err != nil, fmt.Sprintf("node still there: %v", err)
+	})
 }

@@ -10,6 +10,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -106,10 +107,36 @@ func (r *ServerReconciler) reconcileDelete(ctx context.Context, server *stargate
 		r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, "ReleaseFailed", "Delete", "Releasing the server's resources failed (will retry): %v", err)
 		return fmt.Errorf("releasing server %s: %w", server.Name, err)
 	}
+	if err := r.deleteNode(ctx, server); err != nil {
+		return err
+	}
 	r.Recorder.Eventf(server, nil, corev1.EventTypeNormal, "Released", "Delete", "Machine, disks, network attachment and IP address released")
 	controllerutil.RemoveFinalizer(server, ServerFinalizer)
 	if err := r.Client.Update(ctx, server); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("removing finalizer: %w", err)
+	}
+	return nil
+}
+
+// deleteNode removes the Node the Server's installation registered, so a deleted Server does not
+// linger as a NotReady Node. Only a Node named after the Server whose InternalIP is the Server's
+// address is removed: a same-named Node of another machine is left alone.
+func (r *ServerReconciler) deleteNode(ctx context.Context, server *stargatev1.Server) error {
+	if server.Status.IPAddress == "" {
+		return nil
+	}
+	node := &corev1.Node{}
+	if err := r.Client.Get(ctx, types.NamespacedName{Name: server.Name}, node); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	for _, a := range node.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP && a.Address == server.Status.IPAddress {
+			if err := r.Client.Delete(ctx, node, client.Preconditions{UID: &node.UID}); err != nil && !apierrors.IsNotFound(err) {
+				return fmt.Errorf("deleting node %s of the deleted server: %w", node.Name, err)
+			}
+			r.Recorder.Eventf(server, node, corev1.EventTypeNormal, "NodeDeleted", "Delete", "Deleted Node %s registered by this server", node.Name)
+			return nil
+		}
 	}
 	return nil
 }
