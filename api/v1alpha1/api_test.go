@@ -208,6 +208,11 @@ func TestInvalidObjectsAreRejected(t *testing.T) {
 			p.Spec.CloudInit = ""
 			return p
 		}, "spec.cloudInit"},
+		{"user-data both inline and in a Secret", func() client.Object {
+			p := validProfile()
+			p.Spec.CloudInitSecretRef = &stargatev1.SecretKeyReference{Name: "ud"}
+			return p
+		}, "set exactly one of spec.cloudInit"},
 		{"zero CPUs", func() client.Object {
 			s := validServer("zero-cpus")
 			s.Spec.CPUs = -1

@@ -26,16 +26,38 @@ type ImageSource struct {
 	Checksum string `json:"checksum,omitempty"`
 }
 
+// SecretKeyReference names a key of a Secret in the profile's namespace.
+type SecretKeyReference struct {
+	// Name of the Secret, in the same namespace as the profile.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+	// Key within the Secret's data; default "user-data".
+	// +kubebuilder:default="user-data"
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Key string `json:"key,omitempty"`
+}
+
 // ProvisioningProfileSpec is how to install a server: which OS image, and the cloud-init
 // user-data that configures it on first boot.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.cloudInit) != has(self.cloudInitSecretRef)",message="set exactly one of spec.cloudInit (inline user-data) and spec.cloudInitSecretRef (user-data in a Secret, for join tokens and other secrets)"
 type ProvisioningProfileSpec struct {
 	// CloudInit is the cloud-init user-data, in any format cloud-init accepts: "#cloud-config" YAML,
 	// a shell script ("#!"), a MIME multi-part archive, ... A "#cloud-config" document must be
-	// valid YAML. It is handed to the server as-is (NoCloud user-data in the simulator). It may carry
-	// secrets such as join tokens: it is written only to files readable by root.
+	// valid YAML. It is handed to the server as-is (NoCloud user-data in the simulator), written
+	// only to files readable by root. Prefer cloudInitSecretRef when it carries secrets.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=262144
-	CloudInit string `json:"cloudInit"`
+	// +optional
+	CloudInit string `json:"cloudInit,omitempty"`
+
+	// CloudInitSecretRef takes the user-data from a Secret instead of spec.cloudInit: use it when
+	// the user-data carries secrets such as kubeadm join tokens, so that reading profiles does not
+	// reveal them. Exactly one of cloudInit and cloudInitSecretRef is set.
+	// +optional
+	CloudInitSecretRef *SecretKeyReference `json:"cloudInitSecretRef,omitempty"`
 
 	// Image is the OS image to install.
 	// +kubebuilder:default={}

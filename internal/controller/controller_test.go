@@ -243,8 +243,9 @@ func TestRepaveSucceeds(t *testing.T) {
 		return meta.IsStatusConditionTrue(p.Status.Conditions, stargatev1.ConditionValid), fmt.Sprint(p.Status)
 	})
 	// A finished Operation never runs again, even when touched.
-	op.Annotations = map[string]string{"touch": "1"}
-	if err := env.Client.Update(context.Background(), op); err != nil {
+	touched := op.DeepCopy()
+	touched.Annotations = map[string]string{"touch": "1"}
+	if err := env.Client.Patch(context.Background(), touched, client.MergeFrom(op)); err != nil {
 		t.Fatal(err)
 	}
 	consistently(t, 500*time.Millisecond, func() (bool, string) {
@@ -534,5 +535,32 @@ func TestJoinsClusterWaitsForReadyNodeAndDeletesStaleOne(t *testing.T) {
 	eventually(t, 15*time.Second, func() (bool, string) {
 		err := env.Client.Get(context.Background(), client.ObjectKey{Name: name}, &corev1.Node{})
 		return err != nil, fmt.Sprintf("node still there: %v", err)
+	})
+}
+
+func TestUserDataFromSecret(t *testing.T) {
+	h := newHarness(t, 10*time.Millisecond, controller.Options{ReferenceWait: time.Minute})
+	h.create(server("s1"))
+	p := profile("secret-backed", "")
+	p.Spec.CloudInitSecretRef = &stargatev1.SecretKeyReference{Name: "worker-user-data"}
+	h.create(p)
+	h.create(repave("op1", "s1", "secret-backed"))
+	eventually(t, 10*time.Second, func() (bool, string) {
+		op := h.op("op1")
+		c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionScheduled)
+		return c != nil && c.Reason == "SecretNotFound" && strings.Contains(c.Message, `Secret "worker-user-data"`), fmt.Sprintf("%+v", c)
+	})
+	// The user-data in the Secret is what the datacenter gets: its failure marker fails the repave.
+	h.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "worker-user-data"},
+		Data: map[string][]byte{"user-data": []byte("#cloud-config\n# " + mockdc.FailMarker + stargatev1.ConditionVMRunning + "\n")}})
+	op := h.waitPhase("op1", stargatev1.OperationFailed, 15*time.Second)
+	if !strings.Contains(op.Status.Message, "injected failure at VMRunning") {
+		t.Errorf("message %q: the Secret's user-data was not used", op.Status.Message)
+	}
+	eventually(t, 10*time.Second, func() (bool, string) {
+		p := &stargatev1.ProvisioningProfile{}
+		_ = env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: "secret-backed"}, p)
+		// The profile was checked before the Secret existed; a profile edit re-checks it.
+		return meta.FindStatusCondition(p.Status.Conditions, stargatev1.ConditionValid) != nil, fmt.Sprint(p.Status)
 	})
 }

@@ -5,6 +5,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -76,11 +77,13 @@ func (o *Options) defaults() {
 
 // OperationReconciler runs Operations.
 type OperationReconciler struct {
-	Client   client.Client
-	Recorder events.EventRecorder
-	Provider Provider
-	Options  Options
-	Metrics  *Metrics
+	Client client.Client
+	// APIReader reads Secrets uncached (only "get" is needed on them).
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	Provider  Provider
+	Options   Options
+	Metrics   *Metrics
 
 	// admitted holds the Operations started by this process and not yet finished, with their
 	// memory, so capacity holds even while the cache lags behind our own status writes.
@@ -97,6 +100,7 @@ type OperationReconciler struct {
 // +kubebuilder:rbac:groups=stargate.io,resources=provisioningprofiles,verbs=get;list;watch
 // +kubebuilder:rbac:groups=stargate.io,resources=provisioningprofiles/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch;delete
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // SetupWithManager registers the reconciler and its watches.
@@ -233,7 +237,8 @@ func (r *OperationReconciler) reconcilePending(ctx context.Context, op *stargate
 			return ctrl.Result{}, nil
 		}
 		r.wait(op, reason, fmt.Sprintf("%s; waiting up to %s for it to appear", msg, (r.Options.ReferenceWait-waited).Round(time.Second)))
-		return ctrl.Result{RequeueAfter: r.Options.ReferenceWait - waited}, nil
+		// Servers and profiles are watched; Secrets are not (only "get" on them), so look again soon.
+		return ctrl.Result{RequeueAfter: min(r.Options.ReferenceWait-waited, 5*time.Second)}, nil
 	}
 	if !serverFound {
 		return waitOrFail("ServerNotFound", fmt.Sprintf("Server %q does not exist in namespace %s: create it or fix spec.serverRef", op.Spec.ServerRef.Name, op.Namespace))
@@ -249,7 +254,14 @@ func (r *OperationReconciler) reconcilePending(ctx context.Context, op *stargate
 		}
 		return waitOrFail("ProfileNotFound", fmt.Sprintf("ProvisioningProfile %q does not exist in namespace %s: create it or fix spec.provisioningProfileRef", op.Spec.ProvisioningProfileRef.Name, op.Namespace))
 	}
-	if err := ValidateProfile(profile); err != nil {
+	data, err := userData(ctx, r.APIReader, profile)
+	if errors.Is(err, errSecretNotFound) {
+		return waitOrFail("SecretNotFound", err.Error())
+	}
+	if err == nil {
+		err = ValidateUserData(data)
+	}
+	if err != nil {
 		r.fail(op, nil, "InvalidProfile", fmt.Sprintf("ProvisioningProfile %q is invalid: %v", profile.Name, err), now)
 		return ctrl.Result{}, nil
 	}
@@ -405,7 +417,15 @@ func (r *OperationReconciler) reconcileRunning(ctx context.Context, op *stargate
 		return ctrl.Result{}, err
 	}
 
-	st, err := r.Provider.Repave(ctx, repaveRequest(op, server, profile))
+	data, err := userData(ctx, r.APIReader, profile)
+	if err != nil {
+		if errors.Is(err, errSecretNotFound) {
+			r.fail(op, server, "SecretDeleted", err.Error()+" (deleted during the repave)", now)
+			return ctrl.Result{}, nil
+		}
+		return ctrl.Result{}, err
+	}
+	st, err := r.Provider.Repave(ctx, repaveRequest(op, server, profile, data))
 	if err != nil {
 		return ctrl.Result{}, fmt.Errorf("repave of server %s: %w", server.Name, err)
 	}
@@ -609,7 +629,7 @@ func InstanceID(op *stargatev1.Operation) string {
 	return "stargate-" + string(op.UID)
 }
 
-func repaveRequest(op *stargatev1.Operation, server *stargatev1.Server, profile *stargatev1.ProvisioningProfile) RepaveRequest {
+func repaveRequest(op *stargatev1.Operation, server *stargatev1.Server, profile *stargatev1.ProvisioningProfile, userData []byte) RepaveRequest {
 	req := RepaveRequest{
 		Server:        client.ObjectKeyFromObject(server),
 		InstanceID:    InstanceID(op),
@@ -619,7 +639,7 @@ func repaveRequest(op *stargatev1.Operation, server *stargatev1.Server, profile 
 		MAC:           server.Spec.MACAddress,
 		ImageURL:      profile.Spec.Image.URL,
 		ImageChecksum: profile.Spec.Image.Checksum,
-		UserData:      []byte(profile.Spec.CloudInit),
+		UserData:      userData,
 	}
 	if req.CPUs == 0 {
 		req.CPUs = 2

@@ -2,7 +2,12 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -14,11 +19,39 @@ import (
 	"stargate.io/stargate/pkg/qemu"
 )
 
-// ValidateProfile checks what the API server cannot: the user-data must be something cloud-init
+// errSecretNotFound marks a profile whose user-data Secret does not exist (yet).
+var errSecretNotFound = errors.New("create it or fix spec.cloudInitSecretRef")
+
+// userData returns a profile's user-data: inline, or from the Secret it names. Secrets are read
+// with an uncached reader, so the controller needs only "get" on them, never list/watch.
+func userData(ctx context.Context, reader client.Reader, p *stargatev1.ProvisioningProfile) ([]byte, error) {
+	ref := p.Spec.CloudInitSecretRef
+	if ref == nil {
+		return []byte(p.Spec.CloudInit), nil
+	}
+	key := ref.Key
+	if key == "" {
+		key = "user-data"
+	}
+	secret := &corev1.Secret{}
+	if err := reader.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: ref.Name}, secret); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("Secret %q named by spec.cloudInitSecretRef does not exist in namespace %s: %w", ref.Name, p.Namespace, errSecretNotFound)
+		}
+		return nil, fmt.Errorf("reading Secret %s: %w", ref.Name, err)
+	}
+	data, ok := secret.Data[key]
+	if !ok {
+		return nil, fmt.Errorf("Secret %q has no key %q (spec.cloudInitSecretRef.key): put the user-data there", ref.Name, key)
+	}
+	return data, nil
+}
+
+// ValidateUserData checks what the API server cannot: the user-data must be something cloud-init
 // can use ("#cloud-config" must be a YAML mapping) and fit in a NoCloud seed.
-func ValidateProfile(p *stargatev1.ProvisioningProfile) error {
-	if err := qemu.ValidateUserData([]byte(p.Spec.CloudInit)); err != nil {
-		return fmt.Errorf("spec.cloudInit: %w", err)
+func ValidateUserData(data []byte) error {
+	if err := qemu.ValidateUserData(data); err != nil {
+		return fmt.Errorf("user-data: %w", err)
 	}
 	return nil
 }
@@ -26,7 +59,8 @@ func ValidateProfile(p *stargatev1.ProvisioningProfile) error {
 // ProfileReconciler records on each ProvisioningProfile whether it is valid, so a broken profile
 // is visible before any Operation uses it.
 type ProfileReconciler struct {
-	Client client.Client
+	Client    client.Client
+	APIReader client.Reader
 }
 
 // SetupWithManager registers the reconciler.
@@ -43,7 +77,11 @@ func (r *ProfileReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	orig := p.DeepCopy()
 	cond := metav1.Condition{Type: stargatev1.ConditionValid, Status: metav1.ConditionTrue, Reason: "Valid",
 		Message: "The user-data passed the checks", ObservedGeneration: p.Generation}
-	if err := ValidateProfile(p); err != nil {
+	data, err := userData(ctx, r.APIReader, p)
+	if err == nil {
+		err = ValidateUserData(data)
+	}
+	if err != nil {
 		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "InvalidUserData", err.Error()
 	}
 	meta.SetStatusCondition(&p.Status.Conditions, cond)

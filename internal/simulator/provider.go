@@ -201,19 +201,29 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	}
 	st.MACAddress = mac
 
-	// 1. Image, downloaded in the background.
-	f := p.fetchImage(req.ImageURL, req.ImageChecksum)
-	if !f.done.Load() {
-		st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Downloading", downloadMessage(req.ImageURL, f.bytes.Load(), f.size.Load()))
-		return st.finish(), nil
-	}
-	if f.err != nil {
-		p.forgetFailedFetch(req.ImageURL, req.ImageChecksum, f)
-		return st.fail(stargatev1.ConditionImageReady, imageFailureReason(f.err), fmt.Sprintf("Fetching the OS image failed: %v", f.err)), nil
-	}
-	st.set(stargatev1.ConditionImageReady, controller.StepDone, "Cached", fmt.Sprintf("Image %s cached (%s, %d MiB)", req.ImageURL, f.image.Digest, f.image.Size>>20))
-
 	dir := p.VMDir(req.Server)
+	current, _ := os.ReadFile(filepath.Join(dir, qemu.InstanceIDFile))
+	installed := strings.TrimSpace(string(current)) == req.InstanceID
+
+	// 1. Image, downloaded in the background; only needed until this installation has started
+	// (after a controller restart the running installation needs no image check).
+	var base string
+	if installed {
+		st.set(stargatev1.ConditionImageReady, controller.StepDone, "Cached", fmt.Sprintf("Image %s in use by this installation", req.ImageURL))
+	} else {
+		f := p.fetchImage(req.ImageURL, req.ImageChecksum)
+		if !f.done.Load() {
+			st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Downloading", downloadMessage(req.ImageURL, f.bytes.Load(), f.size.Load()))
+			return st.finish(), nil
+		}
+		if f.err != nil {
+			p.forgetFailedFetch(req.ImageURL, req.ImageChecksum, f)
+			return st.fail(stargatev1.ConditionImageReady, imageFailureReason(f.err), fmt.Sprintf("Fetching the OS image failed: %v", f.err)), nil
+		}
+		st.set(stargatev1.ConditionImageReady, controller.StepDone, "Cached", fmt.Sprintf("Image %s cached (%s, %d MiB)", req.ImageURL, f.image.Digest, f.image.Size>>20))
+		base = f.image.Path
+	}
+
 	qmp, err := p.qmpSocket(dir)
 	if err != nil {
 		return st.fail(stargatev1.ConditionVMRunning, "InvalidWorkDir", err.Error()), nil
@@ -229,10 +239,9 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	}
 	st.IPAddress = ip.String()
 
-	current, _ := os.ReadFile(filepath.Join(dir, qemu.InstanceIDFile))
-	if strings.TrimSpace(string(current)) != req.InstanceID {
+	if !installed {
 		// A new installation: replace whatever runs now.
-		if err := p.install(ctx, req, st, dir, qmp, tap, mac, ip, f.image.Path); err != nil {
+		if err := p.install(ctx, req, st, dir, qmp, tap, mac, ip, base); err != nil {
 			return controller.RepaveStatus{}, err
 		}
 		if st.Failed {

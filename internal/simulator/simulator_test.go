@@ -47,7 +47,9 @@ func TestRepaveWithQEMU(t *testing.T) {
 	if image == "" {
 		t.Skip("STARGATE_GUEST_IMAGE is not set: `make test` builds the guest image and sets it (needs root)")
 	}
-	env, p, work := startSimulator(t, "sgsim-br0")
+	h := newSimHarness(t, "sgsim-br0")
+	env, work := h.env, h.cfg.WorkDir
+	vmDir := func() string { return h.p.VMDir(client.ObjectKey{Namespace: ns, Name: "worker-1"}) }
 	ctx := context.Background()
 	c := env.Client
 	must := func(err error) {
@@ -68,7 +70,7 @@ func TestRepaveWithQEMU(t *testing.T) {
 	must(c.Create(ctx, profile("hello", `[sh, -c, 'echo STARGATE-HELLO $(hostname) > /dev/ttyS0']`)))
 	must(c.Create(ctx, profile("broken", `[sh, -c, 'echo about to fail; exit 3']`)))
 
-	runOp := func(name, prof string, want stargatev1.OperationPhase) *stargatev1.Operation {
+	runOp := func(name, prof string, want stargatev1.OperationPhase, midway func()) *stargatev1.Operation {
 		t.Helper()
 		start := time.Now()
 		must(c.Create(ctx, &stargatev1.Operation{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: stargatev1.OperationSpec{
@@ -80,6 +82,10 @@ func TestRepaveWithQEMU(t *testing.T) {
 			must(c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, op))
 			if op.Status.Phase.IsFinal() {
 				break
+			}
+			if midway != nil && meta.IsStatusConditionTrue(op.Status.Conditions, stargatev1.ConditionVMRunning) {
+				midway()
+				midway = nil
 			}
 			if time.Now().After(deadline) {
 				t.Fatalf("%s not finished after 12m: %s %s", name, op.Status.Phase, op.Status.Message)
@@ -107,12 +113,12 @@ func TestRepaveWithQEMU(t *testing.T) {
 		}
 	}
 	console := func() string {
-		b, _ := os.ReadFile(filepath.Join(p.VMDir(client.ObjectKey{Namespace: ns, Name: "worker-1"}), qemu.ConsoleFile))
+		b, _ := os.ReadFile(filepath.Join(vmDir(), qemu.ConsoleFile))
 		return string(b)
 	}
 
 	// 1. First repave.
-	op1 := runOp("repave-1", "hello", stargatev1.OperationSucceeded)
+	op1 := runOp("repave-1", "hello", stargatev1.OperationSucceeded, nil)
 	for _, cond := range []string{stargatev1.ConditionImageReady, stargatev1.ConditionCloudInitReady, stargatev1.ConditionNetworkReady,
 		stargatev1.ConditionVMRunning, stargatev1.ConditionGuestReady, stargatev1.ConditionSucceeded} {
 		if !meta.IsStatusConditionTrue(op1.Status.Conditions, cond) {
@@ -129,8 +135,9 @@ func TestRepaveWithQEMU(t *testing.T) {
 		t.Errorf("user-data did not run in the guest (hostname from meta-data)")
 	}
 
-	// 2. Second repave of the same server: fresh install, same address, one VM, one tap.
-	runOp("repave-2", "hello", stargatev1.OperationSucceeded)
+	// 2. Second repave of the same server: fresh install, same address, one VM, one tap — with the
+	// simulator restarted while the new VM boots (its in-memory state is lost; the host's is not).
+	runOp("repave-2", "hello", stargatev1.OperationSucceeded, h.restart)
 	s = server()
 	if s.Status.IPAddress != firstIP || s.Status.InstanceID == firstInstance || s.Status.LastOperation != "repave-2" {
 		t.Errorf("after repave-2: ip %s (want %s), instance %s (want a new one), last op %s", s.Status.IPAddress, firstIP, s.Status.InstanceID, s.Status.LastOperation)
@@ -144,7 +151,7 @@ func TestRepaveWithQEMU(t *testing.T) {
 	}
 
 	// 3. A profile whose user-data fails: the Operation fails, and says why.
-	op3 := runOp("repave-broken", "broken", stargatev1.OperationFailed)
+	op3 := runOp("repave-broken", "broken", stargatev1.OperationFailed, nil)
 	if !strings.Contains(op3.Status.Message, "cloud-init finished with errors") || !strings.Contains(op3.Status.Message, "serial console") {
 		t.Errorf("failure message does not explain: %s", op3.Status.Message)
 	}
@@ -180,43 +187,74 @@ func TestRepaveWithQEMU(t *testing.T) {
 	}
 }
 
-// startSimulator starts envtest (inside this test's network namespace, on its loopback), a
-// simulator provider on its own bridge, and the controller; everything stops with the test.
+// simHarness is envtest (inside this test's network namespace, on its loopback) plus a simulator
+// "process": a provider on its own bridge and a controller manager. restart replaces both, as a
+// crashed and restarted simulator would (nothing in memory survives; the host state does).
+type simHarness struct {
+	t    testing.TB
+	env  *testenv.Env
+	cfg  simulator.Config
+	p    *simulator.Provider
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+func (h *simHarness) start() {
+	h.t.Helper()
+	p, err := simulator.New(h.cfg)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	mgr, err := ctrl.NewManager(h.env.Config, ctrl.Options{Scheme: h.env.Scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := controller.Setup(mgr, p, controller.Options{PollInterval: 2 * time.Second}, controller.NewMetrics(prometheus.NewRegistry())); err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	h.p, h.stop, h.done = p, stop, make(chan struct{})
+	go func() { defer close(h.done); _ = mgr.Start(ctx) }()
+}
+
+func (h *simHarness) halt() {
+	h.stop()
+	<-h.done
+}
+
+func (h *simHarness) restart() {
+	h.halt()
+	h.start()
+}
+
+// startSimulator starts envtest, a simulator provider on its own bridge, and the controller;
+// everything stops with the test.
 func startSimulator(t testing.TB, bridge string) (*testenv.Env, *simulator.Provider, string) {
+	h := newSimHarness(t, bridge)
+	return h.env, h.p, h.cfg.WorkDir
+}
+
+func newSimHarness(t testing.TB, bridge string) *simHarness {
 	t.Helper()
 	env, err := testenv.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = env.Stop() })
-	work := t.TempDir()
-	p, err := simulator.New(simulator.Config{
-		WorkDir: work, Accel: qemu.AccelTCG, BootTimeout: 8 * time.Minute, Log: logr.Discard(),
-		Network: qemu.NetworkConfig{Bridge: bridge, Gateway: netip.MustParsePrefix("192.168.100.1/24"), NAT: true},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctrl.SetLogger(logr.Discard())
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: env.Scheme, Metrics: metricsserver.Options{BindAddress: "0"},
-		Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := controller.Setup(mgr, p, controller.Options{PollInterval: 2 * time.Second}, controller.NewMetrics(prometheus.NewRegistry())); err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = mgr.Start(ctx) }()
+	h := &simHarness{t: t, env: env, cfg: simulator.Config{
+		WorkDir: t.TempDir(), Accel: qemu.AccelTCG, BootTimeout: 8 * time.Minute, Log: logr.Discard(),
+		Network: qemu.NetworkConfig{Bridge: bridge, Gateway: netip.MustParsePrefix("192.168.100.1/24"), NAT: true},
+	}}
+	h.start()
 	t.Cleanup(func() {
-		stop()
-		<-done
-		if err := p.Teardown(); err != nil {
+		h.halt()
+		if err := h.p.Teardown(); err != nil {
 			t.Error(err)
 		}
 	})
-	return env, p, work
+	return h
 }
 
 // TestRepaveFailsClearlyOnBadImage: an image that does not exist, or does not match its checksum,
