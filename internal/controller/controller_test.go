@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -45,6 +46,7 @@ type harness struct {
 	ns     string
 	dc     *mockdc.Server
 	dcURL  string
+	reg    *prometheus.Registry
 	opts   controller.Options
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -86,7 +88,8 @@ func (h *harness) start(p controller.Provider) {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	if err := controller.Setup(mgr, p, h.opts, controller.NewMetrics(prometheus.NewRegistry())); err != nil {
+	h.reg = prometheus.NewRegistry()
+	if err := controller.Setup(mgr, p, h.opts, controller.NewMetrics(h.reg)); err != nil {
 		h.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -236,6 +239,20 @@ func TestRepaveSucceeds(t *testing.T) {
 		evs := h.events("op1")
 		return hasEvent(evs, "Started") && hasEvent(evs, "Succeeded"), fmt.Sprintf("%d events", len(evs))
 	})
+	// Metrics tell the same story.
+	if n, err := testutil.GatherAndCount(h.reg, "stargate_repave_step_duration_seconds"); err != nil || n != len(mockdc.Steps) {
+		t.Errorf("step duration series: %d (%v), want one per step", n, err)
+	}
+	if err := testutil.GatherAndCompare(h.reg, strings.NewReader(`
+# HELP stargate_operations_finished_total Operations that finished, by phase.
+# TYPE stargate_operations_finished_total counter
+stargate_operations_finished_total{phase="Succeeded"} 1
+# HELP stargate_operations_running Operations this controller is running now.
+# TYPE stargate_operations_running gauge
+stargate_operations_running 0
+`), "stargate_operations_finished_total", "stargate_operations_running"); err != nil {
+		t.Error(err)
+	}
 	// Valid profile is reported as such.
 	eventually(t, 10*time.Second, func() (bool, string) {
 		p := &stargatev1.ProvisioningProfile{}

@@ -41,9 +41,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) started(*stargatev1.Operation) {
+// setRunning records how many repaves this controller runs now (recomputed, so it is right after
+// a restart too).
+func (m *Metrics) setRunning(n int) {
 	if m != nil {
-		m.running.Inc()
+		m.running.Set(float64(n))
 	}
 }
 
@@ -53,7 +55,6 @@ func (m *Metrics) finished(op *stargatev1.Operation) {
 	}
 	m.finishedTotal.WithLabelValues(string(op.Status.Phase)).Inc()
 	if op.Status.StartTime != nil && op.Status.CompletionTime != nil {
-		m.running.Dec()
 		m.repaveSeconds.WithLabelValues(string(op.Status.Phase)).Observe(op.Status.CompletionTime.Sub(op.Status.StartTime.Time).Seconds())
 	}
 }

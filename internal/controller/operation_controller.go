@@ -89,6 +89,9 @@ type OperationReconciler struct {
 	// memory, so capacity holds even while the cache lags behind our own status writes.
 	mu       sync.Mutex
 	admitted map[types.NamespacedName]int64
+	// finished remembers Operations this process finished, by UID, until the cache shows them
+	// final: a reconcile on a stale cache must not finish one twice (events, metrics).
+	finished map[types.NamespacedName]types.UID
 }
 
 // +kubebuilder:rbac:groups=stargate.io,resources=operations,verbs=get;list;watch;update;patch
@@ -107,6 +110,7 @@ type OperationReconciler struct {
 func (r *OperationReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.Options.defaults()
 	r.admitted = map[types.NamespacedName]int64{}
+	r.finished = map[types.NamespacedName]types.UID{}
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &stargatev1.Operation{}, serverRefIndex,
 		func(o client.Object) []string { return []string{o.(*stargatev1.Operation).Spec.ServerRef.Name} }); err != nil {
 		return fmt.Errorf("indexing operations by server: %w", err)
@@ -170,6 +174,7 @@ func (r *OperationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	if err := r.Client.Get(ctx, req.NamespacedName, op); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.release(req.NamespacedName)
+			r.forgetFinished(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -181,8 +186,12 @@ func (r *OperationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	}
 	if op.Status.Phase.IsFinal() {
 		r.release(req.NamespacedName)
+		r.forgetFinished(req.NamespacedName)
 		// A finished Operation never runs again; only its finalizer may be left to drop.
 		return ctrl.Result{}, r.removeFinalizer(ctx, op)
+	}
+	if r.finishedHere(req.NamespacedName, op.UID) {
+		return ctrl.Result{RequeueAfter: time.Second}, nil // our final status is not in the cache yet
 	}
 
 	orig := op.DeepCopy()
@@ -195,8 +204,25 @@ func (r *OperationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	}
 	if op.Status.Phase.IsFinal() {
 		r.release(req.NamespacedName)
+		if err == nil {
+			r.mu.Lock()
+			r.finished[req.NamespacedName] = op.UID
+			r.mu.Unlock()
+		}
 	}
 	return result, err
+}
+
+func (r *OperationReconciler) finishedHere(key types.NamespacedName, uid types.UID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.finished[key] == uid
+}
+
+func (r *OperationReconciler) forgetFinished(key types.NamespacedName) {
+	r.mu.Lock()
+	delete(r.finished, key)
+	r.mu.Unlock()
 }
 
 func (r *OperationReconciler) reconcileActive(ctx context.Context, op *stargatev1.Operation) (ctrl.Result, error) {
@@ -313,7 +339,6 @@ func (r *OperationReconciler) reconcilePending(ctx context.Context, op *stargate
 	op.Status.Message = "Repave started"
 	setCondition(op, stargatev1.ConditionScheduled, metav1.ConditionTrue, "Started", fmt.Sprintf("Holds Server %s", server.Name))
 	r.Recorder.Eventf(op, server, corev1.EventTypeNormal, "Started", "Repave", "Repaving Server %s with profile %s", server.Name, profile.Name)
-	r.Metrics.started(op)
 	return ctrl.Result{Requeue: true}, nil
 }
 
@@ -372,12 +397,14 @@ func (r *OperationReconciler) admit(op *stargatev1.Operation, server *stargatev1
 			usedMem>>20, r.Options.MaxMemoryBytes>>20, mem>>20)
 	}
 	r.admitted[key] = mem
+	r.Metrics.setRunning(len(r.admitted))
 	return true, ""
 }
 
 func (r *OperationReconciler) release(key types.NamespacedName) {
 	r.mu.Lock()
 	delete(r.admitted, key)
+	r.Metrics.setRunning(len(r.admitted))
 	r.mu.Unlock()
 }
 
@@ -385,6 +412,7 @@ func (r *OperationReconciler) release(key types.NamespacedName) {
 func (r *OperationReconciler) readmit(op *stargatev1.Operation, server *stargatev1.Server) {
 	r.mu.Lock()
 	r.admitted[client.ObjectKeyFromObject(op)] = memoryBytes(server)
+	r.Metrics.setRunning(len(r.admitted))
 	r.mu.Unlock()
 }
 
