@@ -11,7 +11,7 @@ export STARGATE_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/stargate
 KUBE_VERSION ?= v1.37.2
 ETCD_VERSION ?= v3.7.3
 export KUBE_VERSION ETCD_VERSION
-KUBE_BIN_DIR := $(STARGATE_CACHE)/kubernetes-$(KUBE_VERSION)-etcd-$(ETCD_VERSION)
+KUBE_BIN_DIR := $(shell STARGATE_CACHE='$(STARGATE_CACHE)' KUBE_VERSION='$(KUBE_VERSION)' ETCD_VERSION='$(ETCD_VERSION)' hack/kube-binaries.sh dir)
 
 CONTROLLER_GEN := go tool controller-gen
 # Real VM boots under TCG take minutes: give test binaries far more than go test's 10-minute default.

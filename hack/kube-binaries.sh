@@ -4,6 +4,7 @@
 #
 #   hack/kube-binaries.sh envtest   # etcd + kube-apiserver (what envtest needs)
 #   hack/kube-binaries.sh all       # + kube-controller-manager, kube-scheduler, kubelet, kubeadm, kubectl
+#   hack/kube-binaries.sh dir       # only print the directory (build nothing)
 #
 # A binary is built only when missing; each lands via a temporary name + rename, so an interrupted
 # build never leaves a half-written binary that looks cached.
@@ -16,10 +17,14 @@ OUT="${CACHE}/kubernetes-${KUBE_VERSION}-etcd-${ETCD_VERSION}"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 what="${1:-envtest}"
+if [[ "${what}" == dir ]]; then
+	echo "${OUT}"
+	exit 0
+fi
 case "${what}" in
 envtest) kube_bins=(kube-apiserver) ;;
 all) kube_bins=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubeadm kubectl) ;;
-*) echo "usage: $0 envtest|all" >&2; exit 2 ;;
+*) echo "usage: $0 envtest|all|dir" >&2; exit 2 ;;
 esac
 
 mkdir -p "${OUT}"

@@ -37,10 +37,9 @@ ADVERTISE_IP="${ADVERTISE_IP:-192.168.100.1}"
 FILE_SERVER_PORT="${FILE_SERVER_PORT:-8088}"
 TOKEN_TTL="${TOKEN_TTL:-24h}"
 if [[ -z "${KUBE_BIN_DIR:-}" ]]; then
-	# The directory hack/kube-binaries.sh prints (same inputs, same formula), computed here so that a
-	# missing build is reported instead of silently started (~15 minutes cold).
-	_cache="${STARGATE_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/stargate}"
-	KUBE_BIN_DIR="${_cache}/kubernetes-${KUBE_VERSION:-v1.37.2}-etcd-${ETCD_VERSION:-v3.7.3}"
+	# Only the directory, not a build: a missing build is reported instead of silently started
+	# (~15 minutes cold).
+	KUBE_BIN_DIR="$("${REPO}/hack/kube-binaries.sh" dir)"
 fi
 
 readonly API_PORT=6443
