@@ -312,11 +312,9 @@ func (r *OperationReconciler) reconcilePending(ctx context.Context, op *stargate
 	// racing for it only one wins; the loser retries and then sees the holder.
 	if server.Status.State != stargatev1.ServerProvisioning || server.Status.LastOperation != op.Name {
 		sorig := server.DeepCopy()
-		server.Status.State = stargatev1.ServerProvisioning
 		server.Status.LastOperation = op.Name
-		server.Status.Message = fmt.Sprintf("Repave by Operation %s with profile %s in progress", op.Name, profile.Name)
-		meta.SetStatusCondition(&server.Status.Conditions, metav1.Condition{Type: stargatev1.ConditionProvisioned, Status: metav1.ConditionFalse,
-			Reason: "Repaving", Message: server.Status.Message, ObservedGeneration: server.Generation})
+		setServerState(server, stargatev1.ServerProvisioning, metav1.ConditionFalse, "Repaving",
+			fmt.Sprintf("Repave by Operation %s with profile %s in progress", op.Name, profile.Name))
 		if err := r.Client.Status().Patch(ctx, server, client.MergeFromWithOptions(sorig, client.MergeFromWithOptimisticLock{})); err != nil {
 			r.release(client.ObjectKeyFromObject(op))
 			if apierrors.IsConflict(err) {
@@ -539,16 +537,14 @@ func (r *OperationReconciler) nodeReady(ctx context.Context, server *stargatev1.
 func (r *OperationReconciler) succeed(ctx context.Context, op *stargatev1.Operation, server *stargatev1.Server, profile *stargatev1.ProvisioningProfile, st RepaveStatus, now time.Time) error {
 	sorig := server.DeepCopy()
 	t := metav1.NewTime(now)
-	server.Status.State = stargatev1.ServerReady
-	server.Status.Message = fmt.Sprintf("Installed with profile %s by Operation %s", profile.Name, op.Name)
+	setServerState(server, stargatev1.ServerReady, metav1.ConditionTrue, "Repaved",
+		fmt.Sprintf("Installed with profile %s by Operation %s", profile.Name, op.Name))
 	server.Status.IPAddress, server.Status.MACAddress = st.IPAddress, st.MACAddress
 	server.Status.LastOperation = op.Name
 	server.Status.ProvisioningProfile = profile.Name
 	server.Status.InstanceID = InstanceID(op)
 	server.Status.ProvisionedAt = &t
 	server.Status.ObservedGeneration = server.Generation
-	meta.SetStatusCondition(&server.Status.Conditions, metav1.Condition{Type: stargatev1.ConditionProvisioned, Status: metav1.ConditionTrue,
-		Reason: "Repaved", Message: server.Status.Message, ObservedGeneration: server.Generation})
 	if err := r.Client.Status().Patch(ctx, server, client.MergeFrom(sorig)); err != nil {
 		return fmt.Errorf("recording server %s ready: %w", server.Name, err)
 	}
@@ -580,11 +576,8 @@ func (r *OperationReconciler) fail(op *stargatev1.Operation, server *stargatev1.
 		return
 	}
 	sorig := server.DeepCopy()
-	server.Status.State = stargatev1.ServerError
-	server.Status.Message = fmt.Sprintf("Repave by Operation %s failed: %s", op.Name, firstLine(msg))
 	server.Status.LastOperation = op.Name
-	meta.SetStatusCondition(&server.Status.Conditions, metav1.Condition{Type: stargatev1.ConditionProvisioned, Status: metav1.ConditionFalse,
-		Reason: reason, Message: truncate(server.Status.Message, 1024), ObservedGeneration: server.Generation})
+	setServerState(server, stargatev1.ServerError, metav1.ConditionFalse, reason, fmt.Sprintf("Repave by Operation %s failed: %s", op.Name, firstLine(msg)))
 	// Best effort: the Operation's own status carries the failure even if this write is lost.
 	if err := r.Client.Status().Patch(context.Background(), server, client.MergeFrom(sorig)); err == nil {
 		r.Recorder.Eventf(server, op, corev1.EventTypeWarning, "ProvisioningFailed", "Repave", "%s", truncate(server.Status.Message, 1024))
@@ -609,10 +602,8 @@ func (r *OperationReconciler) reconcileDelete(ctx context.Context, op *stargatev
 		server := &stargatev1.Server{}
 		if err := r.Client.Get(ctx, key, server); err == nil && server.Status.LastOperation == op.Name {
 			sorig := server.DeepCopy()
-			server.Status.State = stargatev1.ServerError
-			server.Status.Message = fmt.Sprintf("Repave interrupted: Operation %s was deleted while running; the server is powered off. Create a new repave Operation to install it.", op.Name)
-			meta.SetStatusCondition(&server.Status.Conditions, metav1.Condition{Type: stargatev1.ConditionProvisioned, Status: metav1.ConditionFalse,
-				Reason: "OperationDeleted", Message: server.Status.Message, ObservedGeneration: server.Generation})
+			setServerState(server, stargatev1.ServerError, metav1.ConditionFalse, "OperationDeleted",
+				fmt.Sprintf("Repave interrupted: Operation %s was deleted while running; the server is powered off. Create a new repave Operation to install it.", op.Name))
 			if err := r.Client.Status().Patch(ctx, server, client.MergeFrom(sorig)); err != nil && !apierrors.IsNotFound(err) {
 				return fmt.Errorf("recording interrupted repave on server %s: %w", server.Name, err)
 			}

@@ -79,10 +79,8 @@ func (r *ServerReconciler) reconcileHealth(ctx context.Context, server *stargate
 			return ctrl.Result{}, fmt.Errorf("inspecting server: %w", err)
 		}
 		if !info.Running {
-			server.Status.State = stargatev1.ServerError
-			server.Status.Message = "The server is not running any more (its machine stopped or was removed outside Stargate): repave it to reinstall"
-			meta.SetStatusCondition(&server.Status.Conditions, metav1.Condition{Type: stargatev1.ConditionProvisioned, Status: metav1.ConditionFalse,
-				Reason: "MachineStopped", Message: server.Status.Message, ObservedGeneration: server.Generation})
+			setServerState(server, stargatev1.ServerError, metav1.ConditionFalse, "MachineStopped",
+				"The server is not running any more (its machine stopped or was removed outside Stargate): repave it to reinstall")
 			r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, "MachineStopped", "Inspect", "%s", server.Status.Message)
 			return ctrl.Result{}, nil
 		}
@@ -139,4 +137,13 @@ func (r *ServerReconciler) deleteNode(ctx context.Context, server *stargatev1.Se
 		}
 	}
 	return nil
+}
+
+// setServerState sets a Server's one-word state and its message for humans, together with the
+// Provisioned condition that is their truth (messages there are bounded: they may carry a console tail).
+func setServerState(server *stargatev1.Server, state stargatev1.ServerState, provisioned metav1.ConditionStatus, reason, msg string) {
+	server.Status.State = state
+	server.Status.Message = msg
+	meta.SetStatusCondition(&server.Status.Conditions, metav1.Condition{Type: stargatev1.ConditionProvisioned, Status: provisioned,
+		Reason: reason, Message: truncate(msg, 1024), ObservedGeneration: server.Generation})
 }
