@@ -128,8 +128,7 @@ stop_simulator() {
 wait_operation() {
 	local op="$1" last="" phase msg deadline=$((SECONDS + TIMEOUT_SECONDS))
 	while ((SECONDS < deadline)); do
-		phase="$(k -n "${NS}" get operation "${op}" -o jsonpath='{.status.phase}' 2>/dev/null || true)"
-		msg="$(k -n "${NS}" get operation "${op}" -o jsonpath='{.status.message}' 2>/dev/null | head -n1 || true)"
+		IFS=$'\t' read -r phase msg < <(k -n "${NS}" get operation "${op}" -o jsonpath='{.status.phase}{"\t"}{.status.message}' 2>/dev/null || true) || true
 		if [[ "${phase}: ${msg}" != "${last}" ]]; then
 			printf '    [%4ds] %s: %s\n' "$((SECONDS - START))" "${phase:-New}" "${msg}" >&2
 			last="${phase}: ${msg}"
@@ -148,14 +147,13 @@ wait_operation() {
 
 # phase_table prints when each step finished, relative to the Operation's start.
 phase_table() {
-	local op="$1"
+	local op="$1" start
+	start="$(date -d "$(k -n "${NS}" get operation "${op}" -o jsonpath='{.metadata.creationTimestamp}')" +%s)"
 	printf '\n%-16s %s\n' STEP "DONE AFTER (s)"
 	k -n "${NS}" get operation "${op}" -o go-template='{{range .status.conditions}}{{.type}} {{.status}} {{.lastTransitionTime}}{{"\n"}}{{end}}' |
 		while read -r type status at; do
 			[[ "${status}" == True ]] || continue
-			local start
-			start="$(k -n "${NS}" get operation "${op}" -o jsonpath='{.metadata.creationTimestamp}')"
-			printf '%-16s %d\n' "${type}" "$(($(date -d "${at}" +%s) - $(date -d "${start}" +%s)))"
+			printf '%-16s %d\n' "${type}" "$(($(date -d "${at}" +%s) - start))"
 		done
 }
 
