@@ -127,8 +127,14 @@ func TestDefaults(t *testing.T) {
 	if err := env.Client.Create(ctx, srv); err != nil {
 		t.Fatal(err)
 	}
-	if srv.Spec.CPUs != 2 || srv.Spec.Memory.String() != "4Gi" || srv.Spec.Disk.String() != "20Gi" {
-		t.Errorf("server defaults: cpus=%d memory=%s disk=%s, want 2, 4Gi, 20Gi", srv.Spec.CPUs, srv.Spec.Memory.String(), srv.Spec.Disk.String())
+	// The API server's defaults (markers) and the Go constants the controllers use must agree.
+	if srv.Spec.CPUs != stargatev1.DefaultCPUs || srv.Spec.Memory.String() != stargatev1.DefaultMemory || srv.Spec.Disk.String() != stargatev1.DefaultDisk {
+		t.Errorf("server defaults: cpus=%d memory=%s disk=%s, want %d, %s, %s", srv.Spec.CPUs, srv.Spec.Memory.String(), srv.Spec.Disk.String(),
+			stargatev1.DefaultCPUs, stargatev1.DefaultMemory, stargatev1.DefaultDisk)
+	}
+	var unset stargatev1.ServerSpec
+	if unset.CPUCount() != int(srv.Spec.CPUs) || unset.MemoryBytes() != srv.Spec.Memory.Value() || unset.DiskBytes() != srv.Spec.Disk.Value() {
+		t.Errorf("accessors of an unset spec (%d, %d, %d) differ from the API server's defaults", unset.CPUCount(), unset.MemoryBytes(), unset.DiskBytes())
 	}
 	pp := &stargatev1.ProvisioningProfile{ObjectMeta: metav1.ObjectMeta{Name: "p1", Namespace: ns},
 		Spec: stargatev1.ProvisioningProfileSpec{CloudInit: "#cloud-config\n{}\n"}}
@@ -144,8 +150,8 @@ func TestDefaults(t *testing.T) {
 	if err := env.Client.Create(ctx, op); err != nil {
 		t.Fatal(err)
 	}
-	if op.Spec.Timeout == nil || op.Spec.Timeout.Duration != 30*time.Minute {
-		t.Errorf("operation timeout default %v, want 30m", op.Spec.Timeout)
+	if want, _ := time.ParseDuration(stargatev1.DefaultOperationTimeout); op.Spec.Timeout == nil || op.Spec.Timeout.Duration != want || want != 30*time.Minute {
+		t.Errorf("operation timeout default %v, want %s (30m)", op.Spec.Timeout, stargatev1.DefaultOperationTimeout)
 	}
 }
 

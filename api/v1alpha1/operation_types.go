@@ -99,11 +99,14 @@ type OperationStatus struct {
 }
 
 // Operation asks for something to be done to a Server, such as a repave with a
-// ProvisioningProfile. It runs once; its status tells the truth about every step.
+// ProvisioningProfile. It runs once; its status tells the truth about every step. Operations on
+// one Server run one at a time, in creation order (ties by name); list a Server's Operations with
+// `kubectl get operations --field-selector spec.serverRef.name=NAME`.
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=op;ops,categories=stargate
+// +kubebuilder:selectablefield:JSONPath=`.spec.serverRef.name`
 // +kubebuilder:printcolumn:name="Operation",type=string,JSONPath=`.spec.operation`
 // +kubebuilder:printcolumn:name="Server",type=string,JSONPath=`.spec.serverRef.name`
 // +kubebuilder:printcolumn:name="Profile",type=string,JSONPath=`.spec.provisioningProfileRef.name`

@@ -189,6 +189,18 @@ func (h *harness) waitPhase(name string, phase stargatev1.OperationPhase, timeou
 	return op
 }
 
+// waitServer waits until the Server's status satisfies ok: the Server's reconciler records it from
+// the Operation's, a moment later.
+func (h *harness) waitServer(name string, timeout time.Duration, ok func(stargatev1.ServerStatus) bool) *stargatev1.Server {
+	h.t.Helper()
+	var s *stargatev1.Server
+	eventually(h.t, timeout, func() (bool, string) {
+		s = h.server(name)
+		return ok(s.Status), fmt.Sprintf("server status %+v", s.Status)
+	})
+	return s
+}
+
 func (h *harness) events(regarding string) []eventsv1.Event {
 	var list eventsv1.EventList
 	if err := env.Client.List(context.Background(), &list, client.InNamespace(h.ns)); err != nil {
@@ -227,11 +239,10 @@ func TestRepaveSucceeds(t *testing.T) {
 	if op.Status.StartTime == nil || op.Status.CompletionTime == nil || op.Status.ObservedGeneration != op.Generation {
 		t.Errorf("times/observedGeneration not set: %+v", op.Status)
 	}
-	s := h.server("s1")
-	if s.Status.State != stargatev1.ServerReady || s.Status.IPAddress == "" || s.Status.LastOperation != "op1" ||
-		s.Status.ProvisioningProfile != "p" || s.Status.InstanceID != controller.InstanceID(op) {
-		t.Errorf("server status %+v", s.Status)
-	}
+	s := h.waitServer("s1", 10*time.Second, func(st stargatev1.ServerStatus) bool {
+		return st.State == stargatev1.ServerReady && st.IPAddress != "" && st.LastOperation == "op1" &&
+			st.ProvisioningProfile == "p" && st.InstanceID == controller.InstanceID(op)
+	})
 	if !meta.IsStatusConditionTrue(s.Status.Conditions, stargatev1.ConditionProvisioned) {
 		t.Error("server condition Provisioned is not True")
 	}
@@ -333,10 +344,9 @@ func TestInjectedFailureIsReported(t *testing.T) {
 	if !meta.IsStatusConditionTrue(op.Status.Conditions, stargatev1.ConditionVMRunning) {
 		t.Error("steps before the failure are not True")
 	}
-	s := h.server("s1")
-	if s.Status.State != stargatev1.ServerError || !strings.Contains(s.Status.Message, "injected failure") {
-		t.Errorf("server status %+v", s.Status)
-	}
+	h.waitServer("s1", 10*time.Second, func(st stargatev1.ServerStatus) bool {
+		return st.State == stargatev1.ServerError && strings.Contains(st.Message, "injected failure")
+	})
 	eventually(t, 10*time.Second, func() (bool, string) {
 		return hasEvent(h.events("op1"), "Failed") && hasEvent(h.events("s1"), "ProvisioningFailed"), "events"
 	})
@@ -359,9 +369,7 @@ func TestOneOperationPerServerInCreationOrder(t *testing.T) {
 	if h.dc.Overlaps() != 0 || h.dc.Repaves(h.ns, "s1") != 2 {
 		t.Errorf("overlaps=%d repaves=%d, want 0 and 2", h.dc.Overlaps(), h.dc.Repaves(h.ns, "s1"))
 	}
-	if h.server("s1").Status.LastOperation != "op-b" {
-		t.Errorf("last operation %q, want op-b", h.server("s1").Status.LastOperation)
-	}
+	h.waitServer("s1", 10*time.Second, func(st stargatev1.ServerStatus) bool { return st.LastOperation == "op-b" })
 }
 
 func TestCapacityMakesOperationsWait(t *testing.T) {
@@ -373,12 +381,10 @@ func TestCapacityMakesOperationsWait(t *testing.T) {
 	}
 	sawWaiting := false
 	eventually(t, 30*time.Second, func() (bool, string) {
-		running, done := 0, 0
+		done := 0
 		for _, s := range []string{"s1", "s2", "s3"} {
 			op := h.op("op-" + s)
 			switch op.Status.Phase {
-			case stargatev1.OperationRunning:
-				running++
 			case stargatev1.OperationSucceeded:
 				done++
 			case stargatev1.OperationPending:
@@ -387,11 +393,12 @@ func TestCapacityMakesOperationsWait(t *testing.T) {
 				}
 			}
 		}
-		if running > 1 {
-			t.Fatalf("%d repaves running at once with MaxParallel=1", running)
-		}
-		return done == 3, fmt.Sprintf("running=%d done=%d", running, done)
+		return done == 3, fmt.Sprintf("done=%d", done)
 	})
+	// The datacenter recorded every installation's start: never two at once.
+	if n := h.dc.MaxInstalling(); n != 1 {
+		t.Errorf("at most %d installations ran at once with MaxParallel=1, want exactly 1", n)
+	}
 	if !sawWaiting {
 		t.Error("no Operation reported waiting for capacity")
 	}
@@ -447,10 +454,9 @@ func TestDeletingRunningOperationPowersServerOff(t *testing.T) {
 		err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: "op1"}, &stargatev1.Operation{})
 		return client.IgnoreNotFound(err) == nil && err != nil, fmt.Sprint(err)
 	})
-	s := h.server("s1")
-	if s.Status.State != stargatev1.ServerError || !strings.Contains(s.Status.Message, "interrupted") {
-		t.Errorf("server status %+v", s.Status)
-	}
+	s := h.waitServer("s1", 10*time.Second, func(st stargatev1.ServerStatus) bool {
+		return st.State == stargatev1.ServerError && strings.Contains(st.Message, "interrupted")
+	})
 	info, err := (&mockdc.Provider{BaseURL: h.dcURL}).Inspect(context.Background(), client.ObjectKeyFromObject(s))
 	if err != nil || info.Running {
 		t.Errorf("server still running after its repave was deleted: %+v %v", info, err)
@@ -580,4 +586,24 @@ func TestUserDataFromSecret(t *testing.T) {
 		// The profile was checked before the Secret existed; a profile edit re-checks it.
 		return meta.FindStatusCondition(p.Status.Conditions, stargatev1.ConditionValid) != nil, fmt.Sprint(p.Status)
 	})
+}
+
+func TestRestartCountsRunningBeforeAdmittingPending(t *testing.T) {
+	h := newHarness(t, 400*time.Millisecond, controller.Options{MaxParallel: 1})
+	h.create(profile("p", okUserData))
+	for i := range 5 {
+		h.create(server(fmt.Sprintf("s%d", i)))
+		h.create(repave(fmt.Sprintf("op%d", i), fmt.Sprintf("s%d", i), "p"))
+	}
+	eventually(t, 10*time.Second, func() (bool, string) {
+		return h.op("op0").Status.Phase == stargatev1.OperationRunning, h.op("op0").Status.Message
+	})
+	h.stop() // one running, four pending; a new process must count the running one first
+	h.start(&mockdc.Provider{BaseURL: h.dcURL})
+	for i := range 5 {
+		h.waitPhase(fmt.Sprintf("op%d", i), stargatev1.OperationSucceeded, 30*time.Second)
+	}
+	if n := h.dc.MaxInstalling(); n != 1 {
+		t.Errorf("%d installations ran at once across a restart with MaxParallel=1", n)
+	}
 }

@@ -11,7 +11,6 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -75,15 +74,12 @@ func (r *ProfileReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	orig := p.DeepCopy()
-	cond := metav1.Condition{Type: stargatev1.ConditionValid, Status: metav1.ConditionTrue, Reason: "Valid",
-		Message: "The user-data passed the checks", ObservedGeneration: p.Generation}
 	data, err := userData(ctx, r.APIReader, p)
 	if err == nil {
 		err = ValidateUserData(data)
 	}
-	if err != nil {
-		cond.Status, cond.Reason, cond.Message = metav1.ConditionFalse, "InvalidUserData", err.Error()
-	}
+	cond := validCondition(err)
+	cond.ObservedGeneration = p.Generation
 	meta.SetStatusCondition(&p.Status.Conditions, cond)
 	p.Status.ObservedGeneration = p.Generation
 	if equality.Semantic.DeepEqual(orig.Status, p.Status) {

@@ -8,13 +8,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 )
@@ -22,7 +22,11 @@ import (
 // ServerFinalizer makes deleting a Server release its machine, disks, tap and IP first.
 const ServerFinalizer = "stargate.io/server"
 
-// ServerReconciler keeps Servers' finalizer and health, and releases what a deleted Server held.
+// healthInterval is how often a Ready server's machine is checked.
+const healthInterval = 30 * time.Second
+
+// ServerReconciler is the only writer of a Server's status, which it computes from the Server's
+// Operations and its machine (server_status.go); it also releases what a deleted Server held.
 type ServerReconciler struct {
 	Client   client.Client
 	Recorder events.EventRecorder
@@ -30,76 +34,83 @@ type ServerReconciler struct {
 	Options  Options
 }
 
-// SetupWithManager registers the reconciler.
+// SetupWithManager registers the reconciler; every change of an Operation wakes its Server.
 func (r *ServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.Options.defaults()
-	return ctrl.NewControllerManagedBy(mgr).Named("server").For(&stargatev1.Server{}).Complete(r)
+	return ctrl.NewControllerManagedBy(mgr).Named("server").For(&stargatev1.Server{}).
+		Watches(&stargatev1.Operation{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+			op := o.(*stargatev1.Operation)
+			return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: op.Namespace, Name: op.Spec.ServerRef.Name}}}
+		})).
+		Complete(r)
 }
 
-// healthInterval is how often a Ready server's machine is checked.
-const healthInterval = 30 * time.Second
-
-// Reconcile adds the finalizer, releases deleted Servers and notices machines that stopped.
+// Reconcile adds the finalizer, records the Server's status, and releases deleted Servers.
 func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	server := &stargatev1.Server{}
 	if err := r.Client.Get(ctx, req.NamespacedName, server); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if r.Options.ServerSelector != nil && !r.Options.ServerSelector.Matches(labelsOf(server)) {
+	if !r.Options.manages(server) {
 		return ctrl.Result{}, nil
 	}
-	if !server.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, r.reconcileDelete(ctx, server)
-	}
-	if controllerutil.AddFinalizer(server, ServerFinalizer) {
+	if server.DeletionTimestamp.IsZero() && controllerutil.AddFinalizer(server, ServerFinalizer) {
 		if err := r.Client.Update(ctx, server); err != nil {
 			return ctrl.Result{}, fmt.Errorf("adding finalizer: %w", err)
 		}
 	}
-	orig := server.DeepCopy()
-	result, err := r.reconcileHealth(ctx, server)
-	if !equality.Semantic.DeepEqual(orig.Status, server.Status) {
-		if perr := r.Client.Status().Patch(ctx, server, client.MergeFrom(orig)); perr != nil && err == nil {
-			err = fmt.Errorf("updating server status: %w", perr)
+	obs := serverObservation{server: server}
+	if server.DeletionTimestamp.IsZero() {
+		var ops stargatev1.OperationList
+		if err := r.Client.List(ctx, &ops, client.InNamespace(server.Namespace), client.MatchingFields{serverRefIndex: server.Name}); err != nil {
+			return ctrl.Result{}, fmt.Errorf("listing operations of server %s: %w", server.Name, err)
+		}
+		obs.ops = ops.Items
+		if server.Status.State != "" || len(ops.Items) > 0 {
+			info, err := r.Provider.Inspect(ctx, req.NamespacedName)
+			if err != nil {
+				return ctrl.Result{}, fmt.Errorf("inspecting server: %w", err)
+			}
+			obs.machine = &info
 		}
 	}
-	return result, err
-}
-
-func (r *ServerReconciler) reconcileHealth(ctx context.Context, server *stargatev1.Server) (ctrl.Result, error) {
-	switch server.Status.State {
-	case "":
-		server.Status.State = stargatev1.ServerAvailable
-		server.Status.Message = "Not installed by Stargate yet: create a repave Operation"
-		server.Status.ObservedGeneration = server.Generation
-		return ctrl.Result{}, nil
-	case stargatev1.ServerReady:
-		info, err := r.Provider.Inspect(ctx, client.ObjectKeyFromObject(server))
-		if err != nil {
-			return ctrl.Result{}, fmt.Errorf("inspecting server: %w", err)
-		}
-		if !info.Running {
-			setServerState(server, stargatev1.ServerError, metav1.ConditionFalse, "MachineStopped",
-				"The server is not running any more (its machine stopped or was removed outside Stargate): repave it to reinstall")
-			r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, "MachineStopped", "Inspect", "%s", server.Status.Message)
-			return ctrl.Result{}, nil
-		}
+	if saved, err := r.saveStatus(ctx, server, desiredServerStatus(obs)); err != nil || !saved {
+		return ctrl.Result{RequeueAfter: conflictRetry}, err
+	}
+	if !server.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.release(ctx, server)
+	}
+	if server.Status.State == stargatev1.ServerReady {
 		return ctrl.Result{RequeueAfter: healthInterval}, nil
 	}
 	return ctrl.Result{}, nil
 }
 
-func (r *ServerReconciler) reconcileDelete(ctx context.Context, server *stargatev1.Server) error {
+// saveStatus writes the Server's status when it changed, then records the Event its transition
+// deserves. It reports false when the Server changed since it was read (the next reconcile
+// computes again from the truth).
+func (r *ServerReconciler) saveStatus(ctx context.Context, server *stargatev1.Server, next stargatev1.ServerStatus) (bool, error) {
+	if equality.Semantic.DeepEqual(server.Status, next) {
+		return true, nil
+	}
+	orig := server.DeepCopy()
+	server.Status = next
+	if err := r.Client.Status().Patch(ctx, server, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
+		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return false, fmt.Errorf("updating server status: %w", err)
+	}
+	if e, ok := serverTransitionEvent(orig.Status, server.Status); ok {
+		r.Recorder.Eventf(server, nil, e.eventtype, e.reason, "Status", "%s", e.note)
+	}
+	return true, nil
+}
+
+// release frees what a deleted Server held, then lets it go.
+func (r *ServerReconciler) release(ctx context.Context, server *stargatev1.Server) error {
 	if !controllerutil.ContainsFinalizer(server, ServerFinalizer) {
 		return nil
-	}
-	if server.Status.State != stargatev1.ServerDeleting {
-		orig := server.DeepCopy()
-		server.Status.State = stargatev1.ServerDeleting
-		server.Status.Message = "Releasing the machine, disks, network attachment and IP address"
-		if err := r.Client.Status().Patch(ctx, server, client.MergeFrom(orig)); err != nil && !apierrors.IsNotFound(err) {
-			return fmt.Errorf("marking server deleting: %w", err)
-		}
 	}
 	if err := r.Provider.Release(ctx, client.ObjectKeyFromObject(server)); err != nil {
 		r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, "ReleaseFailed", "Delete", "Releasing the server's resources failed (will retry): %v", err)
@@ -137,13 +148,4 @@ func (r *ServerReconciler) deleteNode(ctx context.Context, server *stargatev1.Se
 		}
 	}
 	return nil
-}
-
-// setServerState sets a Server's one-word state and its message for humans, together with the
-// Provisioned condition that is their truth (messages there are bounded: they may carry a console tail).
-func setServerState(server *stargatev1.Server, state stargatev1.ServerState, provisioned metav1.ConditionStatus, reason, msg string) {
-	server.Status.State = state
-	server.Status.Message = msg
-	meta.SetStatusCondition(&server.Status.Conditions, metav1.Condition{Type: stargatev1.ConditionProvisioned, Status: provisioned,
-		Reason: reason, Message: truncate(msg, 1024), ObservedGeneration: server.Generation})
 }

@@ -48,6 +48,27 @@ type Server struct {
 	// overlaps counts repaves that replaced an installation still in progress: a double-booked
 	// server. The controller must keep this at zero.
 	overlaps int
+	// maxInstalling is the most installations ever in progress at once, counted whenever one starts.
+	maxInstalling int
+}
+
+// MaxInstalling returns the most installations that were ever in progress at the same time, as
+// recorded each time an installation started: what --max-parallel must bound.
+func (s *Server) MaxInstalling() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxInstalling
+}
+
+// installing counts the machines whose current installation is neither done nor failed.
+func (s *Server) installing() int {
+	n := 0
+	for key, m := range s.machines {
+		if rep := s.report(key); m.InstanceID != "" && m.Running && !rep.Done && !rep.Failed {
+			n++
+		}
+	}
+	return n
 }
 
 // Overlaps returns how many repaves started while the server's previous one was unfinished.
@@ -159,6 +180,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			m.InstanceID, m.Started, m.Running, m.FailStep = body.InstanceID, s.cfg.Now(), true, failStep(body.UserData)
 			m.Repaves++
+			s.maxInstalling = max(s.maxInstalling, s.installing())
 		}
 		w.WriteHeader(http.StatusAccepted)
 		writeJSON(w, s.report(key))

@@ -1,0 +1,63 @@
+package controller
+
+import (
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// Defaults of the reconcilers' options; the simulator's flags use the same values.
+const (
+	// DefaultPollInterval is how often a running Operation asks its provider for progress.
+	DefaultPollInterval = 3 * time.Second
+	// DefaultReferenceWait is how long an Operation waits for a missing Server, profile or Secret.
+	DefaultReferenceWait = 2 * time.Minute
+	// DefaultMaxConcurrentReconciles of the Operation controller.
+	DefaultMaxConcurrentReconciles = 4
+)
+
+// Options tune the reconcilers.
+type Options struct {
+	// ServerSelector picks the Servers this controller manages; nil or empty means all. Operations
+	// on other Servers are left alone, so several hosts can share one management cluster.
+	ServerSelector labels.Selector
+	// MaxParallel bounds how many Operations run at once; 0 means no bound. Excess Operations wait
+	// in Pending.
+	MaxParallel int
+	// MaxMemoryBytes bounds the summed memory of the Servers being repaved at once; 0 means no bound.
+	MaxMemoryBytes int64
+	// ReferenceWait is how long an Operation waits for a missing Server or profile before failing.
+	ReferenceWait time.Duration
+	// PollInterval is how often a running Operation is checked.
+	PollInterval time.Duration
+	// MaxConcurrentReconciles of the Operation controller.
+	MaxConcurrentReconciles int
+	// Now returns the current time; tests may replace it.
+	Now func() time.Time
+}
+
+func (o *Options) defaults() {
+	if o.ReferenceWait == 0 {
+		o.ReferenceWait = DefaultReferenceWait
+	}
+	if o.PollInterval == 0 {
+		o.PollInterval = DefaultPollInterval
+	}
+	if o.MaxConcurrentReconciles == 0 {
+		o.MaxConcurrentReconciles = DefaultMaxConcurrentReconciles
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+// manages reports whether a Server is this controller's (its labels match the selector).
+func (o *Options) manages(server client.Object) bool {
+	return o.ServerSelector == nil || o.ServerSelector.Matches(labels.Set(server.GetLabels()))
+}
+
+// selective reports whether this controller manages only some Servers.
+func (o *Options) selective() bool {
+	return o.ServerSelector != nil && !o.ServerSelector.Empty()
+}

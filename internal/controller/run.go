@@ -1,0 +1,162 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	stargatev1 "stargate.io/stargate/api/v1alpha1"
+)
+
+// run drives a Running Operation through its provider until it succeeds or fails.
+func (r *OperationReconciler) run(ctx context.Context, s *operationScope) (ctrl.Result, error) {
+	return r.throughGates(ctx, s, gateServerStillExists, gateTimeout, gateProfileStillExists, gateRunUserData,
+		gateProviderStep, gateNode, gateSucceed)
+}
+
+func gateServerStillExists(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
+	if s.server != nil && s.server.DeletionTimestamp.IsZero() {
+		r.capacity.hold(s.key(), s.server.Spec.MemoryBytes()) // after a restart
+		return pass()
+	}
+	if s.server == nil {
+		// The Server's finalizer released it already; release again in case a step of ours raced
+		// with that and re-created something.
+		if err := r.Provider.Release(ctx, s.serverKey()); err != nil {
+			return stop(ctrl.Result{}, fmt.Errorf("releasing deleted server %s: %w", s.op.Spec.ServerRef.Name, err))
+		}
+	}
+	s.fail("ServerDeleted", fmt.Sprintf("Server %s was deleted during the repave", s.op.Spec.ServerRef.Name))
+	return stop(ctrl.Result{}, nil)
+}
+
+// gateTimeout fails an Operation that ran longer than spec.timeout and powers its server off.
+// Powering off is destructive, so the Operation is read uncached first: a stale cache must not
+// power off a server whose Operation has in fact finished.
+func gateTimeout(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
+	if s.op.Spec.Timeout == nil || s.op.Status.StartTime == nil || s.now.Sub(s.op.Status.StartTime.Time) <= s.op.Spec.Timeout.Duration {
+		return pass()
+	}
+	live := &stargatev1.Operation{}
+	if err := r.APIReader.Get(ctx, s.key(), live); err != nil {
+		return stop(ctrl.Result{}, client.IgnoreNotFound(err))
+	}
+	if live.ResourceVersion != s.op.ResourceVersion {
+		return stop(ctrl.Result{RequeueAfter: conflictRetry}, nil)
+	}
+	if err := r.Provider.PowerOff(ctx, s.serverKey()); err != nil {
+		return stop(ctrl.Result{}, fmt.Errorf("powering off server %s after timeout: %w", s.server.Name, err))
+	}
+	s.fail("Timeout", fmt.Sprintf("Timed out after %s (spec.timeout) %s; the server was powered off", s.op.Spec.Timeout.Duration, stuckAt(s.op.Status.Conditions)))
+	return stop(ctrl.Result{}, nil)
+}
+
+func gateProfileStillExists(_ *OperationReconciler, _ context.Context, s *operationScope) (ctrl.Result, bool, error) {
+	if s.profile == nil {
+		s.fail("ProfileDeleted", fmt.Sprintf("ProvisioningProfile %s was deleted during the repave", s.op.Spec.ProvisioningProfileRef.Name))
+		return stop(ctrl.Result{}, nil)
+	}
+	return pass()
+}
+
+func gateRunUserData(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
+	data, err := userData(ctx, r.APIReader, s.profile)
+	switch {
+	case errors.Is(err, errSecretNotFound):
+		s.fail("SecretDeleted", err.Error()+" (deleted during the repave)")
+		return stop(ctrl.Result{}, nil)
+	case err != nil:
+		return stop(ctrl.Result{}, err)
+	}
+	s.userData = data
+	return pass()
+}
+
+// gateProviderStep asks the provider to continue the installation and records each step as a
+// condition.
+func gateProviderStep(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
+	st, err := r.Provider.Repave(ctx, repaveRequest(s.op, s.server, s.profile, s.userData))
+	if err != nil {
+		return stop(ctrl.Result{}, fmt.Errorf("repave of server %s: %w", s.server.Name, err))
+	}
+	for _, step := range st.Steps {
+		wasDone := isConditionTrue(s.op, step.Type)
+		c := stepCondition(step)
+		s.setCondition(c)
+		if !wasDone && c.Status == metav1.ConditionTrue {
+			op, typ, at := s.op, step.Type, s.now
+			s.metrics = append(s.metrics, func(m *Metrics) { m.stepDone(op, typ, at) })
+		}
+	}
+	s.progress = st
+	switch {
+	case st.Failed:
+		s.fail(st.Reason, st.Message)
+		return stop(ctrl.Result{}, nil)
+	case !st.Done:
+		s.op.Status.Message = progressMessage(st.Steps)
+		if s.profile.Spec.JoinsCluster {
+			// While the guest installs, before its kubeadm join, the previous installation's Node goes.
+			if err := r.deleteStaleNode(ctx, s); err != nil {
+				return stop(ctrl.Result{}, err)
+			}
+		}
+		return stop(ctrl.Result{RequeueAfter: r.Options.PollInterval}, nil)
+	}
+	return pass()
+}
+
+// gateNode waits, for profiles that join the cluster, until the Server's Node is Ready.
+func gateNode(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
+	if !s.profile.Spec.JoinsCluster {
+		return pass()
+	}
+	node, err := r.node(ctx, s.server.Name)
+	if err != nil {
+		return stop(ctrl.Result{}, err)
+	}
+	c := nodeReadyCondition(s.server.Name, node)
+	s.setCondition(c)
+	if c.Status != metav1.ConditionTrue {
+		s.op.Status.Message = c.Message
+		return stop(ctrl.Result{RequeueAfter: r.Options.PollInterval}, nil)
+	}
+	return pass()
+}
+
+func gateSucceed(_ *OperationReconciler, _ context.Context, s *operationScope) (ctrl.Result, bool, error) {
+	t := metav1.NewTime(s.now)
+	s.op.Status.Phase = stargatev1.OperationSucceeded
+	s.op.Status.CompletionTime = &t
+	took := ""
+	if s.op.Status.StartTime != nil {
+		took = " in " + s.now.Sub(s.op.Status.StartTime.Time).Round(time.Second).String()
+	}
+	s.op.Status.Message = fmt.Sprintf("Server %s repaved%s; ready at %s", s.server.Name, took, s.progress.IPAddress)
+	s.setCondition(succeededCondition(true, "Succeeded", s.op.Status.Message))
+	s.event(s.op, s.server, corev1.EventTypeNormal, "Succeeded", s.op.Status.Message)
+	op := s.op
+	s.metrics = append(s.metrics, func(m *Metrics) { m.finished(op) })
+	return stop(ctrl.Result{}, nil)
+}
+
+// repaveRequest describes the installation to the provider; the API's defaults fill unset fields.
+func repaveRequest(op *stargatev1.Operation, server *stargatev1.Server, profile *stargatev1.ProvisioningProfile, userData []byte) RepaveRequest {
+	return RepaveRequest{
+		Server:        client.ObjectKeyFromObject(server),
+		InstanceID:    InstanceID(op),
+		CPUs:          server.Spec.CPUCount(),
+		MemoryMiB:     server.Spec.MemoryBytes() >> 20,
+		DiskBytes:     server.Spec.DiskBytes(),
+		MAC:           server.Spec.MACAddress,
+		ImageURL:      profile.Spec.ImageURL(),
+		ImageChecksum: profile.Spec.Image.Checksum,
+		UserData:      userData,
+	}
+}

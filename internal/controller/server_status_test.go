@@ -1,0 +1,96 @@
+package controller
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	stargatev1 "stargate.io/stargate/api/v1alpha1"
+)
+
+func failedOp(name string, created, started int, reason, msg string) stargatev1.Operation {
+	op := opAt(name, created, stargatev1.OperationFailed, started)
+	op.Status.Message = msg
+	meta.SetStatusCondition(&op.Status.Conditions, succeededCondition(false, reason, msg))
+	return op
+}
+
+func TestDesiredServerStatus(t *testing.T) {
+	running := opAt("op2", 10, stargatev1.OperationRunning, 11)
+	succeeded := opAt("op1", 1, stargatev1.OperationSucceeded, 2)
+	failed := failedOp("op3", 20, 21, "CloudInitFailed", "cloud-init finished with errors\nconsole...")
+	up := &ServerInfo{Exists: true, Running: true, IPAddress: "192.168.100.11", MACAddress: "52:54:00:aa:bb:cc"}
+	down := &ServerInfo{Exists: true, Running: false, IPAddress: "192.168.100.11", MACAddress: "52:54:00:aa:bb:cc"}
+	provisionedAt := metav1.NewTime(succeeded.Status.CompletionTime.Time)
+
+	for _, tc := range []struct {
+		name    string
+		status  stargatev1.ServerStatus
+		ops     []stargatev1.Operation
+		machine *ServerInfo
+		deleted bool
+		state   stargatev1.ServerState
+		last    string
+		reason  string
+		msg     string
+	}{
+		{name: "new server", state: stargatev1.ServerAvailable, msg: "create a repave Operation"},
+		{name: "pending operations do not touch it", ops: []stargatev1.Operation{opAt("op9", 1, stargatev1.OperationPending, 0)},
+			state: stargatev1.ServerAvailable},
+		{name: "running", ops: []stargatev1.Operation{succeeded, running}, machine: up,
+			state: stargatev1.ServerProvisioning, last: "op2", reason: "Repaving", msg: "Repave by Operation op2 with profile p in progress"},
+		{name: "succeeded and up", ops: []stargatev1.Operation{succeeded}, machine: up,
+			state: stargatev1.ServerReady, last: "op1", reason: "Repaved", msg: "Installed with profile p by Operation op1"},
+		{name: "succeeded but the machine stopped", ops: []stargatev1.Operation{succeeded}, machine: down,
+			state: stargatev1.ServerError, last: "op1", reason: "MachineStopped", msg: "not running any more"},
+		{name: "failed", ops: []stargatev1.Operation{succeeded, failed}, machine: down,
+			state: stargatev1.ServerError, last: "op3", reason: "CloudInitFailed", msg: "Repave by Operation op3 failed: cloud-init finished with errors"},
+		{name: "running operation deleted", status: stargatev1.ServerStatus{State: stargatev1.ServerProvisioning, LastOperation: "gone"},
+			ops: []stargatev1.Operation{succeeded}, machine: down,
+			state: stargatev1.ServerError, last: "gone", reason: "OperationDeleted", msg: "Repave interrupted: Operation gone was deleted while running"},
+		{name: "last operation deleted: an older one does not override it",
+			status: stargatev1.ServerStatus{State: stargatev1.ServerReady, LastOperation: "gone", ProvisionedAt: &provisionedAt, Message: "kept"},
+			ops:    []stargatev1.Operation{succeeded}, machine: up, state: stargatev1.ServerReady, last: "gone", msg: "kept"},
+		{name: "deleting", ops: []stargatev1.Operation{succeeded}, deleted: true, state: stargatev1.ServerDeleting, msg: "Releasing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			server := &stargatev1.Server{Status: tc.status}
+			server.Name, server.Generation = "s1", 3
+			if tc.deleted {
+				server.DeletionTimestamp = &metav1.Time{Time: time.Now()}
+			}
+			st := desiredServerStatus(serverObservation{server: server, ops: tc.ops, machine: tc.machine})
+			if st.State != tc.state || st.LastOperation != tc.last || !strings.Contains(st.Message, tc.msg) || st.ObservedGeneration != 3 {
+				t.Errorf("state %s last %q message %q (generation %d), want %s %q containing %q", st.State, st.LastOperation, st.Message,
+					st.ObservedGeneration, tc.state, tc.last, tc.msg)
+			}
+			if c := meta.FindStatusCondition(st.Conditions, stargatev1.ConditionProvisioned); tc.reason != "" && (c == nil || c.Reason != tc.reason) {
+				t.Errorf("Provisioned condition %+v, want reason %s", c, tc.reason)
+			}
+			if tc.machine != nil && st.IPAddress != tc.machine.IPAddress {
+				t.Errorf("IP %q, want the machine's %q", st.IPAddress, tc.machine.IPAddress)
+			}
+		})
+	}
+}
+
+func TestDesiredServerStatusRecordsTheInstallation(t *testing.T) {
+	succeeded := opAt("op1", 1, stargatev1.OperationSucceeded, 2)
+	server := &stargatev1.Server{}
+	st := desiredServerStatus(serverObservation{server: server, ops: []stargatev1.Operation{succeeded},
+		machine: &ServerInfo{Running: true, IPAddress: "10.0.0.5", MACAddress: "52:54:00:00:00:05"}})
+	if st.InstanceID != InstanceID(&succeeded) || st.ProvisioningProfile != "p" || st.ProvisionedAt == nil ||
+		!st.ProvisionedAt.Equal(succeeded.Status.CompletionTime) || st.MACAddress != "52:54:00:00:00:05" {
+		t.Errorf("installation not recorded: %+v", st)
+	}
+	before := stargatev1.ServerStatus{State: stargatev1.ServerProvisioning, LastOperation: "op1"}
+	if e, ok := serverTransitionEvent(before, st); !ok || e.reason != "Provisioned" || e.note != "Ready at 10.0.0.5 with profile p" {
+		t.Errorf("transition event %+v %v", e, ok)
+	}
+	if _, ok := serverTransitionEvent(st, st); ok {
+		t.Error("an event for no transition")
+	}
+}
