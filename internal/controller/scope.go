@@ -39,7 +39,7 @@ type operationScope struct {
 
 // event is an Event to record once the status that explains it is saved.
 type event struct {
-	regarding, related runtime.Object
+	regarding, related              runtime.Object
 	eventtype, reason, action, note string
 }
 
