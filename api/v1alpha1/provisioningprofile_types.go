@@ -26,6 +26,12 @@ type ImageSource struct {
 	Checksum string `json:"checksum,omitempty"`
 }
 
+// UserDataSecretType is the type a Secret must have for a profile's cloudInitSecretRef to use it.
+// Only Secrets created for the purpose opt in, so a user who may create profiles cannot have any
+// other Secret of the namespace (service-account tokens, TLS keys, ...) copied into a VM they boot.
+// Create one with: kubectl create secret generic NAME --type=stargate.io/user-data --from-file=user-data=FILE
+const UserDataSecretType = "stargate.io/user-data"
+
 // SecretKeyReference names a key of a Secret in the profile's namespace.
 type SecretKeyReference struct {
 	// Name of the Secret, in the same namespace as the profile.
@@ -55,7 +61,9 @@ type ProvisioningProfileSpec struct {
 
 	// CloudInitSecretRef takes the user-data from a Secret instead of spec.cloudInit: use it when
 	// the user-data carries secrets such as kubeadm join tokens, so that reading profiles does not
-	// reveal them. Exactly one of cloudInit and cloudInitSecretRef is set.
+	// reveal them. Exactly one of cloudInit and cloudInitSecretRef is set. The Secret must be of type
+	// "stargate.io/user-data" (kubectl create secret generic NAME --type=stargate.io/user-data
+	// --from-file=user-data=FILE): no other Secret is ever read.
 	// +optional
 	CloudInitSecretRef *SecretKeyReference `json:"cloudInitSecretRef,omitempty"`
 

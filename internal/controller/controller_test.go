@@ -574,7 +574,7 @@ func TestUserDataFromSecret(t *testing.T) {
 		return c != nil && c.Reason == "SecretNotFound" && strings.Contains(c.Message, `Secret "worker-user-data"`), fmt.Sprintf("%+v", c)
 	})
 	// The user-data in the Secret is what the datacenter gets: its failure marker fails the repave.
-	h.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "worker-user-data"},
+	h.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "worker-user-data"}, Type: stargatev1.UserDataSecretType,
 		Data: map[string][]byte{"user-data": []byte("#cloud-config\n# " + mockdc.FailMarker + stargatev1.ConditionVMRunning + "\n")}})
 	op := h.waitPhase("op1", stargatev1.OperationFailed, 15*time.Second)
 	if !strings.Contains(op.Status.Message, "injected failure at VMRunning") {
@@ -606,4 +606,33 @@ func TestRestartCountsRunningBeforeAdmittingPending(t *testing.T) {
 	if n := h.dc.MaxInstalling(); n != 1 {
 		t.Errorf("%d installations ran at once across a restart with MaxParallel=1", n)
 	}
+}
+
+// A user who may create profiles must not be able to boot any other Secret of the namespace into
+// a VM they can read: only Secrets of type stargate.io/user-data are used.
+func TestSecretsThatDidNotOptInAreNeverUsed(t *testing.T) {
+	h := newHarness(t, 10*time.Millisecond, controller.Options{})
+	h.create(server("s1"))
+	h.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "db-password"}, Data: map[string][]byte{"user-data": []byte("#cloud-config\n{}\n")}})
+	p := profile("steal", "")
+	p.Spec.CloudInitSecretRef = &stargatev1.SecretKeyReference{Name: "db-password"}
+	h.create(p)
+	h.create(repave("op1", "s1", "steal"))
+	op := h.waitPhase("op1", stargatev1.OperationFailed, 15*time.Second)
+	c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionSucceeded)
+	if c == nil || c.Reason != "SecretNotAllowed" || !strings.Contains(op.Status.Message, "--type=stargate.io/user-data") {
+		t.Errorf("condition %+v message %q: want SecretNotAllowed with how to opt in", c, op.Status.Message)
+	}
+	if n := h.dc.Repaves(h.ns, "s1"); n != 0 {
+		t.Errorf("the server was repaved %d times with a Secret that did not opt in", n)
+	}
+	if s := h.server("s1"); s.Status.State == stargatev1.ServerError || s.Status.State == stargatev1.ServerProvisioning {
+		t.Errorf("the server was touched: %+v", s.Status)
+	}
+	eventually(t, 10*time.Second, func() (bool, string) {
+		p := &stargatev1.ProvisioningProfile{}
+		_ = env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: "steal"}, p)
+		c := meta.FindStatusCondition(p.Status.Conditions, stargatev1.ConditionValid)
+		return c != nil && c.Status == metav1.ConditionFalse && strings.Contains(c.Message, "stargate.io/user-data"), fmt.Sprint(p.Status)
+	})
 }

@@ -21,6 +21,9 @@ import (
 // errSecretNotFound marks a profile whose user-data Secret does not exist (yet).
 var errSecretNotFound = errors.New("create it or fix spec.cloudInitSecretRef")
 
+// errSecretNotAllowed marks a Secret that did not opt in to being user-data (its type).
+var errSecretNotAllowed = errors.New("secret type not allowed")
+
 // userData returns a profile's user-data: inline, or from the Secret it names. Secrets are read
 // with an uncached reader, so the controller needs only "get" on them, never list/watch.
 func userData(ctx context.Context, reader client.Reader, p *stargatev1.ProvisioningProfile) ([]byte, error) {
@@ -38,6 +41,12 @@ func userData(ctx context.Context, reader client.Reader, p *stargatev1.Provision
 			return nil, fmt.Errorf("Secret %q named by spec.cloudInitSecretRef does not exist in namespace %s: %w", ref.Name, p.Namespace, errSecretNotFound)
 		}
 		return nil, fmt.Errorf("reading Secret %s: %w", ref.Name, err)
+	}
+	if secret.Type != stargatev1.UserDataSecretType {
+		return nil, fmt.Errorf("Secret %q named by spec.cloudInitSecretRef is of type %q, and Stargate reads only Secrets of type %s "+
+			"(so that no other Secret of the namespace can be copied into a server): recreate it with "+
+			"`kubectl create secret generic %s --type=%s --from-file=%s=FILE`: %w",
+			ref.Name, secret.Type, stargatev1.UserDataSecretType, ref.Name, stargatev1.UserDataSecretType, key, errSecretNotAllowed)
 	}
 	data, ok := secret.Data[key]
 	if !ok {

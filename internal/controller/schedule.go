@@ -88,6 +88,10 @@ func gateUserData(r *OperationReconciler, ctx context.Context, s *operationScope
 	if err == nil {
 		err = ValidateUserData(data)
 	}
+	if errors.Is(err, errSecretNotAllowed) {
+		s.fail("SecretNotAllowed", err.Error())
+		return stop(ctrl.Result{}, nil)
+	}
 	if err != nil {
 		s.fail("InvalidProfile", fmt.Sprintf("ProvisioningProfile %q is invalid: %v", s.profile.Name, err))
 		return stop(ctrl.Result{}, nil)
