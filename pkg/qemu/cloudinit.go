@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"net/netip"
@@ -14,10 +13,6 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem/iso9660"
 	"sigs.k8s.io/yaml"
 )
-
-// MaxUserDataBytes bounds the user-data a NoCloud seed carries. cloud-init reads the whole seed
-// into memory and the API object holding it lives in etcd, so both stay well below their limits.
-const MaxUserDataBytes = 256 * 1024
 
 // CloudInitVolumeLabel is the volume label cloud-init's NoCloud datasource looks for.
 const CloudInitVolumeLabel = "cidata"
@@ -47,31 +42,6 @@ type CloudInitConfig struct {
 	VendorData []byte
 	// Network, when set, becomes network-config (version 2).
 	Network *GuestNetwork
-}
-
-// ValidateUserData checks user-data before any server is touched: it must not be empty or
-// oversized, and a "#cloud-config" document must be YAML mapping.
-func ValidateUserData(userData []byte) error {
-	if len(bytes.TrimSpace(userData)) == 0 {
-		return fmt.Errorf("user-data is empty")
-	}
-	if len(userData) > MaxUserDataBytes {
-		return fmt.Errorf("user-data is %d bytes, more than the %d a NoCloud seed may carry here: move large files to the image or fetch them from the guest", len(userData), MaxUserDataBytes)
-	}
-	if !bytes.HasPrefix(userData, []byte("#cloud-config")) {
-		return nil // scripts, MIME archives, includes: cloud-init's business.
-	}
-	var doc any
-	if err := yaml.Unmarshal(userData, &doc); err != nil {
-		return fmt.Errorf("user-data starts with #cloud-config but is not valid YAML: %w", err)
-	}
-	if doc == nil {
-		return nil
-	}
-	if _, ok := doc.(map[string]any); !ok {
-		return fmt.Errorf("user-data starts with #cloud-config but its YAML is a %T, not a mapping of cloud-config keys", doc)
-	}
-	return nil
 }
 
 // metaData renders NoCloud meta-data.

@@ -110,34 +110,6 @@ func TestCloudInitConfigRejectsBadMetaData(t *testing.T) {
 	}
 }
 
-func TestValidateUserData(t *testing.T) {
-	cases := []struct {
-		name, data, wantErr string
-	}{
-		{"cloud-config", "#cloud-config\npackages: [curl]\n", ""},
-		{"empty cloud-config", "#cloud-config\n", ""},
-		{"shell script", "#!/bin/sh\necho hi\n", ""},
-		{"empty", "  \n", "user-data is empty"},
-		{"bad YAML", "#cloud-config\npackages: [curl\n", "not valid YAML"},
-		{"not a mapping", "#cloud-config\n- a\n- b\n", "not a mapping"},
-		{"too big", "#!/bin/sh\n" + strings.Repeat("#", MaxUserDataBytes), "more than the"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			err := ValidateUserData([]byte(tc.data))
-			if tc.wantErr == "" {
-				if err != nil {
-					t.Fatalf("unexpected error: %v", err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
-			}
-		})
-	}
-}
-
 func TestParseGuestResult(t *testing.T) {
 	console := []byte("[  1.0] Linux version ...\r\n" +
 		"STARGATE-READY {\"instance_id\": \"i-old\", \"errors\": []}\n" +
