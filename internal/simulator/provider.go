@@ -19,6 +19,7 @@ import (
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/controller"
+	"stargate.io/stargate/pkg/imagecache"
 	"stargate.io/stargate/pkg/qemu"
 )
 
@@ -45,7 +46,7 @@ type Config struct {
 // Provider is the simulator datacenter.
 type Provider struct {
 	cfg    Config
-	images *qemu.ImageCache
+	images *imagecache.Cache
 	ipam   *qemu.IPAM
 	net    *qemu.Network
 	vms    qemu.VMs
@@ -61,7 +62,7 @@ var _ controller.Provider = (*Provider)(nil)
 type imageFetch struct {
 	done        atomic.Bool
 	bytes, size atomic.Int64
-	image       qemu.Image
+	image       imagecache.Image
 	err         error
 }
 
@@ -107,7 +108,7 @@ func New(cfg Config) (*Provider, error) {
 	}
 	return &Provider{
 		cfg:     cfg,
-		images:  &qemu.ImageCache{Dir: filepath.Join(cfg.WorkDir, "images")},
+		images:  &imagecache.Cache{Dir: filepath.Join(cfg.WorkDir, "images")},
 		ipam:    &qemu.IPAM{Dir: filepath.Join(cfg.WorkDir, "ipam", cfg.Network.Bridge), First: cfg.FirstIP, Last: cfg.LastIP},
 		net:     network,
 		vms:     qemu.VMs{QEMU: cfg.QEMU},
@@ -416,9 +417,9 @@ func downloadMessage(url string, done, total int64) string {
 
 func imageFailureReason(err error) string {
 	switch {
-	case errors.Is(err, qemu.ErrChecksumMismatch):
+	case errors.Is(err, imagecache.ErrChecksumMismatch):
 		return "ChecksumMismatch"
-	case errors.Is(err, qemu.ErrNotFound):
+	case errors.Is(err, imagecache.ErrNotFound):
 		return "ImageNotFound"
 	}
 	return "ImageFetchFailed"
