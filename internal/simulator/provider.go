@@ -19,6 +19,7 @@ import (
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/controller"
+	"stargate.io/stargate/pkg/cloudinit"
 	"stargate.io/stargate/pkg/imagecache"
 	"stargate.io/stargate/pkg/qemu"
 )
@@ -267,12 +268,12 @@ func (p *Provider) install(ctx context.Context, req controller.RepaveRequest, st
 	_ = os.Remove(filepath.Join(dir, qemu.InstanceIDFile))
 
 	subnet := p.cfg.Network.Subnet()
-	err := qemu.WriteNoCloudISO(filepath.Join(dir, qemu.SeedFile), qemu.CloudInitConfig{
+	err := cloudinit.WriteNoCloudISO(filepath.Join(dir, qemu.SeedFile), cloudinit.Config{
 		InstanceID: req.InstanceID,
 		Hostname:   req.Server.Name,
 		UserData:   req.UserData,
-		VendorData: qemu.ReadinessVendorData(req.InstanceID),
-		Network: &qemu.GuestNetwork{MAC: mac, Address: netip.PrefixFrom(ip, subnet.Bits()),
+		VendorData: cloudinit.ReadinessVendorData(req.InstanceID),
+		Network: &cloudinit.GuestNetwork{MAC: mac, Address: netip.PrefixFrom(ip, subnet.Bits()),
 			Gateway: p.cfg.Network.Gateway.Addr(), DNS: p.cfg.DNS},
 	})
 	if err != nil {
@@ -309,7 +310,7 @@ func (p *Provider) install(ctx context.Context, req controller.RepaveRequest, st
 // observeGuest reports the VM and what its console says about cloud-init.
 func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir string) controller.RepaveStatus {
 	console, _ := os.ReadFile(filepath.Join(dir, qemu.ConsoleFile))
-	result := qemu.ParseGuestResult(console, req.InstanceID)
+	result := cloudinit.ParseGuestResult(console, req.InstanceID)
 	vm, err := p.vms.Status(dir)
 	startedAt := time.Now()
 	if fi, err := os.Stat(filepath.Join(dir, qemu.InstanceIDFile)); err == nil {
@@ -320,7 +321,7 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 	case result.Done && len(result.Errors) > 0:
 		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
 		return st.fail(stargatev1.ConditionGuestReady, "CloudInitFailed", fmt.Sprintf("cloud-init finished with errors: %s\n--- last lines of the serial console (%s) ---\n%s",
-			strings.Join(result.Errors, "; "), filepath.Join(dir, qemu.ConsoleFile), qemu.ConsoleTail(console, 25, 3000)))
+			strings.Join(result.Errors, "; "), filepath.Join(dir, qemu.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
 	case result.Done:
 		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
 		st.set(stargatev1.ConditionGuestReady, controller.StepDone, "CloudInitDone", fmt.Sprintf("cloud-init finished without errors %s after QEMU started", up))
@@ -328,7 +329,7 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 		return st.finish()
 	case err != nil || !vm.Running:
 		return st.fail(stargatev1.ConditionVMRunning, "VMExited", fmt.Sprintf("The VM exited %s after starting, before cloud-init finished\n--- last lines of the serial console (%s) ---\n%s",
-			up, filepath.Join(dir, qemu.ConsoleFile), qemu.ConsoleTail(console, 25, 3000)))
+			up, filepath.Join(dir, qemu.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
 	}
 	st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", fmt.Sprintf("QEMU pid %d, accel %s", vm.PID, p.cfg.Accel))
 	if up > p.cfg.BootTimeout && !strings.Contains(string(console), "cloud-init") {
@@ -337,7 +338,7 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 			hint = " With KVM this usually means /dev/kvm exists but does not work on this host (nested virtualisation): run the simulator with --accel=tcg."
 		}
 		return st.fail(stargatev1.ConditionGuestReady, "BootHung", fmt.Sprintf("The guest showed no sign of cloud-init within %s of starting (boot watchdog).%s\n--- last lines of the serial console ---\n%s",
-			p.cfg.BootTimeout, hint, qemu.ConsoleTail(console, 25, 3000)))
+			p.cfg.BootTimeout, hint, cloudinit.ConsoleTail(console, 25, 3000)))
 	}
 	st.set(stargatev1.ConditionGuestReady, controller.StepInProgress, "Booting", fmt.Sprintf("Waiting for cloud-init to finish (VM up %s); console: %s",
 		up, lastLine(console)))
@@ -345,7 +346,7 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 }
 
 func lastLine(console []byte) string {
-	return strings.TrimSpace(qemu.ConsoleTail(console, 1, 200))
+	return strings.TrimSpace(cloudinit.ConsoleTail(console, 1, 200))
 }
 
 // Inspect reports the VM of a server.

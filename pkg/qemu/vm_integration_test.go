@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"stargate.io/stargate/internal/netnstest"
+	"stargate.io/stargate/pkg/cloudinit"
 )
 
 // guestImage returns the bootable Debian test image that `make guest-image` builds offline
@@ -67,9 +68,9 @@ func bootVM(t testing.TB, userData string) *bootedVM {
 	if err := CreateOverlay(ctx, img, filepath.Join(vm.dir, DiskFile), 4<<30); err != nil {
 		t.Fatal(err)
 	}
-	if err := WriteNoCloudISO(filepath.Join(vm.dir, SeedFile), CloudInitConfig{
-		InstanceID: vm.instanceID, Hostname: "vm1", UserData: []byte(userData), VendorData: ReadinessVendorData(vm.instanceID),
-		Network: &GuestNetwork{MAC: mac, Address: netip.PrefixFrom(vm.ip, 24), Gateway: netip.MustParseAddr("192.168.100.1")},
+	if err := cloudinit.WriteNoCloudISO(filepath.Join(vm.dir, SeedFile), cloudinit.Config{
+		InstanceID: vm.instanceID, Hostname: "vm1", UserData: []byte(userData), VendorData: cloudinit.ReadinessVendorData(vm.instanceID),
+		Network: &cloudinit.GuestNetwork{MAC: mac, Address: netip.PrefixFrom(vm.ip, 24), Gateway: netip.MustParseAddr("192.168.100.1")},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -84,19 +85,19 @@ func bootVM(t testing.TB, userData string) *bootedVM {
 }
 
 // waitGuest polls the console until the guest reports cloud-init's result for this instance.
-func (vm *bootedVM) waitGuest(t testing.TB, timeout time.Duration) (GuestResult, []byte) {
+func (vm *bootedVM) waitGuest(t testing.TB, timeout time.Duration) (cloudinit.GuestResult, []byte) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
 		console, _ := os.ReadFile(filepath.Join(vm.dir, ConsoleFile))
-		if r := ParseGuestResult(console, vm.instanceID); r.Done {
+		if r := cloudinit.ParseGuestResult(console, vm.instanceID); r.Done {
 			return r, console
 		}
 		if st, _ := (VMs{}).Status(vm.dir); !st.Running {
-			t.Fatalf("VM exited before cloud-init finished; console:\n%s", ConsoleTail(console, 40, 4000))
+			t.Fatalf("VM exited before cloud-init finished; console:\n%s", cloudinit.ConsoleTail(console, 40, 4000))
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("cloud-init did not finish within %s; console:\n%s", timeout, ConsoleTail(console, 40, 4000))
+			t.Fatalf("cloud-init did not finish within %s; console:\n%s", timeout, cloudinit.ConsoleTail(console, 40, 4000))
 		}
 		time.Sleep(2 * time.Second) // polling a guest booting under software emulation
 	}
@@ -145,7 +146,7 @@ func TestVMBootsRunsCloudInitAndCleansUp(t *testing.T) {
 		t.Fatalf("cloud-init reported errors: %v", result.Errors)
 	}
 	if !strings.Contains(string(console), "STARGATE-TEST-MARKER from-user-data") {
-		t.Errorf("the user-data's runcmd output is not on the console:\n%s", ConsoleTail(console, 40, 4000))
+		t.Errorf("the user-data's runcmd output is not on the console:\n%s", cloudinit.ConsoleTail(console, 40, 4000))
 	}
 	// The guest answers on its allocated address, seen from the bridge.
 	if out, err := exec.Command("ping", "-c", "3", "-W", "2", vm.ip.String()).CombinedOutput(); err != nil {
