@@ -21,6 +21,7 @@ import (
 	"stargate.io/stargate/internal/controller"
 	"stargate.io/stargate/pkg/cloudinit"
 	"stargate.io/stargate/pkg/imagecache"
+	"stargate.io/stargate/pkg/ipam"
 	"stargate.io/stargate/pkg/qemu"
 )
 
@@ -48,7 +49,7 @@ type Config struct {
 type Provider struct {
 	cfg    Config
 	images *imagecache.Cache
-	ipam   *qemu.IPAM
+	ipam   *ipam.Pool
 	net    *qemu.Network
 	vms    qemu.VMs
 
@@ -110,7 +111,7 @@ func New(cfg Config) (*Provider, error) {
 	return &Provider{
 		cfg:     cfg,
 		images:  &imagecache.Cache{Dir: filepath.Join(cfg.WorkDir, "images")},
-		ipam:    &qemu.IPAM{Dir: filepath.Join(cfg.WorkDir, "ipam", cfg.Network.Bridge), First: cfg.FirstIP, Last: cfg.LastIP},
+		ipam:    &ipam.Pool{Dir: filepath.Join(cfg.WorkDir, "ipam", cfg.Network.Bridge), First: cfg.FirstIP, Last: cfg.LastIP},
 		net:     network,
 		vms:     qemu.VMs{QEMU: cfg.QEMU},
 		locks:   map[types.NamespacedName]*sync.Mutex{},
@@ -234,7 +235,7 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	ip, err := p.ipam.Allocate(id)
 	if err != nil {
 		reason := "IPAllocationFailed"
-		if errors.Is(err, qemu.ErrPoolExhausted) {
+		if errors.Is(err, ipam.ErrPoolExhausted) {
 			reason = "IPPoolExhausted"
 		}
 		return st.fail(stargatev1.ConditionNetworkReady, reason, err.Error()), nil

@@ -27,6 +27,7 @@ import (
 	"stargate.io/stargate/internal/netnstest"
 	"stargate.io/stargate/internal/simulator"
 	"stargate.io/stargate/internal/testenv"
+	"stargate.io/stargate/pkg/ipam"
 	"stargate.io/stargate/pkg/qemu"
 )
 
@@ -181,8 +182,8 @@ func TestRepaveWithQEMU(t *testing.T) {
 	if entries, _ := os.ReadDir(filepath.Join(work, "vms")); len(entries) != 0 {
 		t.Errorf("VM directories left: %v", entries)
 	}
-	ipam := &qemu.IPAM{Dir: filepath.Join(work, "ipam", "sgsim-br0"), First: netip.MustParseAddr("192.168.100.11"), Last: netip.MustParseAddr("192.168.100.254")}
-	if all, _ := ipam.Allocations(); len(all) != 0 {
+	pool := &ipam.Pool{Dir: filepath.Join(work, "ipam", "sgsim-br0"), First: netip.MustParseAddr("192.168.100.11"), Last: netip.MustParseAddr("192.168.100.254")}
+	if all, _ := pool.Allocations(); len(all) != 0 {
 		t.Errorf("addresses left: %v", all)
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"stargate.io/stargate/internal/netnstest"
 	"stargate.io/stargate/pkg/cloudinit"
+	"stargate.io/stargate/pkg/ipam"
 )
 
 // guestImage returns the bootable Debian test image that `make guest-image` builds offline
@@ -34,7 +35,7 @@ type bootedVM struct {
 	dir, qmp, tap string
 	ip            netip.Addr
 	net           *Network
-	ipam          *IPAM
+	ipam          *ipam.Pool
 	instanceID    string
 	started       time.Time
 }
@@ -53,7 +54,7 @@ func bootVM(t testing.TB, userData string) *bootedVM {
 		t.Fatal(err)
 	}
 	vm := &bootedVM{dir: filepath.Join(work, "vms", "test-ns", "vm1"), net: n, instanceID: "i-" + time.Now().Format("150405.000000"),
-		ipam: &IPAM{Dir: filepath.Join(work, "ipam"), First: netip.MustParseAddr("192.168.100.11"), Last: netip.MustParseAddr("192.168.100.20")}}
+		ipam: &ipam.Pool{Dir: filepath.Join(work, "ipam"), First: netip.MustParseAddr("192.168.100.11"), Last: netip.MustParseAddr("192.168.100.20")}}
 	if err := os.MkdirAll(vm.dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
