@@ -20,6 +20,7 @@ import (
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/controller"
 	"stargate.io/stargate/pkg/cloudinit"
+	"stargate.io/stargate/pkg/hostnet"
 	"stargate.io/stargate/pkg/imagecache"
 	"stargate.io/stargate/pkg/ipam"
 	"stargate.io/stargate/pkg/qemu"
@@ -30,7 +31,7 @@ type Config struct {
 	// WorkDir holds images, VMs, IP allocations and sockets; default /var/lib/stargate.
 	WorkDir string
 	// Network is the bridge VMs attach to.
-	Network qemu.NetworkConfig
+	Network hostnet.Config
 	// FirstIP and LastIP bound the addresses handed to VMs (default .11 to .254 of the subnet).
 	FirstIP, LastIP netip.Addr
 	// DNS servers given to guests.
@@ -50,7 +51,7 @@ type Provider struct {
 	cfg    Config
 	images *imagecache.Cache
 	ipam   *ipam.Pool
-	net    *qemu.Network
+	net    *hostnet.Network
 	vms    qemu.VMs
 
 	mu      sync.Mutex
@@ -92,7 +93,7 @@ func New(cfg Config) (*Provider, error) {
 	if cfg.Network.Gateway.Addr().Compare(cfg.FirstIP) >= 0 && cfg.Network.Gateway.Addr().Compare(cfg.LastIP) <= 0 {
 		return nil, fmt.Errorf("IP range %s-%s contains the bridge address %s", cfg.FirstIP, cfg.LastIP, cfg.Network.Gateway.Addr())
 	}
-	network, err := qemu.NewNetwork(cfg.Network)
+	network, err := hostnet.New(cfg.Network)
 	if err != nil {
 		return nil, err
 	}
@@ -200,7 +201,7 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	id := identity(req.Server)
 	mac := req.MAC
 	if mac == "" {
-		mac = qemu.MACAddress(id)
+		mac = hostnet.MACAddress(id)
 	}
 	st.MACAddress = mac
 
@@ -231,7 +232,7 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	if err != nil {
 		return st.fail(stargatev1.ConditionVMRunning, "InvalidWorkDir", err.Error()), nil
 	}
-	tap := qemu.TapName(id)
+	tap := hostnet.TapName(id)
 	ip, err := p.ipam.Allocate(id)
 	if err != nil {
 		reason := "IPAllocationFailed"
@@ -361,7 +362,7 @@ func (p *Provider) Inspect(_ context.Context, server types.NamespacedName) (cont
 		return controller.ServerInfo{}, err
 	}
 	id, _ := os.ReadFile(filepath.Join(dir, qemu.InstanceIDFile))
-	info := controller.ServerInfo{Exists: true, Running: vm.Running, InstanceID: strings.TrimSpace(string(id)), MACAddress: qemu.MACAddress(identity(server))}
+	info := controller.ServerInfo{Exists: true, Running: vm.Running, InstanceID: strings.TrimSpace(string(id)), MACAddress: hostnet.MACAddress(identity(server))}
 	if ip, ok, err := p.ipam.Lookup(identity(server)); err == nil && ok {
 		info.IPAddress = ip.String()
 	}
@@ -390,7 +391,7 @@ func (p *Provider) Release(ctx context.Context, server types.NamespacedName) err
 	if err := p.vms.Stop(ctx, dir, qmp, 10*time.Second); err != nil {
 		return err
 	}
-	if err := p.net.DeleteTap(qemu.TapName(identity(server))); err != nil {
+	if err := p.net.DeleteTap(hostnet.TapName(identity(server))); err != nil {
 		return err
 	}
 	if err := p.ipam.Release(identity(server)); err != nil {

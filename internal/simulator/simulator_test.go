@@ -27,6 +27,7 @@ import (
 	"stargate.io/stargate/internal/netnstest"
 	"stargate.io/stargate/internal/simulator"
 	"stargate.io/stargate/internal/testenv"
+	"stargate.io/stargate/pkg/hostnet"
 	"stargate.io/stargate/pkg/ipam"
 	"stargate.io/stargate/pkg/qemu"
 )
@@ -147,7 +148,7 @@ func TestRepaveWithQEMU(t *testing.T) {
 	if n := countQEMU(t, work); n != 1 {
 		t.Errorf("%d QEMU processes for the work dir, want 1", n)
 	}
-	if taps, _ := qemu.Taps(); len(taps) != 1 {
+	if taps, _ := hostnet.Taps(); len(taps) != 1 {
 		t.Errorf("taps %v, want exactly one", taps)
 	}
 
@@ -176,7 +177,7 @@ func TestRepaveWithQEMU(t *testing.T) {
 	if n := countQEMU(t, work); n != 0 {
 		t.Errorf("%d QEMU processes left", n)
 	}
-	if taps, _ := qemu.Taps(); len(taps) != 0 {
+	if taps, _ := hostnet.Taps(); len(taps) != 0 {
 		t.Errorf("taps left: %v", taps)
 	}
 	if entries, _ := os.ReadDir(filepath.Join(work, "vms")); len(entries) != 0 {
@@ -246,7 +247,7 @@ func newSimHarness(t testing.TB, bridge string) *simHarness {
 	ctrl.SetLogger(logr.Discard())
 	h := &simHarness{t: t, env: env, cfg: simulator.Config{
 		WorkDir: t.TempDir(), Accel: qemu.AccelTCG, BootTimeout: 8 * time.Minute, Log: logr.Discard(),
-		Network: qemu.NetworkConfig{Bridge: bridge, Gateway: netip.MustParsePrefix("192.168.100.1/24"), NAT: true},
+		Network: hostnet.Config{Bridge: bridge, Gateway: netip.MustParsePrefix("192.168.100.1/24"), NAT: true},
 	}}
 	h.start()
 	t.Cleanup(func() {

@@ -13,6 +13,7 @@ import (
 
 	"stargate.io/stargate/internal/netnstest"
 	"stargate.io/stargate/pkg/cloudinit"
+	"stargate.io/stargate/pkg/hostnet"
 	"stargate.io/stargate/pkg/ipam"
 )
 
@@ -34,7 +35,7 @@ func guestImage(t testing.TB) string {
 type bootedVM struct {
 	dir, qmp, tap string
 	ip            netip.Addr
-	net           *Network
+	net           *hostnet.Network
 	ipam          *ipam.Pool
 	instanceID    string
 	started       time.Time
@@ -46,7 +47,7 @@ func bootVM(t testing.TB, userData string) *bootedVM {
 	img := guestImage(t)
 	ctx := context.Background()
 	work := t.TempDir()
-	n, err := NewNetwork(NetworkConfig{Bridge: "sgvm-br0", Gateway: netip.MustParsePrefix("192.168.100.1/24"), NAT: true})
+	n, err := hostnet.New(hostnet.Config{Bridge: "sgvm-br0", Gateway: netip.MustParsePrefix("192.168.100.1/24"), NAT: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,11 +62,11 @@ func bootVM(t testing.TB, userData string) *bootedVM {
 	if vm.ip, err = vm.ipam.Allocate("test-ns/vm1"); err != nil {
 		t.Fatal(err)
 	}
-	vm.tap = TapName("test-ns/vm1")
+	vm.tap = hostnet.TapName("test-ns/vm1")
 	if err := n.EnsureTap(vm.tap); err != nil {
 		t.Fatal(err)
 	}
-	mac := MACAddress("test-ns/vm1")
+	mac := hostnet.MACAddress("test-ns/vm1")
 	if err := CreateOverlay(ctx, img, filepath.Join(vm.dir, DiskFile), 4<<30); err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +165,7 @@ func TestVMBootsRunsCloudInitAndCleansUp(t *testing.T) {
 	if stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(st.PID), "stat")); err == nil && !strings.Contains(string(stat), ") Z ") {
 		t.Errorf("QEMU pid %d still runs: %s", st.PID, stat)
 	}
-	if taps, _ := Taps(); len(taps) != 0 {
+	if taps, _ := hostnet.Taps(); len(taps) != 0 {
 		t.Errorf("taps left: %v", taps)
 	}
 	if _, err := os.Stat(vm.dir); !os.IsNotExist(err) {
