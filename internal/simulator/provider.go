@@ -20,6 +20,7 @@ import (
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/controller"
 	"stargate.io/stargate/pkg/cloudinit"
+	"stargate.io/stargate/pkg/filenames"
 	"stargate.io/stargate/pkg/hostnet"
 	"stargate.io/stargate/pkg/imagecache"
 	"stargate.io/stargate/pkg/ipam"
@@ -72,7 +73,7 @@ type imageFetch struct {
 // New prepares the simulator host: it sets up the bridge, NAT and directories.
 func New(cfg Config) (*Provider, error) {
 	if cfg.WorkDir == "" {
-		cfg.WorkDir = "/var/lib/stargate"
+		cfg.WorkDir = filenames.DefaultWorkDir
 	}
 	if cfg.BootTimeout == 0 {
 		cfg.BootTimeout = 5 * time.Minute
@@ -97,13 +98,13 @@ func New(cfg Config) (*Provider, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, d := range []string{"images", "vms", "run", "ipam"} {
+	for _, d := range []string{filenames.ImagesDir, filenames.VMsDir, filenames.RunDir, filenames.IPAMDir} {
 		if err := os.MkdirAll(filepath.Join(cfg.WorkDir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("creating work directory: %w", err)
 		}
 	}
 	// VM directories hold seeds with user-data and consoles: keep them root-only.
-	if err := os.Chmod(filepath.Join(cfg.WorkDir, "vms"), 0o700); err != nil {
+	if err := os.Chmod(filepath.Join(cfg.WorkDir, filenames.VMsDir), 0o700); err != nil {
 		return nil, err
 	}
 	if err := network.Ensure(); err != nil {
@@ -111,8 +112,8 @@ func New(cfg Config) (*Provider, error) {
 	}
 	return &Provider{
 		cfg:     cfg,
-		images:  &imagecache.Cache{Dir: filepath.Join(cfg.WorkDir, "images")},
-		ipam:    &ipam.Pool{Dir: filepath.Join(cfg.WorkDir, "ipam", cfg.Network.Bridge), First: cfg.FirstIP, Last: cfg.LastIP},
+		images:  &imagecache.Cache{Dir: filepath.Join(cfg.WorkDir, filenames.ImagesDir)},
+		ipam:    &ipam.Pool{Dir: filepath.Join(cfg.WorkDir, filenames.IPAMDir, cfg.Network.Bridge), First: cfg.FirstIP, Last: cfg.LastIP},
 		net:     network,
 		vms:     qemu.VMs{QEMU: cfg.QEMU},
 		locks:   map[types.NamespacedName]*sync.Mutex{},
@@ -153,13 +154,13 @@ func (p *Provider) lock(server types.NamespacedName) func() {
 // VMDir is where a server's VM lives. Namespaces and Server names cannot contain '/', so
 // <namespace>/<name> never collides.
 func (p *Provider) VMDir(server types.NamespacedName) string {
-	return filepath.Join(p.cfg.WorkDir, "vms", server.Namespace, server.Name)
+	return filepath.Join(p.cfg.WorkDir, filenames.VMsDir, server.Namespace, server.Name)
 }
 
 func identity(server types.NamespacedName) string { return server.Namespace + "/" + server.Name }
 
 func (p *Provider) qmpSocket(dir string) (string, error) {
-	return qemu.QMPSocketPath(filepath.Join(p.cfg.WorkDir, "run"), dir)
+	return qemu.QMPSocketPath(filepath.Join(p.cfg.WorkDir, filenames.RunDir), dir)
 }
 
 // fetchImage returns the background download of an image, starting it when needed.
@@ -206,7 +207,7 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	st.MACAddress = mac
 
 	dir := p.VMDir(req.Server)
-	current, _ := os.ReadFile(filepath.Join(dir, qemu.InstanceIDFile))
+	current, _ := os.ReadFile(filepath.Join(dir, filenames.InstanceIDFile))
 	installed := strings.TrimSpace(string(current)) == req.InstanceID
 
 	// 1. Image, downloaded in the background; only needed until this installation has started
@@ -267,10 +268,10 @@ func (p *Provider) install(ctx context.Context, req controller.RepaveRequest, st
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creating VM directory: %w", err)
 	}
-	_ = os.Remove(filepath.Join(dir, qemu.InstanceIDFile))
+	_ = os.Remove(filepath.Join(dir, filenames.InstanceIDFile))
 
 	subnet := p.cfg.Network.Subnet()
-	err := cloudinit.WriteNoCloudISO(filepath.Join(dir, qemu.SeedFile), cloudinit.Config{
+	err := cloudinit.WriteNoCloudISO(filepath.Join(dir, filenames.SeedFile), cloudinit.Config{
 		InstanceID: req.InstanceID,
 		Hostname:   req.Server.Name,
 		UserData:   req.UserData,
@@ -292,7 +293,7 @@ func (p *Provider) install(ctx context.Context, req controller.RepaveRequest, st
 		st.failStep(stargatev1.ConditionNetworkReady, "TapFailed", err.Error())
 		return nil
 	}
-	if err := qemu.CreateOverlay(ctx, base, filepath.Join(dir, qemu.DiskFile), req.DiskBytes); err != nil {
+	if err := qemu.CreateOverlay(ctx, base, filepath.Join(dir, filenames.DiskFile), req.DiskBytes); err != nil {
 		st.failStep(stargatev1.ConditionVMRunning, "DiskFailed", fmt.Sprintf("Creating the VM disk failed: %v", err))
 		return nil
 	}
@@ -302,7 +303,7 @@ func (p *Provider) install(ctx context.Context, req controller.RepaveRequest, st
 		st.failStep(stargatev1.ConditionVMRunning, "QEMUFailed", err.Error())
 		return nil
 	}
-	if err := os.WriteFile(filepath.Join(dir, qemu.InstanceIDFile), []byte(req.InstanceID+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, filenames.InstanceIDFile), []byte(req.InstanceID+"\n"), 0o600); err != nil {
 		return fmt.Errorf("recording instance-id: %w", err)
 	}
 	p.cfg.Log.Info("VM started", "server", identity(req.Server), "instanceID", req.InstanceID, "ip", ip, "accel", p.cfg.Accel)
@@ -311,11 +312,11 @@ func (p *Provider) install(ctx context.Context, req controller.RepaveRequest, st
 
 // observeGuest reports the VM and what its console says about cloud-init.
 func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir string) controller.RepaveStatus {
-	console, _ := os.ReadFile(filepath.Join(dir, qemu.ConsoleFile))
+	console, _ := os.ReadFile(filepath.Join(dir, filenames.ConsoleFile))
 	result := cloudinit.ParseGuestResult(console, req.InstanceID)
 	vm, err := p.vms.Status(dir)
 	startedAt := time.Now()
-	if fi, err := os.Stat(filepath.Join(dir, qemu.InstanceIDFile)); err == nil {
+	if fi, err := os.Stat(filepath.Join(dir, filenames.InstanceIDFile)); err == nil {
 		startedAt = fi.ModTime()
 	}
 	up := time.Since(startedAt).Round(time.Second)
@@ -323,7 +324,7 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 	case result.Done && len(result.Errors) > 0:
 		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
 		return st.fail(stargatev1.ConditionGuestReady, "CloudInitFailed", fmt.Sprintf("cloud-init finished with errors: %s\n--- last lines of the serial console (%s) ---\n%s",
-			strings.Join(result.Errors, "; "), filepath.Join(dir, qemu.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
+			strings.Join(result.Errors, "; "), filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
 	case result.Done:
 		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
 		st.set(stargatev1.ConditionGuestReady, controller.StepDone, "CloudInitDone", fmt.Sprintf("cloud-init finished without errors %s after QEMU started", up))
@@ -331,7 +332,7 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 		return st.finish()
 	case err != nil || !vm.Running:
 		return st.fail(stargatev1.ConditionVMRunning, "VMExited", fmt.Sprintf("The VM exited %s after starting, before cloud-init finished\n--- last lines of the serial console (%s) ---\n%s",
-			up, filepath.Join(dir, qemu.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
+			up, filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
 	}
 	st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", fmt.Sprintf("QEMU pid %d, accel %s", vm.PID, p.cfg.Accel))
 	if up > p.cfg.BootTimeout && !strings.Contains(string(console), "cloud-init") {
@@ -361,7 +362,7 @@ func (p *Provider) Inspect(_ context.Context, server types.NamespacedName) (cont
 	if err != nil {
 		return controller.ServerInfo{}, err
 	}
-	id, _ := os.ReadFile(filepath.Join(dir, qemu.InstanceIDFile))
+	id, _ := os.ReadFile(filepath.Join(dir, filenames.InstanceIDFile))
 	info := controller.ServerInfo{Exists: true, Running: vm.Running, InstanceID: strings.TrimSpace(string(id)), MACAddress: hostnet.MACAddress(identity(server))}
 	if ip, ok, err := p.ipam.Lookup(identity(server)); err == nil && ok {
 		info.IPAddress = ip.String()
@@ -431,10 +432,10 @@ func imageFailureReason(err error) string {
 // ReleaseAll releases every VM found in the work directory, then removes the bridge and NAT
 // rules: what `simulator --teardown` does to leave a host as it found it.
 func (p *Provider) ReleaseAll(ctx context.Context) error {
-	namespaces, _ := os.ReadDir(filepath.Join(p.cfg.WorkDir, "vms"))
+	namespaces, _ := os.ReadDir(filepath.Join(p.cfg.WorkDir, filenames.VMsDir))
 	var errs []error
 	for _, n := range namespaces {
-		servers, _ := os.ReadDir(filepath.Join(p.cfg.WorkDir, "vms", n.Name()))
+		servers, _ := os.ReadDir(filepath.Join(p.cfg.WorkDir, filenames.VMsDir, n.Name()))
 		for _, s := range servers {
 			if err := p.Release(ctx, types.NamespacedName{Namespace: n.Name(), Name: s.Name()}); err != nil {
 				errs = append(errs, err)

@@ -27,6 +27,7 @@ import (
 	"stargate.io/stargate/internal/netnstest"
 	"stargate.io/stargate/internal/simulator"
 	"stargate.io/stargate/internal/testenv"
+	"stargate.io/stargate/pkg/filenames"
 	"stargate.io/stargate/pkg/hostnet"
 	"stargate.io/stargate/pkg/ipam"
 	"stargate.io/stargate/pkg/qemu"
@@ -115,7 +116,7 @@ func TestRepaveWithQEMU(t *testing.T) {
 		}
 	}
 	console := func() string {
-		b, _ := os.ReadFile(filepath.Join(vmDir(), qemu.ConsoleFile))
+		b, _ := os.ReadFile(filepath.Join(vmDir(), filenames.ConsoleFile))
 		return string(b)
 	}
 

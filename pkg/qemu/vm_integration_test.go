@@ -13,6 +13,7 @@ import (
 
 	"stargate.io/stargate/internal/netnstest"
 	"stargate.io/stargate/pkg/cloudinit"
+	"stargate.io/stargate/pkg/filenames"
 	"stargate.io/stargate/pkg/hostnet"
 	"stargate.io/stargate/pkg/ipam"
 )
@@ -67,10 +68,10 @@ func bootVM(t testing.TB, userData string) *bootedVM {
 		t.Fatal(err)
 	}
 	mac := hostnet.MACAddress("test-ns/vm1")
-	if err := CreateOverlay(ctx, img, filepath.Join(vm.dir, DiskFile), 4<<30); err != nil {
+	if err := CreateOverlay(ctx, img, filepath.Join(vm.dir, filenames.DiskFile), 4<<30); err != nil {
 		t.Fatal(err)
 	}
-	if err := cloudinit.WriteNoCloudISO(filepath.Join(vm.dir, SeedFile), cloudinit.Config{
+	if err := cloudinit.WriteNoCloudISO(filepath.Join(vm.dir, filenames.SeedFile), cloudinit.Config{
 		InstanceID: vm.instanceID, Hostname: "vm1", UserData: []byte(userData), VendorData: cloudinit.ReadinessVendorData(vm.instanceID),
 		Network: &cloudinit.GuestNetwork{MAC: mac, Address: netip.PrefixFrom(vm.ip, 24), Gateway: netip.MustParseAddr("192.168.100.1")},
 	}); err != nil {
@@ -91,7 +92,7 @@ func (vm *bootedVM) waitGuest(t testing.TB, timeout time.Duration) (cloudinit.Gu
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		console, _ := os.ReadFile(filepath.Join(vm.dir, ConsoleFile))
+		console, _ := os.ReadFile(filepath.Join(vm.dir, filenames.ConsoleFile))
 		if r := cloudinit.ParseGuestResult(console, vm.instanceID); r.Done {
 			return r, console
 		}
