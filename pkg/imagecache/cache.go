@@ -98,8 +98,8 @@ type Progress func(done, total int64)
 type Image struct {
 	Path     string // absolute path of the cached image file (never written to after caching)
 	Digest   string // "sha256:<hex>" of the content, always computed
-	Size     int64
-	CacheHit bool // true when nothing was downloaded
+	Size     int64  // bytes
+	CacheHit bool   // true when nothing was downloaded
 }
 
 // imageCall is one in-flight fetch shared by every goroutine that asked for

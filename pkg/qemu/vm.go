@@ -83,10 +83,13 @@ type VMSpec struct {
 	Dir string
 	// QMPSocket is the QMP control socket; see QMPSocketPath.
 	QMPSocket string
-	CPUs      int
+	// CPUs is the number of vCPUs.
+	CPUs int
+	// MemoryMiB is the guest's memory.
 	MemoryMiB int64
 	// MAC of the virtio NIC, attached to the tap device Tap.
 	MAC string
+	// Tap is the host tap device (see hostnet.TapName); it must exist before Start.
 	Tap string
 	// Accel must be resolved (kvm or tcg).
 	Accel Accel
@@ -186,8 +189,10 @@ func (v VMs) Start(ctx context.Context, spec VMSpec) error {
 
 // VMStatus is what the host knows about a VM process.
 type VMStatus struct {
+	// Running is true while this VM's QEMU process lives.
 	Running bool
-	PID     int
+	// PID is QEMU's process id when Running.
+	PID int
 }
 
 // Status reports whether the VM of dir runs. A pidfile whose process is gone, or is not this VM's
