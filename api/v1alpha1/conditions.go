@@ -35,3 +35,14 @@ const (
 	// ConditionValid is True when the profile passed the checks made before any server is touched.
 	ConditionValid = "Valid"
 )
+
+// RepaveSteps are the condition types of a repave's steps, in the order every provider runs
+// them. Providers report their progress against this one list, so the simulator, the mock
+// datacenter and the controller's step metrics cannot drift apart.
+var RepaveSteps = []string{
+	ConditionImageReady,
+	ConditionCloudInitReady,
+	ConditionNetworkReady,
+	ConditionVMRunning,
+	ConditionGuestReady,
+}

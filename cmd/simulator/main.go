@@ -14,6 +14,15 @@ import (
 )
 
 func main() {
+	// `simulator paths` prints the host layout for scripts; it needs no flags of the controller.
+	if len(os.Args) > 1 && os.Args[1] == "paths" {
+		if err := app.Paths(os.Args[2:], os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "simulator: paths: %v\n", err)
+			os.Exit(2)
+		}
+		return
+	}
+
 	var opts app.Options
 	opts.BindFlags(flag.CommandLine)
 	zopts := zap.Options{Development: false}

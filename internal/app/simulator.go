@@ -27,6 +27,8 @@ import (
 	"stargate.io/stargate/internal/controller"
 	"stargate.io/stargate/internal/mockdc"
 	"stargate.io/stargate/internal/simulator"
+	"stargate.io/stargate/pkg/filenames"
+	"stargate.io/stargate/pkg/hostnet"
 	"stargate.io/stargate/pkg/qemu"
 )
 
@@ -57,9 +59,9 @@ type Options struct {
 func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Provider, "provider", "qemu", "datacenter provider: qemu (VMs on this host) or mock (a fake datacenter API, see --mock-url)")
 	fs.StringVar(&o.MockURL, "mock-url", "http://127.0.0.1:8090", "base URL of the mock datacenter API (with --provider=mock; start one with bin/mockdc)")
-	fs.StringVar(&o.WorkDir, "work-dir", "/var/lib/stargate", "directory for images, VM disks, IP allocations and sockets")
-	fs.StringVar(&o.Bridge, "bridge", qemu.DefaultBridge, "Linux bridge the VMs attach to (created if missing)")
-	fs.StringVar(&o.Gateway, "gateway", qemu.DefaultGateway, "bridge address and prefix; VMs get addresses in this subnet")
+	fs.StringVar(&o.WorkDir, "work-dir", filenames.DefaultWorkDir, "directory for images, VM disks, IP allocations and sockets")
+	fs.StringVar(&o.Bridge, "bridge", hostnet.DefaultBridge, "Linux bridge the VMs attach to (created if missing)")
+	fs.StringVar(&o.Gateway, "gateway", hostnet.DefaultGateway, "bridge address and prefix; VMs get addresses in this subnet")
 	fs.StringVar(&o.IPRange, "ip-range", "", "first-last VM addresses, e.g. 192.168.100.11-192.168.100.254 (default .11 to the last usable of the subnet)")
 	fs.StringVar(&o.DNS, "dns", "", "comma-separated DNS servers for the VMs (default: none; set this when guests need names)")
 	fs.BoolVar(&o.NoNAT, "no-nat", false, "do not masquerade VM traffic out of the host (VMs then reach only the host and each other)")
@@ -199,11 +201,11 @@ func newSimulator(o Options, log interface{ Info(string, ...any) }) (*simulator.
 	}
 	gw, err := netip.ParsePrefix(o.Gateway)
 	if err != nil {
-		return nil, fmt.Errorf("--gateway %q: want an address with prefix such as %s: %w", o.Gateway, qemu.DefaultGateway, err)
+		return nil, fmt.Errorf("--gateway %q: want an address with prefix such as %s: %w", o.Gateway, hostnet.DefaultGateway, err)
 	}
 	cfg := simulator.Config{
 		WorkDir: o.WorkDir, Accel: accel, BootTimeout: o.BootTimeout,
-		Network: qemu.NetworkConfig{Bridge: o.Bridge, Gateway: gw, NAT: !o.NoNAT},
+		Network: hostnet.Config{Bridge: o.Bridge, Gateway: gw, NAT: !o.NoNAT},
 		Log:     ctrl.Log.WithName("qemu"),
 	}
 	if o.IPRange != "" {

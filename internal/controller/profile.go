@@ -15,7 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
-	"stargate.io/stargate/pkg/qemu"
+	"stargate.io/stargate/pkg/userdata"
 )
 
 // errSecretNotFound marks a profile whose user-data Secret does not exist (yet).
@@ -58,7 +58,7 @@ func userData(ctx context.Context, reader client.Reader, p *stargatev1.Provision
 // ValidateUserData checks what the API server cannot: the user-data must be something cloud-init
 // can use ("#cloud-config" must be a YAML mapping) and fit in a NoCloud seed.
 func ValidateUserData(data []byte) error {
-	if err := qemu.ValidateUserData(data); err != nil {
+	if err := userdata.Validate(data); err != nil {
 		return fmt.Errorf("user-data: %w", err)
 	}
 	return nil

@@ -19,14 +19,9 @@ import (
 // "# mockdc:fail=GuestReady". It is how tests and demos inject failures through the real API.
 const FailMarker = "mockdc:fail="
 
-// Steps are the steps of a mock repave, in order; they mirror the simulator's.
-var Steps = []string{
-	stargatev1.ConditionImageReady,
-	stargatev1.ConditionCloudInitReady,
-	stargatev1.ConditionNetworkReady,
-	stargatev1.ConditionVMRunning,
-	stargatev1.ConditionGuestReady,
-}
+// Steps are the steps of a mock repave, in order: the shared stargatev1.RepaveSteps, so the mock
+// reports exactly the simulator's steps. The name stays for callers (tests) that iterate over it.
+var Steps = stargatev1.RepaveSteps
 
 // Config tunes the fake datacenter.
 type Config struct {

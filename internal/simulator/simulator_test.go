@@ -27,6 +27,9 @@ import (
 	"stargate.io/stargate/internal/netnstest"
 	"stargate.io/stargate/internal/simulator"
 	"stargate.io/stargate/internal/testenv"
+	"stargate.io/stargate/pkg/filenames"
+	"stargate.io/stargate/pkg/hostnet"
+	"stargate.io/stargate/pkg/ipam"
 	"stargate.io/stargate/pkg/qemu"
 )
 
@@ -113,7 +116,7 @@ func TestRepaveWithQEMU(t *testing.T) {
 		}
 	}
 	console := func() string {
-		b, _ := os.ReadFile(filepath.Join(vmDir(), qemu.ConsoleFile))
+		b, _ := os.ReadFile(filepath.Join(vmDir(), filenames.ConsoleFile))
 		return string(b)
 	}
 
@@ -146,7 +149,7 @@ func TestRepaveWithQEMU(t *testing.T) {
 	if n := countQEMU(t, work); n != 1 {
 		t.Errorf("%d QEMU processes for the work dir, want 1", n)
 	}
-	if taps, _ := qemu.Taps(); len(taps) != 1 {
+	if taps, _ := hostnet.Taps(); len(taps) != 1 {
 		t.Errorf("taps %v, want exactly one", taps)
 	}
 
@@ -175,14 +178,14 @@ func TestRepaveWithQEMU(t *testing.T) {
 	if n := countQEMU(t, work); n != 0 {
 		t.Errorf("%d QEMU processes left", n)
 	}
-	if taps, _ := qemu.Taps(); len(taps) != 0 {
+	if taps, _ := hostnet.Taps(); len(taps) != 0 {
 		t.Errorf("taps left: %v", taps)
 	}
 	if entries, _ := os.ReadDir(filepath.Join(work, "vms")); len(entries) != 0 {
 		t.Errorf("VM directories left: %v", entries)
 	}
-	ipam := &qemu.IPAM{Dir: filepath.Join(work, "ipam", "sgsim-br0"), First: netip.MustParseAddr("192.168.100.11"), Last: netip.MustParseAddr("192.168.100.254")}
-	if all, _ := ipam.Allocations(); len(all) != 0 {
+	pool := &ipam.Pool{Dir: filepath.Join(work, "ipam", "sgsim-br0"), First: netip.MustParseAddr("192.168.100.11"), Last: netip.MustParseAddr("192.168.100.254")}
+	if all, _ := pool.Allocations(); len(all) != 0 {
 		t.Errorf("addresses left: %v", all)
 	}
 }
@@ -245,7 +248,7 @@ func newSimHarness(t testing.TB, bridge string) *simHarness {
 	ctrl.SetLogger(logr.Discard())
 	h := &simHarness{t: t, env: env, cfg: simulator.Config{
 		WorkDir: t.TempDir(), Accel: qemu.AccelTCG, BootTimeout: 8 * time.Minute, Log: logr.Discard(),
-		Network: qemu.NetworkConfig{Bridge: bridge, Gateway: netip.MustParsePrefix("192.168.100.1/24"), NAT: true},
+		Network: hostnet.Config{Bridge: bridge, Gateway: netip.MustParsePrefix("192.168.100.1/24"), NAT: true},
 	}}
 	h.start()
 	t.Cleanup(func() {

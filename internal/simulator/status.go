@@ -5,23 +5,15 @@ import (
 	"stargate.io/stargate/internal/controller"
 )
 
-// steps of a simulator repave, in order.
-var steps = []string{
-	stargatev1.ConditionImageReady,
-	stargatev1.ConditionCloudInitReady,
-	stargatev1.ConditionNetworkReady,
-	stargatev1.ConditionVMRunning,
-	stargatev1.ConditionGuestReady,
-}
-
 // status builds a RepaveStatus step by step.
 type status struct {
 	controller.RepaveStatus
 }
 
+// newStatus starts a repave's status with every step of stargatev1.RepaveSteps pending.
 func newStatus() *status {
 	s := &status{}
-	for _, t := range steps {
+	for _, t := range stargatev1.RepaveSteps {
 		s.Steps = append(s.Steps, controller.Step{Type: t, State: controller.StepPending, Reason: "Pending"})
 	}
 	return s

@@ -1,3 +1,7 @@
+// Package qemu runs the simulator's VMs: QEMU's command line (a pure function, tested against
+// golden files), starting, finding and stopping detached QEMU processes, the QMP commands that
+// stop them gracefully, the choice of accelerator, and the qcow2 overlay disks qemu-img creates
+// on a cached base image. Images, seeds, networking and addresses live in their own packages.
 package qemu
 
 import (
@@ -16,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"stargate.io/stargate/pkg/filenames"
 )
 
 // Accel selects the QEMU accelerator.
@@ -29,17 +35,6 @@ const (
 	AccelKVM Accel = "kvm"
 	// AccelTCG is QEMU's software emulation: slow, works everywhere.
 	AccelTCG Accel = "tcg"
-)
-
-// Files of a VM directory. The directory is the VM's whole state: a restarted controller finds
-// its VMs again from it.
-const (
-	DiskFile       = "disk.qcow2"
-	SeedFile       = "seed.iso"
-	ConsoleFile    = "console.log"
-	PIDFile        = "qemu.pid"
-	InstanceIDFile = "instance-id"
-	QEMULogFile    = "qemu.log"
 )
 
 // unixPathMax is the longest unix socket path Linux accepts (sun_path minus the NUL).
@@ -88,10 +83,13 @@ type VMSpec struct {
 	Dir string
 	// QMPSocket is the QMP control socket; see QMPSocketPath.
 	QMPSocket string
-	CPUs      int
+	// CPUs is the number of vCPUs.
+	CPUs int
+	// MemoryMiB is the guest's memory.
 	MemoryMiB int64
 	// MAC of the virtio NIC, attached to the tap device Tap.
 	MAC string
+	// Tap is the host tap device (see hostnet.TapName); it must exist before Start.
 	Tap string
 	// Accel must be resolved (kvm or tcg).
 	Accel Accel
@@ -112,17 +110,17 @@ func Cmdline(spec VMSpec) []string {
 		"-smp", strconv.Itoa(spec.CPUs),
 		"-m", strconv.FormatInt(spec.MemoryMiB, 10),
 		"-nodefaults", "-display", "none", "-vga", "none",
-		"-drive", "file="+filepath.Join(spec.Dir, DiskFile)+",if=virtio,format=qcow2,discard=unmap",
+		"-drive", "file="+filepath.Join(spec.Dir, filenames.DiskFile)+",if=virtio,format=qcow2,discard=unmap",
 		// The seed on virtio too: minimal cloud kernels may have no ATA/CD-ROM drivers, and
 		// cloud-init finds the seed by its label on any block device.
-		"-drive", "file="+filepath.Join(spec.Dir, SeedFile)+",if=virtio,format=raw,readonly=on",
+		"-drive", "file="+filepath.Join(spec.Dir, filenames.SeedFile)+",if=virtio,format=raw,readonly=on",
 		"-netdev", "tap,id=net0,ifname="+spec.Tap+",script=no,downscript=no",
 		"-device", "virtio-net-pci,netdev=net0,mac="+spec.MAC,
 		"-device", "virtio-rng-pci",
-		"-chardev", "file,id=serial0,path="+filepath.Join(spec.Dir, ConsoleFile),
+		"-chardev", "file,id=serial0,path="+filepath.Join(spec.Dir, filenames.ConsoleFile),
 		"-serial", "chardev:serial0",
 		"-qmp", "unix:"+spec.QMPSocket+",server=on,wait=off",
-		"-pidfile", filepath.Join(spec.Dir, PIDFile),
+		"-pidfile", filepath.Join(spec.Dir, filenames.PIDFile),
 		// Detached: the VM outlives the controller, which finds it again by pidfile and socket.
 		"-daemonize",
 	)
@@ -134,7 +132,7 @@ func Cmdline(spec VMSpec) []string {
 // the socket lives in runDir under a hash of the directory.
 func QMPSocketPath(runDir, dir string) (string, error) {
 	sum := sha256.Sum256([]byte(dir))
-	p := filepath.Join(runDir, hex.EncodeToString(sum[:])[:16]+".qmp")
+	p := filepath.Join(runDir, hex.EncodeToString(sum[:])[:16]+filenames.QMPSocketSuffix)
 	if len(p) > unixPathMax {
 		return "", fmt.Errorf("QMP socket path %s is longer than %d bytes: choose a shorter --work-dir", p, unixPathMax)
 	}
@@ -162,7 +160,7 @@ func (v VMs) Start(ctx context.Context, spec VMSpec) error {
 	} else if st.Running {
 		return fmt.Errorf("VM in %s is already running (pid %d)", spec.Dir, st.PID)
 	}
-	for _, f := range []string{DiskFile, SeedFile} {
+	for _, f := range []string{filenames.DiskFile, filenames.SeedFile} {
 		if _, err := os.Stat(filepath.Join(spec.Dir, f)); err != nil {
 			return fmt.Errorf("cannot start VM: %w", err)
 		}
@@ -171,9 +169,9 @@ func (v VMs) Start(ctx context.Context, spec VMSpec) error {
 		return fmt.Errorf("creating QMP socket directory: %w", err)
 	}
 	_ = os.Remove(spec.QMPSocket)
-	_ = os.Remove(filepath.Join(spec.Dir, PIDFile))
+	_ = os.Remove(filepath.Join(spec.Dir, filenames.PIDFile))
 	// The console may echo user-data (and its tokens): root only.
-	if err := os.WriteFile(filepath.Join(spec.Dir, ConsoleFile), nil, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(spec.Dir, filenames.ConsoleFile), nil, 0o600); err != nil {
 		return fmt.Errorf("creating console log: %w", err)
 	}
 	args := Cmdline(spec)
@@ -183,7 +181,7 @@ func (v VMs) Start(ctx context.Context, spec VMSpec) error {
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
-		_ = os.WriteFile(filepath.Join(spec.Dir, QEMULogFile), out.Bytes(), 0o600)
+		_ = os.WriteFile(filepath.Join(spec.Dir, filenames.QEMULogFile), out.Bytes(), 0o600)
 		return fmt.Errorf("starting QEMU (%s %s): %w: %s", v.binary(), strings.Join(args, " "), err, strings.TrimSpace(out.String()))
 	}
 	return nil
@@ -191,14 +189,16 @@ func (v VMs) Start(ctx context.Context, spec VMSpec) error {
 
 // VMStatus is what the host knows about a VM process.
 type VMStatus struct {
+	// Running is true while this VM's QEMU process lives.
 	Running bool
-	PID     int
+	// PID is QEMU's process id when Running.
+	PID int
 }
 
 // Status reports whether the VM of dir runs. A pidfile whose process is gone, or is not this VM's
 // QEMU (PID reuse), counts as not running.
 func (v VMs) Status(dir string) (VMStatus, error) {
-	b, err := os.ReadFile(filepath.Join(dir, PIDFile))
+	b, err := os.ReadFile(filepath.Join(dir, filenames.PIDFile))
 	if errors.Is(err, os.ErrNotExist) {
 		return VMStatus{}, nil
 	}
@@ -213,7 +213,7 @@ func (v VMs) Status(dir string) (VMStatus, error) {
 	if err != nil {
 		return VMStatus{}, nil // gone
 	}
-	if !bytes.Contains(cmdline, []byte("file="+filepath.Join(dir, DiskFile)+",")) {
+	if !bytes.Contains(cmdline, []byte("file="+filepath.Join(dir, filenames.DiskFile)+",")) {
 		return VMStatus{}, nil // the PID now belongs to someone else
 	}
 	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {

@@ -12,6 +12,10 @@ import (
 	"time"
 
 	"stargate.io/stargate/internal/netnstest"
+	"stargate.io/stargate/pkg/cloudinit"
+	"stargate.io/stargate/pkg/filenames"
+	"stargate.io/stargate/pkg/hostnet"
+	"stargate.io/stargate/pkg/ipam"
 )
 
 // guestImage returns the bootable Debian test image that `make guest-image` builds offline
@@ -32,8 +36,8 @@ func guestImage(t testing.TB) string {
 type bootedVM struct {
 	dir, qmp, tap string
 	ip            netip.Addr
-	net           *Network
-	ipam          *IPAM
+	net           *hostnet.Network
+	ipam          *ipam.Pool
 	instanceID    string
 	started       time.Time
 }
@@ -44,7 +48,7 @@ func bootVM(t testing.TB, userData string) *bootedVM {
 	img := guestImage(t)
 	ctx := context.Background()
 	work := t.TempDir()
-	n, err := NewNetwork(NetworkConfig{Bridge: "sgvm-br0", Gateway: netip.MustParsePrefix("192.168.100.1/24"), NAT: true})
+	n, err := hostnet.New(hostnet.Config{Bridge: "sgvm-br0", Gateway: netip.MustParsePrefix("192.168.100.1/24"), NAT: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,24 +56,24 @@ func bootVM(t testing.TB, userData string) *bootedVM {
 		t.Fatal(err)
 	}
 	vm := &bootedVM{dir: filepath.Join(work, "vms", "test-ns", "vm1"), net: n, instanceID: "i-" + time.Now().Format("150405.000000"),
-		ipam: &IPAM{Dir: filepath.Join(work, "ipam"), First: netip.MustParseAddr("192.168.100.11"), Last: netip.MustParseAddr("192.168.100.20")}}
+		ipam: &ipam.Pool{Dir: filepath.Join(work, "ipam"), First: netip.MustParseAddr("192.168.100.11"), Last: netip.MustParseAddr("192.168.100.20")}}
 	if err := os.MkdirAll(vm.dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
 	if vm.ip, err = vm.ipam.Allocate("test-ns/vm1"); err != nil {
 		t.Fatal(err)
 	}
-	vm.tap = TapName("test-ns/vm1")
+	vm.tap = hostnet.TapName("test-ns/vm1")
 	if err := n.EnsureTap(vm.tap); err != nil {
 		t.Fatal(err)
 	}
-	mac := MACAddress("test-ns/vm1")
-	if err := CreateOverlay(ctx, img, filepath.Join(vm.dir, DiskFile), 4<<30); err != nil {
+	mac := hostnet.MACAddress("test-ns/vm1")
+	if err := CreateOverlay(ctx, img, filepath.Join(vm.dir, filenames.DiskFile), 4<<30); err != nil {
 		t.Fatal(err)
 	}
-	if err := WriteNoCloudISO(filepath.Join(vm.dir, SeedFile), CloudInitConfig{
-		InstanceID: vm.instanceID, Hostname: "vm1", UserData: []byte(userData), VendorData: ReadinessVendorData(vm.instanceID),
-		Network: &GuestNetwork{MAC: mac, Address: netip.PrefixFrom(vm.ip, 24), Gateway: netip.MustParseAddr("192.168.100.1")},
+	if err := cloudinit.WriteNoCloudISO(filepath.Join(vm.dir, filenames.SeedFile), cloudinit.Config{
+		InstanceID: vm.instanceID, Hostname: "vm1", UserData: []byte(userData), VendorData: cloudinit.ReadinessVendorData(vm.instanceID),
+		Network: &cloudinit.GuestNetwork{MAC: mac, Address: netip.PrefixFrom(vm.ip, 24), Gateway: netip.MustParseAddr("192.168.100.1")},
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -84,19 +88,19 @@ func bootVM(t testing.TB, userData string) *bootedVM {
 }
 
 // waitGuest polls the console until the guest reports cloud-init's result for this instance.
-func (vm *bootedVM) waitGuest(t testing.TB, timeout time.Duration) (GuestResult, []byte) {
+func (vm *bootedVM) waitGuest(t testing.TB, timeout time.Duration) (cloudinit.GuestResult, []byte) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		console, _ := os.ReadFile(filepath.Join(vm.dir, ConsoleFile))
-		if r := ParseGuestResult(console, vm.instanceID); r.Done {
+		console, _ := os.ReadFile(filepath.Join(vm.dir, filenames.ConsoleFile))
+		if r := cloudinit.ParseGuestResult(console, vm.instanceID); r.Done {
 			return r, console
 		}
 		if st, _ := (VMs{}).Status(vm.dir); !st.Running {
-			t.Fatalf("VM exited before cloud-init finished; console:\n%s", ConsoleTail(console, 40, 4000))
+			t.Fatalf("VM exited before cloud-init finished; console:\n%s", cloudinit.ConsoleTail(console, 40, 4000))
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("cloud-init did not finish within %s; console:\n%s", timeout, ConsoleTail(console, 40, 4000))
+			t.Fatalf("cloud-init did not finish within %s; console:\n%s", timeout, cloudinit.ConsoleTail(console, 40, 4000))
 		}
 		time.Sleep(2 * time.Second) // polling a guest booting under software emulation
 	}
@@ -145,7 +149,7 @@ func TestVMBootsRunsCloudInitAndCleansUp(t *testing.T) {
 		t.Fatalf("cloud-init reported errors: %v", result.Errors)
 	}
 	if !strings.Contains(string(console), "STARGATE-TEST-MARKER from-user-data") {
-		t.Errorf("the user-data's runcmd output is not on the console:\n%s", ConsoleTail(console, 40, 4000))
+		t.Errorf("the user-data's runcmd output is not on the console:\n%s", cloudinit.ConsoleTail(console, 40, 4000))
 	}
 	// The guest answers on its allocated address, seen from the bridge.
 	if out, err := exec.Command("ping", "-c", "3", "-W", "2", vm.ip.String()).CombinedOutput(); err != nil {
@@ -162,7 +166,7 @@ func TestVMBootsRunsCloudInitAndCleansUp(t *testing.T) {
 	if stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(st.PID), "stat")); err == nil && !strings.Contains(string(stat), ") Z ") {
 		t.Errorf("QEMU pid %d still runs: %s", st.PID, stat)
 	}
-	if taps, _ := Taps(); len(taps) != 0 {
+	if taps, _ := hostnet.Taps(); len(taps) != 0 {
 		t.Errorf("taps left: %v", taps)
 	}
 	if _, err := os.Stat(vm.dir); !os.IsNotExist(err) {

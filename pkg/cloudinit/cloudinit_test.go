@@ -1,4 +1,4 @@
-package qemu
+package cloudinit
 
 import (
 	"net/netip"
@@ -14,7 +14,7 @@ func TestWriteNoCloudISOReadsBack(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "seed.iso")
 	userData := []byte("#cloud-config\nruncmd:\n  - [kubeadm, join, '192.168.100.1:6443', --token, abcdef.0123456789abcdef]\n")
-	cfg := CloudInitConfig{
+	cfg := Config{
 		InstanceID: "i-0123",
 		Hostname:   "worker-1",
 		UserData:   userData,
@@ -81,7 +81,7 @@ func TestWriteNoCloudISOReadsBack(t *testing.T) {
 func TestWriteNoCloudISOReplacesExisting(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "seed.iso")
 	for _, id := range []string{"i-1", "i-2"} {
-		if err := WriteNoCloudISO(path, CloudInitConfig{InstanceID: id, Hostname: "h", UserData: []byte("#!/bin/sh\ntrue\n")}); err != nil {
+		if err := WriteNoCloudISO(path, Config{InstanceID: id, Hostname: "h", UserData: []byte("#!/bin/sh\ntrue\n")}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -97,9 +97,9 @@ func TestWriteNoCloudISOReplacesExisting(t *testing.T) {
 	}
 }
 
-func TestCloudInitConfigRejectsBadMetaData(t *testing.T) {
+func TestConfigRejectsBadMetaData(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "seed.iso")
-	for _, cfg := range []CloudInitConfig{
+	for _, cfg := range []Config{
 		{Hostname: "h", UserData: []byte("x")},
 		{InstanceID: "i", UserData: []byte("x")},
 		{InstanceID: "i\nfoo: bar", Hostname: "h", UserData: []byte("x")},
@@ -107,34 +107,6 @@ func TestCloudInitConfigRejectsBadMetaData(t *testing.T) {
 		if err := WriteNoCloudISO(path, cfg); err == nil {
 			t.Errorf("%+v accepted", cfg)
 		}
-	}
-}
-
-func TestValidateUserData(t *testing.T) {
-	cases := []struct {
-		name, data, wantErr string
-	}{
-		{"cloud-config", "#cloud-config\npackages: [curl]\n", ""},
-		{"empty cloud-config", "#cloud-config\n", ""},
-		{"shell script", "#!/bin/sh\necho hi\n", ""},
-		{"empty", "  \n", "user-data is empty"},
-		{"bad YAML", "#cloud-config\npackages: [curl\n", "not valid YAML"},
-		{"not a mapping", "#cloud-config\n- a\n- b\n", "not a mapping"},
-		{"too big", "#!/bin/sh\n" + strings.Repeat("#", MaxUserDataBytes), "more than the"},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			err := ValidateUserData([]byte(tc.data))
-			if tc.wantErr == "" {
-				if err != nil {
-					t.Fatalf("unexpected error: %v", err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-				t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
-			}
-		})
 	}
 }
 

@@ -1,4 +1,9 @@
-package qemu
+// Package imagecache downloads OS images once per URL and hands out the cached file. Each entry
+// is a directory named by the SHA-256 of the URL; downloads are hashed while they stream, verified
+// against the requested checksum and renamed into place from a temp file under a per-entry file
+// lock, so a cached image is complete, verified and never written again. Failures wrap
+// ErrNotFound or ErrChecksumMismatch so callers can tell a user what to fix.
+package imagecache
 
 import (
 	"context"
@@ -63,16 +68,16 @@ var ErrChecksumMismatch = errors.New("checksum mismatch")
 // (HTTP 404, or a missing file for file:// URLs).
 var ErrNotFound = errors.New("image not found")
 
-// ImageCache downloads OS images once per URL into Dir and hands out the cached path.
+// Cache downloads OS images once per URL into Dir and hands out the cached path.
 //
 // A cache entry is never modified once complete, so any number of VMs may use
 // it as a read-only backing file. Downloads of the same URL are shared between
-// goroutines using the same ImageCache and serialized by a file lock between
-// ImageCache values (or processes) using the same Dir.
+// goroutines using the same Cache and serialized by a file lock between
+// Cache values (or processes) using the same Dir.
 //
-// The zero value with Dir set is ready to use. An ImageCache must not be
+// The zero value with Dir set is ready to use. A Cache must not be
 // copied after first use.
-type ImageCache struct {
+type Cache struct {
 	Dir    string       // e.g. /var/lib/stargate/images
 	Client *http.Client // nil = http.DefaultClient
 
@@ -93,8 +98,8 @@ type Progress func(done, total int64)
 type Image struct {
 	Path     string // absolute path of the cached image file (never written to after caching)
 	Digest   string // "sha256:<hex>" of the content, always computed
-	Size     int64
-	CacheHit bool // true when nothing was downloaded
+	Size     int64  // bytes
+	CacheHit bool   // true when nothing was downloaded
 }
 
 // imageCall is one in-flight fetch shared by every goroutine that asked for
@@ -107,7 +112,7 @@ type imageCall struct {
 	err    error
 	cancel context.CancelFunc
 
-	// Guarded by ImageCache.mu. A waiter is registered even with a nil
+	// Guarded by Cache.mu. A waiter is registered even with a nil
 	// Progress: len(waiters) is the number of callers still waiting.
 	waiters map[int]Progress
 	nextID  int
@@ -130,7 +135,7 @@ func (s imageChecksum) String() string { return s.algo + ":" + s.hex }
 // image with a different checksum is an error wrapping ErrChecksumMismatch, not
 // a reason to download again: the URL's content changed or the spec is wrong,
 // and a human must say which.
-func (c *ImageCache) Fetch(ctx context.Context, rawURL, checksum string, progress Progress) (Image, error) {
+func (c *Cache) Fetch(ctx context.Context, rawURL, checksum string, progress Progress) (Image, error) {
 	if c.Dir == "" {
 		return Image{}, errors.New("image cache dir is not set")
 	}
@@ -163,7 +168,7 @@ func (c *ImageCache) Fetch(ctx context.Context, rawURL, checksum string, progres
 
 // join waits for the in-flight fetch of (entry, want), starting one if there
 // is none.
-func (c *ImageCache) join(ctx context.Context, entry, rawURL string, src *url.URL, want imageChecksum, progress Progress) (Image, error) {
+func (c *Cache) join(ctx context.Context, entry, rawURL string, src *url.URL, want imageChecksum, progress Progress) (Image, error) {
 	key := entry + "\x00" + want.String()
 	if ctx.Err() != nil { // do not start a download nobody will wait for
 		return Image{}, fmt.Errorf("fetching %s: %w", rawURL, context.Cause(ctx))
@@ -211,7 +216,7 @@ func (c *ImageCache) join(ctx context.Context, entry, rawURL string, src *url.UR
 }
 
 // run performs a shared fetch and publishes its result.
-func (c *ImageCache) run(ctx context.Context, key string, call *imageCall, entry, rawURL string, src *url.URL, want imageChecksum) {
+func (c *Cache) run(ctx context.Context, key string, call *imageCall, entry, rawURL string, src *url.URL, want imageChecksum) {
 	report := func(done, total int64) {
 		c.mu.Lock()
 		fns := make([]Progress, 0, len(call.waiters))
@@ -239,7 +244,7 @@ func (c *ImageCache) run(ctx context.Context, key string, call *imageCall, entry
 
 // fetchLocked takes the entry's file lock, then returns the entry if another
 // process completed it meanwhile, or downloads it.
-func (c *ImageCache) fetchLocked(ctx context.Context, entry, rawURL string, src *url.URL, want imageChecksum, report Progress) (Image, error) {
+func (c *Cache) fetchLocked(ctx context.Context, entry, rawURL string, src *url.URL, want imageChecksum, report Progress) (Image, error) {
 	if err := os.MkdirAll(entry, 0o755); err != nil {
 		return Image{}, imageWriteError(entry, "entry directory", err)
 	}
@@ -275,7 +280,7 @@ func (c *ImageCache) fetchLocked(ctx context.Context, entry, rawURL string, src 
 // download streams the image into a temp file in entry, hashing as it
 // writes, verifies it and renames it into place. Nothing but the complete
 // entry is left behind, whatever fails.
-func (c *ImageCache) download(ctx context.Context, entry, rawURL string, src *url.URL, want imageChecksum, report Progress) (img Image, err error) {
+func (c *Cache) download(ctx context.Context, entry, rawURL string, src *url.URL, want imageChecksum, report Progress) (img Image, err error) {
 	body, total, err := c.open(ctx, rawURL, src)
 	if err != nil {
 		return Image{}, err
@@ -382,7 +387,7 @@ func (c *ImageCache) download(ctx context.Context, entry, rawURL string, src *ur
 
 // open starts reading the image source. total is the size in bytes, or -1
 // when the server does not say.
-func (c *ImageCache) open(ctx context.Context, rawURL string, src *url.URL) (io.ReadCloser, int64, error) {
+func (c *Cache) open(ctx context.Context, rawURL string, src *url.URL) (io.ReadCloser, int64, error) {
 	if src.Scheme == "file" {
 		f, err := os.Open(src.Path)
 		if err != nil {

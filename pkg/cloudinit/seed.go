@@ -1,7 +1,10 @@
-package qemu
+// Package cloudinit builds what cloud-init reads in a fresh guest and reads back what the guest
+// reports: the NoCloud seed ISO (meta-data, user-data, vendor-data, network-config) and the
+// readiness protocol (vendor-data that prints cloud-init's result on the serial console, the
+// parser of that line, and a console tail for status messages).
+package cloudinit
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"net/netip"
@@ -15,12 +18,8 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// MaxUserDataBytes bounds the user-data a NoCloud seed carries. cloud-init reads the whole seed
-// into memory and the API object holding it lives in etcd, so both stay well below their limits.
-const MaxUserDataBytes = 256 * 1024
-
-// CloudInitVolumeLabel is the volume label cloud-init's NoCloud datasource looks for.
-const CloudInitVolumeLabel = "cidata"
+// VolumeLabel is the volume label cloud-init's NoCloud datasource looks for.
+const VolumeLabel = "cidata"
 
 // GuestNetwork is the static network configuration handed to a guest.
 type GuestNetwork struct {
@@ -34,13 +33,14 @@ type GuestNetwork struct {
 	DNS []netip.Addr
 }
 
-// CloudInitConfig is the content of a NoCloud seed.
-type CloudInitConfig struct {
+// Config is the content of a NoCloud seed.
+type Config struct {
 	// InstanceID changes on every install: cloud-init runs its per-instance modules once per ID.
 	InstanceID string
 	// Hostname becomes local-hostname.
 	Hostname string
-	// UserData is handed to the guest unchanged.
+	// UserData is handed to the guest unchanged; the controller checked it with userdata.Validate
+	// before the repave started.
 	UserData []byte
 	// VendorData is optional; Stargate uses it to learn when cloud-init finished (see
 	// ReadinessVendorData). User-data can override it, as cloud-init defines.
@@ -49,33 +49,8 @@ type CloudInitConfig struct {
 	Network *GuestNetwork
 }
 
-// ValidateUserData checks user-data before any server is touched: it must not be empty or
-// oversized, and a "#cloud-config" document must be YAML mapping.
-func ValidateUserData(userData []byte) error {
-	if len(bytes.TrimSpace(userData)) == 0 {
-		return fmt.Errorf("user-data is empty")
-	}
-	if len(userData) > MaxUserDataBytes {
-		return fmt.Errorf("user-data is %d bytes, more than the %d a NoCloud seed may carry here: move large files to the image or fetch them from the guest", len(userData), MaxUserDataBytes)
-	}
-	if !bytes.HasPrefix(userData, []byte("#cloud-config")) {
-		return nil // scripts, MIME archives, includes: cloud-init's business.
-	}
-	var doc any
-	if err := yaml.Unmarshal(userData, &doc); err != nil {
-		return fmt.Errorf("user-data starts with #cloud-config but is not valid YAML: %w", err)
-	}
-	if doc == nil {
-		return nil
-	}
-	if _, ok := doc.(map[string]any); !ok {
-		return fmt.Errorf("user-data starts with #cloud-config but its YAML is a %T, not a mapping of cloud-config keys", doc)
-	}
-	return nil
-}
-
 // metaData renders NoCloud meta-data.
-func (c CloudInitConfig) metaData() []byte {
+func (c Config) metaData() []byte {
 	return fmt.Appendf(nil, "instance-id: %s\nlocal-hostname: %s\n", c.InstanceID, c.Hostname)
 }
 
@@ -102,7 +77,7 @@ func (n GuestNetwork) networkConfig() ([]byte, error) {
 }
 
 // files returns the seed's files by name.
-func (c CloudInitConfig) files() (map[string][]byte, error) {
+func (c Config) files() (map[string][]byte, error) {
 	if c.InstanceID == "" || c.Hostname == "" {
 		return nil, fmt.Errorf("cloud-init seed needs an instance-id and a hostname")
 	}
@@ -129,7 +104,7 @@ func (c CloudInitConfig) files() (map[string][]byte, error) {
 // WriteNoCloudISO writes a NoCloud seed ISO (label "cidata", Rock Ridge and Joliet names) to path,
 // mode 0600 because user-data may carry join tokens. It writes a temporary file and renames it,
 // so a VM never boots from a half-written seed.
-func WriteNoCloudISO(path string, cfg CloudInitConfig) error {
+func WriteNoCloudISO(path string, cfg Config) error {
 	files, err := cfg.files()
 	if err != nil {
 		return err
@@ -174,7 +149,7 @@ func WriteNoCloudISO(path string, cfg CloudInitConfig) error {
 			return fmt.Errorf("writing %s to seed ISO: %w", name, err)
 		}
 	}
-	if err := fs.Finalize(iso9660.FinalizeOptions{RockRidge: true, Joliet: true, VolumeIdentifier: CloudInitVolumeLabel}); err != nil {
+	if err := fs.Finalize(iso9660.FinalizeOptions{RockRidge: true, Joliet: true, VolumeIdentifier: VolumeLabel}); err != nil {
 		tmp.Close()
 		return fmt.Errorf("finalizing seed ISO: %w", err)
 	}

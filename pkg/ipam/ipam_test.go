@@ -1,4 +1,4 @@
-package qemu
+package ipam
 
 import (
 	"errors"
@@ -10,12 +10,12 @@ import (
 	"testing"
 )
 
-func testIPAM(dir string) *IPAM {
-	return &IPAM{Dir: dir, First: netip.MustParseAddr("192.168.100.11"), Last: netip.MustParseAddr("192.168.100.254")}
+func testPool(dir string) *Pool {
+	return &Pool{Dir: dir, First: netip.MustParseAddr("192.168.100.11"), Last: netip.MustParseAddr("192.168.100.254")}
 }
 
 func TestIPAMAllocatesFromStartAndKeepsAddresses(t *testing.T) {
-	p := testIPAM(t.TempDir())
+	p := testPool(t.TempDir())
 	a, err := p.Allocate("ns/a")
 	if err != nil {
 		t.Fatal(err)
@@ -31,8 +31,8 @@ func TestIPAMAllocatesFromStartAndKeepsAddresses(t *testing.T) {
 	if again != a {
 		t.Errorf("re-allocating ns/a gave %s, want its address %s", again, a)
 	}
-	// A restart is a new IPAM on the same directory.
-	restarted := testIPAM(p.Dir)
+	// A restart is a new Pool on the same directory.
+	restarted := testPool(p.Dir)
 	if got, ok, err := restarted.Lookup("ns/b"); err != nil || !ok || got != b {
 		t.Errorf("after restart ns/b = %s %v %v, want %s", got, ok, err, b)
 	}
@@ -58,8 +58,8 @@ func TestIPAMConcurrentAllocationsAreUnique(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// Separate IPAM values: as separate processes would be, they share only the directory.
-			got[i], errs[i] = testIPAM(dir).Allocate(fmt.Sprintf("ns/server-%d", i))
+			// Separate Pool values: as separate processes would be, they share only the directory.
+			got[i], errs[i] = testPool(dir).Allocate(fmt.Sprintf("ns/server-%d", i))
 		}()
 	}
 	wg.Wait()
@@ -73,14 +73,14 @@ func TestIPAMConcurrentAllocationsAreUnique(t *testing.T) {
 		}
 		seen[a] = i
 	}
-	all, err := testIPAM(dir).Allocations()
+	all, err := testPool(dir).Allocations()
 	if err != nil || len(all) != owners {
 		t.Fatalf("allocations: %d, %v; want %d", len(all), err, owners)
 	}
 }
 
 func TestIPAMExhaustion(t *testing.T) {
-	p := &IPAM{Dir: t.TempDir(), First: netip.MustParseAddr("10.0.0.2"), Last: netip.MustParseAddr("10.0.0.3")}
+	p := &Pool{Dir: t.TempDir(), First: netip.MustParseAddr("10.0.0.2"), Last: netip.MustParseAddr("10.0.0.3")}
 	for _, o := range []string{"a", "b"} {
 		if _, err := p.Allocate(o); err != nil {
 			t.Fatal(err)
@@ -102,7 +102,7 @@ func TestIPAMIgnoresCrashLeftovers(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, ".claim-123"), []byte("ns/ghost\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a, err := testIPAM(dir).Allocate("ns/real")
+	a, err := testPool(dir).Allocate("ns/real")
 	if err != nil || a.String() != "192.168.100.11" {
 		t.Fatalf("allocate after crash leftovers: %s %v", a, err)
 	}

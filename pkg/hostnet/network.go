@@ -1,8 +1,10 @@
-package qemu
+// Package hostnet is the simulator's layer-2 network on the host: the Linux bridge VMs attach to,
+// its address, NAT and FORWARD rules in Stargate's own iptables chains, one tap device per VM,
+// and the tap names and MAC addresses derived from a VM's identity. Every operation converges, so
+// it may be repeated after a crash or run concurrently by another process.
+package hostnet
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -29,8 +31,8 @@ const (
 	tapPrefix    = "sg-"
 )
 
-// NetworkConfig describes the simulator's layer-2 network on the host.
-type NetworkConfig struct {
+// Config describes the simulator's layer-2 network on the host.
+type Config struct {
 	// Bridge is the name of the Linux bridge VMs attach to.
 	Bridge string
 	// Gateway is the bridge's address with the subnet's prefix length, e.g. 192.168.100.1/24.
@@ -41,16 +43,16 @@ type NetworkConfig struct {
 }
 
 // Subnet is the network VMs live on.
-func (c NetworkConfig) Subnet() netip.Prefix { return c.Gateway.Masked() }
+func (c Config) Subnet() netip.Prefix { return c.Gateway.Masked() }
 
 // Network sets up and tears down the bridge, NAT and taps. Every method converges: it may be called
 // again, after a crash or concurrently with itself in another process, and ends in the same state.
 type Network struct {
-	cfg NetworkConfig
+	cfg Config
 }
 
-// NewNetwork validates cfg.
-func NewNetwork(cfg NetworkConfig) (*Network, error) {
+// New validates cfg.
+func New(cfg Config) (*Network, error) {
 	if cfg.Bridge == "" || len(cfg.Bridge) > unix.IFNAMSIZ-1 {
 		return nil, fmt.Errorf("bridge name %q must be 1-15 characters", cfg.Bridge)
 	}
@@ -61,7 +63,7 @@ func NewNetwork(cfg NetworkConfig) (*Network, error) {
 }
 
 // Config returns the network's configuration.
-func (n *Network) Config() NetworkConfig { return n.cfg }
+func (n *Network) Config() Config { return n.cfg }
 
 // Ensure creates the bridge with its address, brings it up, enables IPv4 forwarding and installs
 // the NAT and FORWARD rules.
@@ -223,21 +225,6 @@ func (n *Network) Teardown() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// TapName derives a tap device name from a VM's identity (such as namespace/name). Linux limits
-// interface names to 15 bytes, so the identity is hashed: stable across restarts, and collisions
-// between different identities are as unlikely as a 48-bit hash collision.
-func TapName(identity string) string {
-	sum := sha256.Sum256([]byte(identity))
-	return tapPrefix + hex.EncodeToString(sum[:])[:unix.IFNAMSIZ-1-len(tapPrefix)]
-}
-
-// MACAddress derives a stable, locally administered unicast MAC address (52:54:00:xx:xx:xx, QEMU's
-// customary prefix) from a VM's identity.
-func MACAddress(identity string) string {
-	sum := sha256.Sum256([]byte("mac:" + identity))
-	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", sum[0], sum[1], sum[2])
 }
 
 // EnsureTap creates a persistent tap device, attaches it to the bridge and brings it up.

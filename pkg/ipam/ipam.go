@@ -1,4 +1,7 @@
-package qemu
+// Package ipam hands out the simulator's guest IPv4 addresses: persistently, one file per address
+// as CNI's host-local plugin does, so an owner keeps its address across repaves and restarts and
+// no address is ever given twice. It needs only files and a file lock, not the network itself.
+package ipam
 
 import (
 	"encoding/binary"
@@ -15,12 +18,12 @@ import (
 // ErrPoolExhausted is returned when every address of the range is taken.
 var ErrPoolExhausted = errors.New("IP address pool exhausted")
 
-// IPAM hands out IPv4 addresses from a range, persistently: one file per address (named after the
+// Pool hands out IPv4 addresses from a range, persistently: one file per address (named after the
 // address, holding the owner), as CNI's host-local plugin does. An owner keeps its address across
 // repaves and restarts; an address is never given twice, even after a crash, because a file is
 // claimed with an atomic link before the address is used. A file lock serialises allocators, also
 // across processes.
-type IPAM struct {
+type Pool struct {
 	// Dir holds the address files, one directory per network.
 	Dir string
 	// First and Last bound the range, inclusive.
@@ -28,7 +31,7 @@ type IPAM struct {
 }
 
 // Allocate returns owner's address, claiming the lowest free one if owner has none yet.
-func (p *IPAM) Allocate(owner string) (netip.Addr, error) {
+func (p *Pool) Allocate(owner string) (netip.Addr, error) {
 	if owner == "" || strings.ContainsAny(owner, "\n") {
 		return netip.Addr{}, fmt.Errorf("invalid IPAM owner %q", owner)
 	}
@@ -57,7 +60,7 @@ func (p *IPAM) Allocate(owner string) (netip.Addr, error) {
 }
 
 // Lookup returns owner's address, if it has one.
-func (p *IPAM) Lookup(owner string) (netip.Addr, bool, error) {
+func (p *Pool) Lookup(owner string) (netip.Addr, bool, error) {
 	unlock, err := p.lock()
 	if err != nil {
 		return netip.Addr{}, false, err
@@ -67,7 +70,7 @@ func (p *IPAM) Lookup(owner string) (netip.Addr, bool, error) {
 }
 
 // Release frees owner's address. Releasing an owner without an address is not an error.
-func (p *IPAM) Release(owner string) error {
+func (p *Pool) Release(owner string) error {
 	unlock, err := p.lock()
 	if err != nil {
 		return err
@@ -88,7 +91,7 @@ func (p *IPAM) Release(owner string) error {
 }
 
 // Allocations returns every claimed address and its owner.
-func (p *IPAM) Allocations() (map[netip.Addr]string, error) {
+func (p *Pool) Allocations() (map[netip.Addr]string, error) {
 	unlock, err := p.lock()
 	if err != nil {
 		return nil, err
@@ -97,12 +100,12 @@ func (p *IPAM) Allocations() (map[netip.Addr]string, error) {
 	return p.entries()
 }
 
-func (p *IPAM) size() uint32 {
+func (p *Pool) size() uint32 {
 	first, last := p.First.As4(), p.Last.As4()
 	return binary.BigEndian.Uint32(last[:]) - binary.BigEndian.Uint32(first[:]) + 1
 }
 
-func (p *IPAM) lock() (func(), error) {
+func (p *Pool) lock() (func(), error) {
 	if err := os.MkdirAll(p.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating IPAM directory: %w", err)
 	}
@@ -113,7 +116,7 @@ func (p *IPAM) lock() (func(), error) {
 	return func() { _ = l.Unlock() }, nil
 }
 
-func (p *IPAM) lookupLocked(owner string) (netip.Addr, bool, error) {
+func (p *Pool) lookupLocked(owner string) (netip.Addr, bool, error) {
 	entries, err := p.entries()
 	if err != nil {
 		return netip.Addr{}, false, err
@@ -127,7 +130,7 @@ func (p *IPAM) lookupLocked(owner string) (netip.Addr, bool, error) {
 }
 
 // entries reads every address file. Files that are not addresses (the lock, temporaries) are skipped.
-func (p *IPAM) entries() (map[netip.Addr]string, error) {
+func (p *Pool) entries() (map[netip.Addr]string, error) {
 	des, err := os.ReadDir(p.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("reading IPAM directory: %w", err)
@@ -149,7 +152,7 @@ func (p *IPAM) entries() (map[netip.Addr]string, error) {
 
 // claim atomically creates the file for addr holding owner; false when addr is taken. The owner is
 // written to a temporary file first and linked into place, so a crash never leaves an empty claim.
-func (p *IPAM) claim(addr netip.Addr, owner string) (bool, error) {
+func (p *Pool) claim(addr netip.Addr, owner string) (bool, error) {
 	final := filepath.Join(p.Dir, addr.String())
 	if _, err := os.Lstat(final); err == nil {
 		return false, nil

@@ -1,4 +1,4 @@
-package qemu
+package cloudinit
 
 import (
 	"bytes"
@@ -50,7 +50,7 @@ func ReadinessVendorData(instanceID string) []byte {
 	program := fmt.Sprintf(reporterProgram, id, readyMarker)
 	var b bytes.Buffer
 	b.WriteString("#!/bin/sh\n")
-	b.WriteString("# Stargate: report on the serial console when cloud-init has finished (see pkg/qemu/readiness.go).\n")
+	b.WriteString("# Stargate: report on the serial console when cloud-init has finished (see pkg/cloudinit/readiness.go).\n")
 	b.WriteString("cat > /run/stargate-report.py <<'STARGATE_EOF'\n")
 	b.WriteString(program)
 	b.WriteString("STARGATE_EOF\n")

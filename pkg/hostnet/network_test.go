@@ -1,4 +1,4 @@
-package qemu
+package hostnet
 
 import (
 	"net/netip"
@@ -24,7 +24,7 @@ func iptablesSave(t *testing.T) string {
 func TestNetworkSetupIsIdempotentAndTeardownIsExact(t *testing.T) {
 	netnstest.Require(t)
 	before := iptablesSave(t)
-	n, err := NewNetwork(NetworkConfig{Bridge: "sgtest-br0", Gateway: netip.MustParsePrefix("192.168.100.1/24"), NAT: true})
+	n, err := New(Config{Bridge: "sgtest-br0", Gateway: netip.MustParsePrefix("192.168.100.1/24"), NAT: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,14 +110,14 @@ func stripComments(s string) string {
 	return strings.Join(keep, "\n")
 }
 
-func TestNewNetworkValidates(t *testing.T) {
-	for _, cfg := range []NetworkConfig{
+func TestNewValidates(t *testing.T) {
+	for _, cfg := range []Config{
 		{Bridge: "", Gateway: netip.MustParsePrefix("192.168.100.1/24")},
 		{Bridge: "a-very-long-bridge-name", Gateway: netip.MustParsePrefix("192.168.100.1/24")},
 		{Bridge: "br", Gateway: netip.MustParsePrefix("fd00::1/64")},
 		{Bridge: "br", Gateway: netip.MustParsePrefix("192.168.100.1/32")},
 	} {
-		if _, err := NewNetwork(cfg); err == nil {
+		if _, err := New(cfg); err == nil {
 			t.Errorf("%+v accepted", cfg)
 		}
 	}

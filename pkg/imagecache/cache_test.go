@@ -1,4 +1,4 @@
-package qemu
+package imagecache
 
 import (
 	"bytes"
@@ -85,7 +85,7 @@ func imgAssertNoData(t *testing.T, dir, rawURL string) {
 
 // imgWaitForWaiters spins until n callers wait on the in-flight fetch of
 // rawURL. It yields instead of sleeping: the state changes within microseconds.
-func imgWaitForWaiters(t *testing.T, c *ImageCache, n int) {
+func imgWaitForWaiters(t *testing.T, c *Cache, n int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -107,7 +107,7 @@ func TestImageCacheFetchThenHit(t *testing.T) {
 	t.Parallel()
 	content := imgTestContent(3<<20 + 17)
 	srv, gets := imgServer(t, content)
-	c := &ImageCache{Dir: t.TempDir()}
+	c := &Cache{Dir: t.TempDir()}
 	rawURL := srv.URL + "/debian-12.qcow2"
 
 	img, err := c.Fetch(t.Context(), rawURL, "", nil)
@@ -164,7 +164,7 @@ func TestImageCacheFetchConcurrentOneDownload(t *testing.T) {
 		w.Write(content)
 	}))
 	t.Cleanup(srv.Close)
-	c := &ImageCache{Dir: t.TempDir()}
+	c := &Cache{Dir: t.TempDir()}
 	rawURL := srv.URL + "/img"
 
 	const n = 20
@@ -213,7 +213,7 @@ func TestImageCacheFetchChecksum(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			srv, _ := imgServer(t, content)
-			c := &ImageCache{Dir: t.TempDir()}
+			c := &Cache{Dir: t.TempDir()}
 			rawURL := srv.URL + "/img"
 			img, err := c.Fetch(t.Context(), rawURL, tc.checksum, nil)
 			if !tc.mismatch {
@@ -257,7 +257,7 @@ func TestImageCacheFetchCachedChecksum(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			srv, gets := imgServer(t, content)
-			c := &ImageCache{Dir: t.TempDir()}
+			c := &Cache{Dir: t.TempDir()}
 			rawURL := srv.URL + "/img"
 			// Cached without a checksum, so no sha512 is stored yet.
 			if _, err := c.Fetch(t.Context(), rawURL, "", nil); err != nil {
@@ -296,7 +296,7 @@ func TestImageCacheFetchInvalidChecksum(t *testing.T) {
 	} {
 		t.Run(checksum, func(t *testing.T) {
 			t.Parallel()
-			c := &ImageCache{Dir: t.TempDir()}
+			c := &Cache{Dir: t.TempDir()}
 			_, err := c.Fetch(t.Context(), "http://127.0.0.1:1/img", checksum, nil)
 			if err == nil || !strings.Contains(err.Error(), "invalid image checksum") {
 				t.Errorf("err = %v, want an invalid checksum error", err)
@@ -321,7 +321,7 @@ func TestImageCacheFetchHTTPErrors(t *testing.T) {
 				http.Error(w, "nope", tc.status)
 			}))
 			t.Cleanup(srv.Close)
-			c := &ImageCache{Dir: t.TempDir()}
+			c := &Cache{Dir: t.TempDir()}
 			rawURL := srv.URL + "/missing.img"
 			_, err := c.Fetch(t.Context(), rawURL, "", nil)
 			if err == nil {
@@ -362,7 +362,7 @@ func TestImageCacheFetchInterruptedThenRetry(t *testing.T) {
 		conn.Close()
 	}))
 	t.Cleanup(srv.Close)
-	c := &ImageCache{Dir: t.TempDir()}
+	c := &Cache{Dir: t.TempDir()}
 	rawURL := srv.URL + "/img"
 
 	if _, err := c.Fetch(t.Context(), rawURL, "", nil); err == nil {
@@ -402,7 +402,7 @@ func TestImageCacheFetchCancelled(t *testing.T) {
 		}
 	}))
 	t.Cleanup(func() { close(release); srv.Close() })
-	c := &ImageCache{Dir: t.TempDir()}
+	c := &Cache{Dir: t.TempDir()}
 	rawURL := srv.URL + "/img"
 
 	ctx, cancel := context.WithCancel(t.Context())
@@ -449,7 +449,7 @@ func TestImageCacheFetchOneWaiterCancels(t *testing.T) {
 		w.Write(content)
 	}))
 	t.Cleanup(srv.Close)
-	c := &ImageCache{Dir: t.TempDir()}
+	c := &Cache{Dir: t.TempDir()}
 	rawURL := srv.URL + "/img"
 
 	ctxA, cancelA := context.WithCancel(t.Context())
@@ -486,7 +486,7 @@ func TestImageCacheFetchStaleTempFiles(t *testing.T) {
 	t.Parallel()
 	content := imgTestContent(1 << 20)
 	srv, _ := imgServer(t, content)
-	c := &ImageCache{Dir: t.TempDir()}
+	c := &Cache{Dir: t.TempDir()}
 	rawURL := srv.URL + "/img"
 
 	// Debris of a process that died mid-download: a half image, a digest of
@@ -533,7 +533,7 @@ func TestImageCacheFetchFileURL(t *testing.T) {
 	if err := os.WriteFile(src, content, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := &ImageCache{Dir: t.TempDir()}
+	c := &Cache{Dir: t.TempDir()}
 	rawURL := "file://" + strings.ReplaceAll(src, " ", "%20")
 
 	img, err := c.Fetch(t.Context(), rawURL, imgSHA256(content), nil)
@@ -577,7 +577,7 @@ func TestImageCacheFetchInvalidURL(t *testing.T) {
 	} {
 		t.Run(tc.url, func(t *testing.T) {
 			t.Parallel()
-			c := &ImageCache{Dir: t.TempDir()}
+			c := &Cache{Dir: t.TempDir()}
 			_, err := c.Fetch(t.Context(), tc.url, "", nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("err = %v, want it to mention %q", err, tc.want)
@@ -587,7 +587,7 @@ func TestImageCacheFetchInvalidURL(t *testing.T) {
 			}
 		})
 	}
-	if _, err := (&ImageCache{}).Fetch(t.Context(), "http://127.0.0.1:1/img", "", nil); err == nil {
+	if _, err := (&Cache{}).Fetch(t.Context(), "http://127.0.0.1:1/img", "", nil); err == nil {
 		t.Error("fetch with an empty Dir succeeded")
 	}
 }
@@ -602,7 +602,7 @@ func TestImageCacheFetchUnreachableHost(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 	rawURL := "http://" + addr + "/img"
-	c := &ImageCache{Dir: t.TempDir()}
+	c := &Cache{Dir: t.TempDir()}
 
 	_, err = c.Fetch(t.Context(), rawURL, "", nil)
 	var opErr *net.OpError
@@ -638,7 +638,7 @@ func TestImageCacheFetchProgress(t *testing.T) {
 				}
 			}))
 			t.Cleanup(srv.Close)
-			c := &ImageCache{Dir: t.TempDir()}
+			c := &Cache{Dir: t.TempDir()}
 			n := int64(len(content))
 			wantTotal := int64(-1)
 			if tc.knownLength {
@@ -695,7 +695,7 @@ func TestImageCacheFetchTwoCachesOneDownload(t *testing.T) {
 	rawURL := srv.URL + "/img"
 	// Two values share nothing in memory, like two processes: only the file
 	// lock keeps them from downloading twice.
-	caches := []*ImageCache{{Dir: dir}, {Dir: dir}}
+	caches := []*Cache{{Dir: dir}, {Dir: dir}}
 
 	imgs := make([]Image, len(caches))
 	errs := make([]error, len(caches))
@@ -724,7 +724,7 @@ func TestImageCacheFetchHonoursFileLock(t *testing.T) {
 	t.Parallel()
 	content := imgTestContent(1 << 20)
 	srv, gets := imgServer(t, content)
-	c := &ImageCache{Dir: t.TempDir()}
+	c := &Cache{Dir: t.TempDir()}
 	rawURL := srv.URL + "/img"
 
 	// Another "process" holds the entry lock.

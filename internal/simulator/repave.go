@@ -1,0 +1,191 @@
+package simulator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	stargatev1 "stargate.io/stargate/api/v1alpha1"
+	"stargate.io/stargate/internal/controller"
+	"stargate.io/stargate/pkg/cloudinit"
+	"stargate.io/stargate/pkg/filenames"
+	"stargate.io/stargate/pkg/hostnet"
+	"stargate.io/stargate/pkg/ipam"
+	"stargate.io/stargate/pkg/qemu"
+)
+
+// Repave drives one installation: image, seed, network, VM, guest readiness.
+func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (controller.RepaveStatus, error) {
+	defer p.lock(req.Server)()
+	st := newStatus()
+	id := identity(req.Server)
+	mac := req.MAC
+	if mac == "" {
+		mac = hostnet.MACAddress(id)
+	}
+	st.MACAddress = mac
+
+	dir := p.VMDir(req.Server)
+	current, _ := os.ReadFile(filepath.Join(dir, filenames.InstanceIDFile))
+	installed := strings.TrimSpace(string(current)) == req.InstanceID
+
+	// 1. Image, downloaded in the background; only needed until this installation has started
+	// (after a controller restart the running installation needs no image check).
+	var base string
+	if installed {
+		st.set(stargatev1.ConditionImageReady, controller.StepDone, "Cached", fmt.Sprintf("Image %s in use by this installation", req.ImageURL))
+	} else {
+		f := p.fetchImage(req.ImageURL, req.ImageChecksum)
+		if !f.done.Load() {
+			st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Downloading", downloadMessage(req.ImageURL, f.bytes.Load(), f.size.Load()))
+			return st.finish(), nil
+		}
+		if f.err != nil {
+			p.forgetFailedFetch(req.ImageURL, req.ImageChecksum, f)
+			return st.fail(stargatev1.ConditionImageReady, imageFailureReason(f.err), fmt.Sprintf("Fetching the OS image failed: %v", f.err)), nil
+		}
+		st.set(stargatev1.ConditionImageReady, controller.StepDone, "Cached", fmt.Sprintf("Image %s cached (%s, %d MiB)", req.ImageURL, f.image.Digest, f.image.Size>>20))
+		base = f.image.Path
+	}
+
+	qmp, err := p.layout.QMPSocket(dir)
+	if err != nil {
+		return st.fail(stargatev1.ConditionVMRunning, "InvalidWorkDir", err.Error()), nil
+	}
+	tap := hostnet.TapName(id)
+	ip, err := p.ipam.Allocate(id)
+	if err != nil {
+		reason := "IPAllocationFailed"
+		if errors.Is(err, ipam.ErrPoolExhausted) {
+			reason = "IPPoolExhausted"
+		}
+		return st.fail(stargatev1.ConditionNetworkReady, reason, err.Error()), nil
+	}
+	st.IPAddress = ip.String()
+
+	if !installed {
+		// A new installation: replace whatever runs now.
+		in := installation{req: req, dir: dir, qmp: qmp, tap: tap, mac: mac, ip: ip, base: base}
+		if err := p.install(ctx, st, in); err != nil {
+			return controller.RepaveStatus{}, err
+		}
+		if st.Failed {
+			return st.finish(), nil
+		}
+	}
+	st.set(stargatev1.ConditionCloudInitReady, controller.StepDone, "Written", "NoCloud seed written for instance "+req.InstanceID)
+	st.set(stargatev1.ConditionNetworkReady, controller.StepDone, "Attached", fmt.Sprintf("Tap %s on bridge %s, address %s, MAC %s", tap, p.cfg.Network.Bridge, ip, mac))
+	return p.observeGuest(st, req, dir), nil
+}
+
+// installation is what one install needs, decided by Repave before anything on the host changes.
+type installation struct {
+	req  controller.RepaveRequest
+	dir  string     // the VM directory
+	qmp  string     // the VM's QMP socket
+	tap  string     // the VM's tap device
+	mac  string     // the guest NIC's MAC address
+	ip   netip.Addr // the guest's address on the bridge
+	base string     // the cached base image the disk overlays
+}
+
+// install stops the old VM, writes the seed, attaches the network, creates a fresh disk and starts
+// QEMU. The instance-id file is written last: it marks the installation as started, so a crash
+// before it simply redoes the installation.
+func (p *Provider) install(ctx context.Context, st *status, in installation) error {
+	req, dir := in.req, in.dir
+	if err := p.vms.Stop(ctx, dir, in.qmp, 0); err != nil {
+		return fmt.Errorf("stopping the previous VM: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating VM directory: %w", err)
+	}
+	_ = os.Remove(filepath.Join(dir, filenames.InstanceIDFile))
+
+	subnet := p.cfg.Network.Subnet()
+	err := cloudinit.WriteNoCloudISO(filepath.Join(dir, filenames.SeedFile), cloudinit.Config{
+		InstanceID: req.InstanceID,
+		Hostname:   req.Server.Name,
+		UserData:   req.UserData,
+		VendorData: cloudinit.ReadinessVendorData(req.InstanceID),
+		Network: &cloudinit.GuestNetwork{MAC: in.mac, Address: netip.PrefixFrom(in.ip, subnet.Bits()),
+			Gateway: p.cfg.Network.Gateway.Addr(), DNS: p.cfg.DNS},
+	})
+	if err != nil {
+		st.failStep(stargatev1.ConditionCloudInitReady, "SeedFailed", fmt.Sprintf("Writing the cloud-init seed failed: %v", err))
+		return nil
+	}
+	st.set(stargatev1.ConditionCloudInitReady, controller.StepDone, "Written", "NoCloud seed written")
+
+	if err := p.net.Ensure(); err != nil {
+		st.failStep(stargatev1.ConditionNetworkReady, "NetworkFailed", err.Error())
+		return nil
+	}
+	if err := p.net.EnsureTap(in.tap); err != nil {
+		st.failStep(stargatev1.ConditionNetworkReady, "TapFailed", err.Error())
+		return nil
+	}
+	if err := qemu.CreateOverlay(ctx, in.base, filepath.Join(dir, filenames.DiskFile), req.DiskBytes); err != nil {
+		st.failStep(stargatev1.ConditionVMRunning, "DiskFailed", fmt.Sprintf("Creating the VM disk failed: %v", err))
+		return nil
+	}
+	spec := qemu.VMSpec{Name: req.Server.Namespace + "." + req.Server.Name, Dir: dir, QMPSocket: in.qmp,
+		CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, MAC: in.mac, Tap: in.tap, Accel: p.cfg.Accel}
+	if err := p.vms.Start(ctx, spec); err != nil {
+		st.failStep(stargatev1.ConditionVMRunning, "QEMUFailed", err.Error())
+		return nil
+	}
+	if err := os.WriteFile(filepath.Join(dir, filenames.InstanceIDFile), []byte(req.InstanceID+"\n"), 0o600); err != nil {
+		return fmt.Errorf("recording instance-id: %w", err)
+	}
+	p.cfg.Log.Info("VM started", "server", identity(req.Server), "instanceID", req.InstanceID, "ip", in.ip, "accel", p.cfg.Accel)
+	return nil
+}
+
+// observeGuest reports the VM and what its console says about cloud-init.
+func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir string) controller.RepaveStatus {
+	console, _ := os.ReadFile(filepath.Join(dir, filenames.ConsoleFile))
+	result := cloudinit.ParseGuestResult(console, req.InstanceID)
+	vm, err := p.vms.Status(dir)
+	startedAt := time.Now()
+	if fi, err := os.Stat(filepath.Join(dir, filenames.InstanceIDFile)); err == nil {
+		startedAt = fi.ModTime()
+	}
+	up := time.Since(startedAt).Round(time.Second)
+	switch {
+	case result.Done && len(result.Errors) > 0:
+		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
+		return st.fail(stargatev1.ConditionGuestReady, "CloudInitFailed", fmt.Sprintf("cloud-init finished with errors: %s\n--- last lines of the serial console (%s) ---\n%s",
+			strings.Join(result.Errors, "; "), filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
+	case result.Done:
+		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
+		st.set(stargatev1.ConditionGuestReady, controller.StepDone, "CloudInitDone", fmt.Sprintf("cloud-init finished without errors %s after QEMU started", up))
+		st.Done = true
+		return st.finish()
+	case err != nil || !vm.Running:
+		return st.fail(stargatev1.ConditionVMRunning, "VMExited", fmt.Sprintf("The VM exited %s after starting, before cloud-init finished\n--- last lines of the serial console (%s) ---\n%s",
+			up, filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
+	}
+	st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", fmt.Sprintf("QEMU pid %d, accel %s", vm.PID, p.cfg.Accel))
+	if up > p.cfg.BootTimeout && !strings.Contains(string(console), "cloud-init") {
+		hint := ""
+		if p.cfg.Accel == qemu.AccelKVM {
+			hint = " With KVM this usually means /dev/kvm exists but does not work on this host (nested virtualisation): run the simulator with --accel=tcg."
+		}
+		return st.fail(stargatev1.ConditionGuestReady, "BootHung", fmt.Sprintf("The guest showed no sign of cloud-init within %s of starting (boot watchdog).%s\n--- last lines of the serial console ---\n%s",
+			p.cfg.BootTimeout, hint, cloudinit.ConsoleTail(console, 25, 3000)))
+	}
+	st.set(stargatev1.ConditionGuestReady, controller.StepInProgress, "Booting", fmt.Sprintf("Waiting for cloud-init to finish (VM up %s); console: %s",
+		up, lastLine(console)))
+	return st.finish()
+}
+
+// lastLine is the console's last line, for a progress message.
+func lastLine(console []byte) string {
+	return strings.TrimSpace(cloudinit.ConsoleTail(console, 1, 200))
+}

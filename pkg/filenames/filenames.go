@@ -1,0 +1,49 @@
+// Package filenames names every directory and file the simulator keeps on its host, in the
+// manner of Lima's filenames package: the layout is read, and changed, in this one place, and
+// `simulator paths` prints it so that scripts never spell it out themselves.
+//
+// A work directory (default DefaultWorkDir) holds:
+//
+//	images/<sha256 of URL>/         the image cache (see pkg/imagecache)
+//	vms/<namespace>/<server>/       one VM directory per Server: DiskFile, SeedFile, ConsoleFile, ...
+//	run/<hash of VM dir>.qmp        QMP sockets, outside the VM directories to stay short
+//	ipam/<bridge>/<address>         address claims (see pkg/ipam)
+package filenames
+
+// DefaultWorkDir is the work directory when --work-dir is not given.
+const DefaultWorkDir = "/var/lib/stargate"
+
+// Directories of a work directory.
+const (
+	// ImagesDir holds the image cache; it survives teardown so images are downloaded once.
+	ImagesDir = "images"
+	// VMsDir holds one directory per VM, <namespace>/<server>; it is root-only because seeds
+	// carry user-data and consoles may echo it.
+	VMsDir = "vms"
+	// RunDir holds the QMP sockets. Unix socket paths are limited to 107 bytes, so sockets live
+	// here under a short hash rather than in the (long) VM directories.
+	RunDir = "run"
+	// IPAMDir holds the address claims, one subdirectory per bridge.
+	IPAMDir = "ipam"
+)
+
+// Files of a VM directory. The directory is the VM's whole state: a restarted controller finds
+// its VMs again from it.
+const (
+	// DiskFile is the VM's qcow2 overlay on the cached base image.
+	DiskFile = "disk.qcow2"
+	// SeedFile is the cloud-init NoCloud seed ISO.
+	SeedFile = "seed.iso"
+	// ConsoleFile is the serial console log of the current boot.
+	ConsoleFile = "console.log"
+	// PIDFile is QEMU's pidfile.
+	PIDFile = "qemu.pid"
+	// InstanceIDFile holds the instance-id of the installation on the disk. It is written last,
+	// once QEMU started, so its presence means "this installation started".
+	InstanceIDFile = "instance-id"
+	// QEMULogFile holds QEMU's output when it failed to start.
+	QEMULogFile = "qemu.log"
+)
+
+// QMPSocketSuffix ends the name of every QMP socket in RunDir.
+const QMPSocketSuffix = ".qmp"
