@@ -38,8 +38,9 @@ type OperationSpec struct {
 	// +optional
 	ProvisioningProfileRef *LocalObjectReference `json:"provisioningProfileRef,omitempty"`
 
-	// Timeout bounds the whole Operation, from when it starts running (waiting in Pending does not
-	// count). When it passes, the Operation fails. A Go duration such as "30m" or "1h".
+	// Timeout bounds the Operation twice: how long it may wait in Pending (from its creation) and
+	// how long it may run (from its start). When either passes, the Operation fails with the reason
+	// it waited for or the step it was stuck at. A Go duration such as "30m" or "1h".
 	// +kubebuilder:default="30m"
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s')",message="spec.timeout must be at least 10s, e.g. 30m"
 	// +optional

@@ -10,12 +10,13 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -48,6 +49,8 @@ type Options struct {
 	ServerSelector string
 	MaxParallel    int
 	MaxMemory      string
+	MaxCPUs        int
+	KeepFailedVMs  bool
 	ReferenceWait  time.Duration
 	PollInterval   time.Duration
 	MetricsAddr    string
@@ -71,6 +74,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.ServerSelector, "server-selector", "", "label selector of the Servers this host manages, e.g. stargate.io/datacenter=lab1 (default: all)")
 	fs.IntVar(&o.MaxParallel, "max-parallel", 2, "repaves running at once; more wait in Pending (0: no limit)")
 	fs.StringVar(&o.MaxMemory, "max-memory", "", "memory the VMs being repaved may use together, e.g. 16Gi (default: 80% of this host's memory with --provider=qemu)")
+	fs.IntVar(&o.MaxCPUs, "max-cpus", -1, "most CPUs one Server may have; a Server with more fails at once with ExceedsHostCapacity (default: this host's CPU count with --provider=qemu, else no limit; 0: no limit)")
+	fs.BoolVar(&o.KeepFailedVMs, "keep-failed-vms", false, "leave the VM of a failed repave running for debugging (default: every failure powers it off; disk and console are kept either way)")
 	fs.DurationVar(&o.ReferenceWait, "reference-wait", controller.DefaultReferenceWait, "how long an Operation waits for a missing Server or ProvisioningProfile before failing")
 	fs.DurationVar(&o.PollInterval, "poll-interval", controller.DefaultPollInterval, "how often a running repave is checked")
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", "127.0.0.1:8080", "Prometheus metrics address (0 disables)")
@@ -88,8 +93,8 @@ func Teardown(ctx context.Context, o Options) error {
 }
 
 // Scheme returns the scheme the controller uses.
-func Scheme() *runtime.Scheme {
-	s := runtime.NewScheme()
+func Scheme() *k8sruntime.Scheme {
+	s := k8sruntime.NewScheme()
 	_ = clientgoscheme.AddToScheme(s)
 	_ = stargatev1.AddToScheme(s)
 	return s
@@ -98,7 +103,8 @@ func Scheme() *runtime.Scheme {
 // Run starts the controller and blocks until ctx ends.
 func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	log := ctrl.Log.WithName("simulator")
-	copts := controller.Options{ReferenceWait: o.ReferenceWait, PollInterval: o.PollInterval, MaxParallel: o.MaxParallel}
+	copts := controller.Options{ReferenceWait: o.ReferenceWait, PollInterval: o.PollInterval, MaxParallel: o.MaxParallel,
+		MaxCPUs: max(o.MaxCPUs, 0), KeepFailedMachines: o.KeepFailedVMs}
 	if o.ServerSelector != "" {
 		sel, err := labels.Parse(o.ServerSelector)
 		if err != nil {
@@ -124,6 +130,9 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 			return err
 		}
 		provider = p
+		if o.MaxCPUs < 0 {
+			copts.MaxCPUs = runtime.NumCPU()
+		}
 		if copts.MaxMemoryBytes == 0 {
 			copts.MaxMemoryBytes = hostMemory() * 8 / 10
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -117,6 +118,8 @@ func (h *harness) create(obj client.Object) {
 		h.t.Fatalf("creating %T %s: %v", obj, obj.GetName(), err)
 	}
 }
+
+func resourceQuantity(s string) resource.Quantity { return resource.MustParse(s) }
 
 func server(name string) *stargatev1.Server {
 	return &stargatev1.Server{ObjectMeta: metav1.ObjectMeta{Name: name}}
@@ -350,7 +353,114 @@ func TestInjectedFailureIsReported(t *testing.T) {
 	eventually(t, 10*time.Second, func() (bool, string) {
 		return hasEvent(h.events("op1"), "Failed") && hasEvent(h.events("s1"), "ProvisioningFailed"), "events"
 	})
+	// One rule for every failure: the half-installed machine is powered off, and the message says so.
+	if info := h.inspect("s1"); info.Running || !strings.Contains(op.Status.Message, "the server was powered off") {
+		t.Errorf("after a failure the machine runs=%v, message %q", info.Running, op.Status.Message)
+	}
 }
+
+func (h *harness) inspect(server string) controller.ServerInfo {
+	h.t.Helper()
+	info, err := (&mockdc.Provider{BaseURL: h.dcURL}).Inspect(context.Background(), client.ObjectKey{Namespace: h.ns, Name: server})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return info
+}
+
+func TestKeepFailedMachinesLeavesThemRunning(t *testing.T) {
+	h := newHarness(t, 10*time.Millisecond, controller.Options{KeepFailedMachines: true})
+	h.create(server("s1"))
+	h.create(profile("p", "#cloud-config\n# "+mockdc.FailMarker+stargatev1.ConditionGuestReady+"\n"))
+	h.create(repave("op1", "s1", "p"))
+	op := h.waitPhase("op1", stargatev1.OperationFailed, 15*time.Second)
+	if info := h.inspect("s1"); !info.Running || !strings.Contains(op.Status.Message, "--keep-failed-vms") {
+		t.Errorf("with KeepFailedMachines the machine runs=%v, message %q", info.Running, op.Status.Message)
+	}
+}
+
+func TestServerThatCanNeverFitFailsAtOnce(t *testing.T) {
+	h := newHarness(t, 10*time.Millisecond, controller.Options{MaxMemoryBytes: 2 << 30, MaxCPUs: 4})
+	h.create(server("big")) // the default 4Gi
+	wide := server("wide")
+	wide.Spec.CPUs = 8
+	wide.Spec.Memory = ptr.To(resourceQuantity("1Gi"))
+	h.create(wide)
+	h.create(profile("p", okUserData))
+	h.create(repave("op-big", "big", "p"))
+	h.create(repave("op-wide", "wide", "p"))
+	for op, want := range map[string]string{
+		"op-big":  "needs 4096 MiB of memory (spec.memory), more than the 2048 MiB this host lets repaves use (simulator flag --max-memory)",
+		"op-wide": "needs 8 CPUs (spec.cpus), more than the 4 this host gives one server (simulator flag --max-cpus)",
+	} {
+		got := h.waitPhase(op, stargatev1.OperationFailed, 10*time.Second)
+		c := meta.FindStatusCondition(got.Status.Conditions, stargatev1.ConditionSucceeded)
+		if c == nil || c.Reason != "ExceedsHostCapacity" || !strings.Contains(got.Status.Message, want) {
+			t.Errorf("%s: condition %+v message %q, want ExceedsHostCapacity and %q", op, c, got.Status.Message, want)
+		}
+	}
+	if n := h.dc.Repaves(h.ns, "big") + h.dc.Repaves(h.ns, "wide"); n != 0 {
+		t.Errorf("%d repaves reached the datacenter", n)
+	}
+}
+
+func TestPendingIsBoundedByTheTimeout(t *testing.T) {
+	h := newHarness(t, time.Hour, controller.Options{MaxParallel: 1})
+	h.create(profile("p", okUserData))
+	h.create(server("s1"))
+	h.create(server("s2"))
+	h.create(repave("op1", "s1", "p")) // runs for an hour
+	h.waitPhase("op1", stargatev1.OperationRunning, 10*time.Second)
+	waiting := repave("op2", "s2", "p")
+	waiting.Spec.Timeout = &metav1.Duration{Duration: 10 * time.Second}
+	h.create(waiting)
+	eventually(t, 10*time.Second, func() (bool, string) {
+		op := h.op("op2")
+		return strings.Contains(op.Status.Message, "pending since"), op.Status.Message
+	})
+	op := h.waitPhase("op2", stargatev1.OperationFailed, 30*time.Second)
+	c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionSucceeded)
+	if c == nil || c.Reason != "WaitingForCapacity" || !strings.Contains(op.Status.Message, "Could not start within 10s (spec.timeout): Waiting for host capacity") {
+		t.Errorf("condition %+v message %q", c, op.Status.Message)
+	}
+	if n := h.dc.Repaves(h.ns, "s2"); n != 0 {
+		t.Errorf("s2 repaved %d times", n)
+	}
+}
+
+func TestSecretDeletedAfterTheMachineGotItIsNotNeeded(t *testing.T) {
+	h := newHarness(t, 300*time.Millisecond, controller.Options{})
+	h.create(server("s1"))
+	h.create(server("s2"))
+	h.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "ud"}, Type: stargatev1.UserDataSecretType,
+		Data: map[string][]byte{"user-data": []byte(okUserData)}})
+	p := profile("p", "")
+	p.Spec.CloudInitSecretRef = &stargatev1.SecretKeyReference{Name: "ud"}
+	h.create(p)
+	h.create(repave("op1", "s1", "p"))
+	eventually(t, 10*time.Second, func() (bool, string) {
+		op := h.op("op1")
+		return meta.IsStatusConditionTrue(op.Status.Conditions, stargatev1.ConditionVMRunning), op.Status.Message
+	})
+	if err := env.Client.Delete(context.Background(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "ud", Namespace: h.ns}}); err != nil {
+		t.Fatal(err)
+	}
+	h.waitPhase("op1", stargatev1.OperationSucceeded, 15*time.Second)
+
+	// Deleted before the machine received it: the repave fails and the machine is powered off.
+	h.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "ud"}, Type: stargatev1.UserDataSecretType,
+		Data: map[string][]byte{"user-data": []byte(okUserData)}})
+	h.create(repave("op2", "s2", "p"))
+	h.waitPhase("op2", stargatev1.OperationRunning, 10*time.Second)
+	if err := env.Client.Delete(context.Background(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "ud", Namespace: h.ns}}); err != nil {
+		t.Fatal(err)
+	}
+	op := h.waitPhase("op2", stargatev1.OperationFailed, 15*time.Second)
+	if c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionSucceeded); c == nil || c.Reason != "SecretDeleted" || h.inspect("s2").Running {
+		t.Errorf("condition %+v, machine running %v: want SecretDeleted and powered off", c, h.inspect("s2").Running)
+	}
+}
+
 
 func TestOneOperationPerServerInCreationOrder(t *testing.T) {
 	h := newHarness(t, 40*time.Millisecond, controller.Options{})

@@ -26,7 +26,13 @@ type Options struct {
 	// in Pending.
 	MaxParallel int
 	// MaxMemoryBytes bounds the summed memory of the Servers being repaved at once; 0 means no bound.
+	// A Server that needs more than this on its own fails at once (ExceedsHostCapacity).
 	MaxMemoryBytes int64
+	// MaxCPUs bounds the CPUs of one Server; 0 means no bound. A Server with more fails at once.
+	MaxCPUs int
+	// KeepFailedMachines leaves the machine of a failed Operation running, for debugging; by
+	// default every failure after the server was touched powers it off.
+	KeepFailedMachines bool
 	// ReferenceWait is how long an Operation waits for a missing Server or profile before failing.
 	ReferenceWait time.Duration
 	// PollInterval is how often a running Operation is checked.

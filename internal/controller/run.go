@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -50,27 +51,46 @@ func gateTimeout(r *OperationReconciler, ctx context.Context, s *operationScope)
 	if live.ResourceVersion != s.op.ResourceVersion {
 		return stop(ctrl.Result{RequeueAfter: conflictRetry}, nil)
 	}
-	if err := r.Provider.PowerOff(ctx, s.serverKey()); err != nil {
-		return stop(ctrl.Result{}, fmt.Errorf("powering off server %s after timeout: %w", s.server.Name, err))
+	return r.failRunning(ctx, s, "Timeout", fmt.Sprintf("Timed out after %s (spec.timeout) %s", s.op.Spec.Timeout.Duration, stuckAt(s.op.Status.Conditions)))
+}
+
+// failRunning fails an Operation that has touched its server, and powers the server off (the one
+// rule for every failure: a half-installed server must not run, nor join a cluster, while its
+// Server says Error) unless the operator keeps failed machines for debugging.
+func (r *OperationReconciler) failRunning(ctx context.Context, s *operationScope, reason, msg string) (ctrl.Result, bool, error) {
+	if r.Options.KeepFailedMachines {
+		s.fail(reason, msg+"\n(the server is left running: --keep-failed-vms)")
+		return stop(ctrl.Result{}, nil)
 	}
-	s.fail("Timeout", fmt.Sprintf("Timed out after %s (spec.timeout) %s; the server was powered off", s.op.Spec.Timeout.Duration, stuckAt(s.op.Status.Conditions)))
+	if err := r.Provider.PowerOff(ctx, s.serverKey()); err != nil {
+		return stop(ctrl.Result{}, fmt.Errorf("powering off server %s after %s: %w", s.op.Spec.ServerRef.Name, reason, err))
+	}
+	head, rest, _ := strings.Cut(msg, "\n")
+	if rest != "" {
+		rest = "\n" + rest
+	}
+	s.fail(reason, head+"; the server was powered off"+rest)
 	return stop(ctrl.Result{}, nil)
 }
 
-func gateProfileStillExists(_ *OperationReconciler, _ context.Context, s *operationScope) (ctrl.Result, bool, error) {
+// gateProfileStillExists fails a repave whose profile was deleted: what it asked for (such as
+// joining the cluster) can no longer be known.
+func gateProfileStillExists(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
 	if s.profile == nil {
-		s.fail("ProfileDeleted", fmt.Sprintf("ProvisioningProfile %s was deleted during the repave", s.op.Spec.ProvisioningProfileRef.Name))
-		return stop(ctrl.Result{}, nil)
+		return r.failRunning(ctx, s, "ProfileDeleted", fmt.Sprintf("ProvisioningProfile %s was deleted during the repave", s.op.Spec.ProvisioningProfileRef.Name))
 	}
 	return pass()
 }
 
+// gateRunUserData reads the user-data again for the provider; once the machine runs with it, a
+// deleted Secret no longer matters.
 func gateRunUserData(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
 	data, err := userData(ctx, r.APIReader, s.profile)
 	switch {
+	case errors.Is(err, errSecretNotFound) && isConditionTrue(s.op, stargatev1.ConditionVMRunning):
+		return pass() // the machine runs with its user-data already: the Secret is no longer needed
 	case errors.Is(err, errSecretNotFound):
-		s.fail("SecretDeleted", err.Error()+" (deleted during the repave)")
-		return stop(ctrl.Result{}, nil)
+		return r.failRunning(ctx, s, "SecretDeleted", err.Error()+" (deleted during the repave, before the server received it)")
 	case err != nil:
 		return stop(ctrl.Result{}, err)
 	}
@@ -97,8 +117,7 @@ func gateProviderStep(r *OperationReconciler, ctx context.Context, s *operationS
 	s.progress = st
 	switch {
 	case st.Failed:
-		s.fail(st.Reason, st.Message)
-		return stop(ctrl.Result{}, nil)
+		return r.failRunning(ctx, s, st.Reason, st.Message)
 	case !st.Done:
 		s.op.Status.Message = progressMessage(st.Steps)
 		if s.profile.Spec.JoinsCluster {

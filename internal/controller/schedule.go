@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -41,7 +42,38 @@ func (r *OperationReconciler) throughGates(ctx context.Context, s *operationScop
 // capacity and its Server is free; until then it says what it waits for.
 func (r *OperationReconciler) schedule(ctx context.Context, s *operationScope) (ctrl.Result, error) {
 	s.op.Status.ObservedGeneration = s.op.Generation
-	return r.throughGates(ctx, s, gateServerExists, gateProfileExists, gateUserData, gateCapacity, gateClaim)
+	return r.throughGates(ctx, s, gatePendingTimeout, gateServerExists, gateProfileExists, gateUserData, gateFits, gateCapacity, gateClaim)
+}
+
+// gatePendingTimeout bounds the time an Operation may wait to start by its spec.timeout, counted
+// from its creation: it then fails with the reason it was waiting for.
+func gatePendingTimeout(_ *OperationReconciler, _ context.Context, s *operationScope) (ctrl.Result, bool, error) {
+	if s.op.Spec.Timeout == nil || s.now.Sub(s.op.CreationTimestamp.Time) <= s.op.Spec.Timeout.Duration {
+		return pass()
+	}
+	reason, why := "Timeout", "it was never scheduled"
+	if c := meta.FindStatusCondition(s.op.Status.Conditions, stargatev1.ConditionScheduled); c != nil && c.Status != metav1.ConditionTrue {
+		reason, why = c.Reason, c.Message
+	}
+	s.fail(reason, fmt.Sprintf("Could not start within %s (spec.timeout): %s", s.op.Spec.Timeout.Duration, why))
+	return stop(ctrl.Result{}, nil)
+}
+
+// gateFits fails at once an Operation whose Server can never fit this host's limits, instead of
+// letting it wait forever.
+func gateFits(r *OperationReconciler, _ context.Context, s *operationScope) (ctrl.Result, bool, error) {
+	mem, cpus := s.server.Spec.MemoryBytes(), s.server.Spec.CPUCount()
+	switch {
+	case r.Options.MaxMemoryBytes > 0 && mem > r.Options.MaxMemoryBytes:
+		s.fail("ExceedsHostCapacity", fmt.Sprintf("Server %s needs %d MiB of memory (spec.memory), more than the %d MiB this host lets repaves use "+
+			"(simulator flag --max-memory): lower spec.memory or raise --max-memory", s.server.Name, mem>>20, r.Options.MaxMemoryBytes>>20))
+	case r.Options.MaxCPUs > 0 && cpus > r.Options.MaxCPUs:
+		s.fail("ExceedsHostCapacity", fmt.Sprintf("Server %s needs %d CPUs (spec.cpus), more than the %d this host gives one server "+
+			"(simulator flag --max-cpus): lower spec.cpus or raise --max-cpus", s.server.Name, cpus, r.Options.MaxCPUs))
+	default:
+		return pass()
+	}
+	return stop(ctrl.Result{}, nil)
 }
 
 // waitOrFail keeps the Operation Pending for a missing reference until Options.ReferenceWait has
@@ -204,8 +236,9 @@ func (r *OperationReconciler) runningOperations(ctx context.Context) (map[types.
 	return running, nil
 }
 
-// wait keeps the Operation Pending with a reason.
+// wait keeps the Operation Pending with a reason; the message says since when it waits.
 func (s *operationScope) wait(reason, msg string) {
+	msg = fmt.Sprintf("%s (pending since %s)", msg, s.op.CreationTimestamp.UTC().Format(time.RFC3339))
 	s.op.Status.Message = msg
 	s.setCondition(scheduledCondition(false, reason, msg))
 }
