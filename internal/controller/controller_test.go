@@ -15,8 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/utils/ptr"
@@ -460,7 +460,6 @@ func TestSecretDeletedAfterTheMachineGotItIsNotNeeded(t *testing.T) {
 		t.Errorf("condition %+v, machine running %v: want SecretDeleted and powered off", c, h.inspect("s2").Running)
 	}
 }
-
 
 func TestOneOperationPerServerInCreationOrder(t *testing.T) {
 	h := newHarness(t, 40*time.Millisecond, controller.Options{})
