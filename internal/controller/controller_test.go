@@ -51,9 +51,11 @@ type harness struct {
 	opts   controller.Options
 	cancel context.CancelFunc
 	done   chan struct{}
+	// extra namespaces the controller watches too (created per test).
+	extra []string
 }
 
-func newHarness(t testing.TB, stepDelay time.Duration, opts controller.Options) *harness {
+func newHarness(t testing.TB, stepDelay time.Duration, opts controller.Options, extraNamespaces ...string) *harness {
 	t.Helper()
 	ns := fmt.Sprintf("t%d-%s", nsCounter.Add(1), strings.ToLower(strings.ReplaceAll(t.Name(), "_", "-")))
 	if len(ns) > 50 {
@@ -70,6 +72,13 @@ func newHarness(t testing.TB, stepDelay time.Duration, opts controller.Options) 
 		opts.PollInterval = 50 * time.Millisecond
 	}
 	h := &harness{t: t, ns: ns, dc: dc, dcURL: srv.URL, opts: opts}
+	for _, e := range extraNamespaces {
+		name := ns[:min(len(ns), 40)] + "-" + e
+		if err := env.Client.Create(context.Background(), testenv.Namespace(name)); err != nil {
+			t.Fatal(err)
+		}
+		h.extra = append(h.extra, name)
+	}
 	h.start(&mockdc.Provider{BaseURL: srv.URL})
 	t.Cleanup(h.stop)
 	return h
@@ -80,7 +89,7 @@ func (h *harness) start(p controller.Provider) {
 	h.t.Helper()
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
 		Scheme:                 env.Scheme,
-		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{h.ns: {}}},
+		Cache:                  cache.Options{DefaultNamespaces: h.namespaces()},
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		// Several managers (tests, restarts) register the same controller names in one process.
@@ -101,6 +110,22 @@ func (h *harness) start(p controller.Provider) {
 			h.t.Errorf("manager: %v", err)
 		}
 	}()
+}
+
+func (h *harness) namespaces() map[string]cache.Config {
+	m := map[string]cache.Config{h.ns: {}}
+	for _, e := range h.extra {
+		m[e] = cache.Config{}
+	}
+	return m
+}
+
+func (h *harness) createIn(ns string, obj client.Object) {
+	h.t.Helper()
+	obj.SetNamespace(ns)
+	if err := env.Client.Create(context.Background(), obj); err != nil {
+		h.t.Fatalf("creating %T %s: %v", obj, obj.GetName(), err)
+	}
 }
 
 func (h *harness) stop() {
@@ -608,6 +633,39 @@ func TestTimeoutFailsAndPowersOff(t *testing.T) {
 	}
 }
 
+// registerNode plays a kubelet: it registers a Ready Node with an InternalIP.
+func registerNode(t *testing.T, name, ip string) *corev1.Node {
+	t.Helper()
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
+	if err := env.Client.Create(context.Background(), node); err != nil {
+		t.Fatal(err)
+	}
+	node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
+		LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}
+	if err := env.Client.Status().Update(context.Background(), node); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), node) })
+	return node
+}
+
+// nextSecond waits until the wall clock is in a later second than t: creation timestamps have
+// one-second resolution.
+func nextSecond(t *testing.T, at time.Time) {
+	eventually(t, 3*time.Second, func() (bool, string) {
+		return time.Now().Truncate(time.Second).After(at), "waiting for the next second"
+	})
+}
+
+func (h *harness) waitNodeReadyFalse(op string) {
+	h.t.Helper()
+	eventually(h.t, 15*time.Second, func() (bool, string) {
+		c := meta.FindStatusCondition(h.op(op).Status.Conditions, stargatev1.ConditionNodeReady)
+		return c != nil && c.Status == metav1.ConditionFalse, fmt.Sprintf("NodeReady=%+v", c)
+	})
+}
+
 func TestJoinsClusterWaitsForReadyNodeAndDeletesStaleOne(t *testing.T) {
 	h := newHarness(t, 20*time.Millisecond, controller.Options{})
 	name := h.ns + "-w" // Nodes are cluster-scoped: keep the name unique to this test
@@ -615,52 +673,33 @@ func TestJoinsClusterWaitsForReadyNodeAndDeletesStaleOne(t *testing.T) {
 	p := profile("join", okUserData)
 	p.Spec.JoinsCluster = true
 	h.create(p)
-	stale := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"generation": "old"}}}
-	if err := env.Client.Create(context.Background(), stale); err != nil {
-		t.Fatal(err)
-	}
-	// Creation timestamps have one-second resolution: start the repave in a later second than
-	// the stale Node's registration, as any real previous installation is.
-	eventually(t, 3*time.Second, func() (bool, string) {
-		return time.Now().Truncate(time.Second).After(stale.CreationTimestamp.Time), "waiting for the next second"
-	})
+
+	// The first installation joins: its kubelet registers with the Server's address.
+	h.create(repave("op0", name, "join"))
+	h.waitNodeReadyFalse("op0")
+	ip := h.waitServer(name, 10*time.Second, func(st stargatev1.ServerStatus) bool { return st.IPAddress != "" }).Status.IPAddress
+	stale := registerNode(t, name, ip)
+	h.waitPhase("op0", stargatev1.OperationSucceeded, 15*time.Second)
+
+	// A repave: the previous installation's Node goes while the guest installs (before its join).
+	nextSecond(t, stale.CreationTimestamp.Time)
 	h.create(repave("op1", name, "join"))
-	// The stale Node goes while the guest is still installing (before its kubeadm join).
 	eventually(t, 15*time.Second, func() (bool, string) {
 		op := h.op("op1")
 		err := env.Client.Get(context.Background(), client.ObjectKey{Name: name}, &corev1.Node{})
 		return err != nil && !meta.IsStatusConditionTrue(op.Status.Conditions, stargatev1.ConditionGuestReady),
 			fmt.Sprintf("stale node get: %v, conditions %+v", err, op.Status.Conditions)
 	})
-	eventually(t, 15*time.Second, func() (bool, string) {
-		op := h.op("op1")
-		c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionNodeReady)
-		return c != nil && c.Status == metav1.ConditionFalse, fmt.Sprintf("NodeReady=%+v", c)
-	})
+	h.waitNodeReadyFalse("op1")
 	// The new kubelet registers (in a later second than the repave's start) and becomes Ready.
-	start := h.op("op1").Status.StartTime.Time
-	eventually(t, 3*time.Second, func() (bool, string) {
-		return time.Now().Truncate(time.Second).After(start), "waiting for the next second"
-	})
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
-	if err := env.Client.Create(context.Background(), node); err != nil {
-		t.Fatal(err)
-	}
-	node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
-		LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
-	if err := env.Client.Status().Update(context.Background(), node); err != nil {
-		t.Fatal(err)
-	}
+	nextSecond(t, h.op("op1").Status.StartTime.Time)
+	registerNode(t, name, ip)
 	op := h.waitPhase("op1", stargatev1.OperationSucceeded, 15*time.Second)
 	if !meta.IsStatusConditionTrue(op.Status.Conditions, stargatev1.ConditionNodeReady) {
 		t.Error("NodeReady not True")
 	}
 
 	// Deleting the Server removes the Node its installation registered (matched by address).
-	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: h.server(name).Status.IPAddress}}
-	if err := env.Client.Status().Update(context.Background(), node); err != nil {
-		t.Fatal(err)
-	}
 	if err := env.Client.Delete(context.Background(), h.server(name)); err != nil {
 		t.Fatal(err)
 	}
@@ -668,6 +707,83 @@ func TestJoinsClusterWaitsForReadyNodeAndDeletesStaleOne(t *testing.T) {
 		err := env.Client.Get(context.Background(), client.ObjectKey{Name: name}, &corev1.Node{})
 		return err != nil, fmt.Sprintf("node still there: %v", err)
 	})
+}
+
+// A tenant names a Server like a Node that is not theirs (a control-plane node, another team's
+// worker): the repave fails before the server is touched, and the Node is neither deleted nor
+// taken as proof of anything.
+func TestForeignNodeIsNeverTouched(t *testing.T) {
+	h := newHarness(t, 20*time.Millisecond, controller.Options{})
+	name := h.ns + "-cp"
+	victim := registerNode(t, name, "10.0.0.1")
+	h.create(server(name))
+	p := profile("join", okUserData)
+	p.Spec.JoinsCluster = true
+	h.create(p)
+	nextSecond(t, victim.CreationTimestamp.Time)
+	h.create(repave("op1", name, "join"))
+	op := h.waitPhase("op1", stargatev1.OperationFailed, 15*time.Second)
+	c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionSucceeded)
+	if c == nil || c.Reason != "NodeNameTaken" || !strings.Contains(op.Status.Message, "Node "+name+" already exists and is not this Server's: its InternalIP is [10.0.0.1]") {
+		t.Errorf("condition %+v message %q", c, op.Status.Message)
+	}
+	after := &corev1.Node{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Name: name}, after); err != nil || after.UID != victim.UID {
+		t.Errorf("the foreign Node was deleted or replaced: %v", err)
+	}
+	if n := h.dc.Repaves(h.ns, name); n != 0 {
+		t.Errorf("the server was repaved %d times", n)
+	}
+}
+
+// Two namespaces, one Node name: the second Server to join fails, whether the first one's Node
+// is registered yet or not, and the first one's Node is untouched.
+func TestSameServerNameInTwoNamespacesCannotBothJoin(t *testing.T) {
+	h := newHarness(t, 200*time.Millisecond, controller.Options{}, "other")
+	other := h.extra[0]
+	name := h.ns + "-w"
+	p := profile("join", okUserData)
+	p.Spec.JoinsCluster = true
+	h.create(p)
+	h.create(server(name))
+	p2 := profile("join", okUserData)
+	p2.Spec.JoinsCluster = true
+	h.createIn(other, p2)
+	h.createIn(other, server(name))
+	h.create(repave("op1", name, "join"))
+	h.waitNodeReadyFalse("op1") // installing; its Node is not registered yet
+
+	h.createIn(other, repave("op2", name, "join"))
+	op2 := &stargatev1.Operation{}
+	eventually(t, 15*time.Second, func() (bool, string) {
+		_ = env.Client.Get(context.Background(), client.ObjectKey{Namespace: other, Name: "op2"}, op2)
+		return op2.Status.Phase == stargatev1.OperationFailed, op2.Status.Message
+	})
+	if c := meta.FindStatusCondition(op2.Status.Conditions, stargatev1.ConditionSucceeded); c == nil || c.Reason != "NodeNameConflict" ||
+		!strings.Contains(op2.Status.Message, "Server "+h.ns+"/"+name+" already joins the cluster as Node "+name) {
+		t.Errorf("while the first installs: condition %+v message %q", c, op2.Status.Message)
+	}
+
+	ip := h.waitServer(name, 10*time.Second, func(st stargatev1.ServerStatus) bool { return st.IPAddress != "" }).Status.IPAddress
+	node := registerNode(t, name, ip)
+	h.waitPhase("op1", stargatev1.OperationSucceeded, 15*time.Second)
+	nextSecond(t, node.CreationTimestamp.Time)
+	h.createIn(other, repave("op3", name, "join"))
+	op3 := &stargatev1.Operation{}
+	eventually(t, 15*time.Second, func() (bool, string) {
+		_ = env.Client.Get(context.Background(), client.ObjectKey{Namespace: other, Name: "op3"}, op3)
+		return op3.Status.Phase == stargatev1.OperationFailed, op3.Status.Message
+	})
+	if c := meta.FindStatusCondition(op3.Status.Conditions, stargatev1.ConditionSucceeded); c == nil || c.Reason != "NodeNameTaken" {
+		t.Errorf("once the first joined: condition %+v message %q", c, op3.Status.Message)
+	}
+	after := &corev1.Node{}
+	if err := env.Client.Get(context.Background(), client.ObjectKey{Name: name}, after); err != nil || after.UID != node.UID {
+		t.Errorf("the first namespace's Node was deleted or replaced: %v", err)
+	}
+	if n := h.dc.Repaves(other, name); n != 0 {
+		t.Errorf("the other namespace's server was repaved %d times", n)
+	}
 }
 
 func TestUserDataFromSecret(t *testing.T) {

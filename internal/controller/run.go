@@ -131,7 +131,8 @@ func gateProviderStep(r *OperationReconciler, ctx context.Context, s *operationS
 	return pass()
 }
 
-// gateNode waits, for profiles that join the cluster, until the Server's Node is Ready.
+// gateNode waits, for profiles that join the cluster, until the Server's Node — provably its own,
+// by address — is Ready.
 func gateNode(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
 	if !s.profile.Spec.JoinsCluster {
 		return pass()
@@ -139,6 +140,13 @@ func gateNode(r *OperationReconciler, ctx context.Context, s *operationScope) (c
 	node, err := r.node(ctx, s.server.Name)
 	if err != nil {
 		return stop(ctrl.Result{}, err)
+	}
+	own, addrs := ownership(node, s.progress.IPAddress)
+	switch own {
+	case nodeForeign:
+		return r.failRunning(ctx, s, "NodeNameTaken", nodeTakenMessage(s.server.Name, addrs, s.progress.IPAddress))
+	case nodeUnproven:
+		node = nil // not proof of anything yet
 	}
 	c := nodeReadyCondition(s.server.Name, node)
 	s.setCondition(c)

@@ -42,7 +42,7 @@ func (r *OperationReconciler) throughGates(ctx context.Context, s *operationScop
 // capacity and its Server is free; until then it says what it waits for.
 func (r *OperationReconciler) schedule(ctx context.Context, s *operationScope) (ctrl.Result, error) {
 	s.op.Status.ObservedGeneration = s.op.Generation
-	return r.throughGates(ctx, s, gatePendingTimeout, gateServerExists, gateProfileExists, gateUserData, gateFits, gateCapacity, gateClaim)
+	return r.throughGates(ctx, s, gatePendingTimeout, gateServerExists, gateProfileExists, gateUserData, gateNodeName, gateFits, gateCapacity, gateClaim)
 }
 
 // gatePendingTimeout bounds the time an Operation may wait to start by its spec.timeout, counted
