@@ -14,6 +14,8 @@ export KUBE_VERSION ETCD_VERSION
 KUBE_BIN_DIR := $(shell STARGATE_CACHE='$(STARGATE_CACHE)' KUBE_VERSION='$(KUBE_VERSION)' ETCD_VERSION='$(ETCD_VERSION)' hack/kube-binaries.sh dir)
 
 CONTROLLER_GEN := go tool controller-gen
+# golangci-lint is pinned in a tool module of its own, so its dependencies stay out of go.mod.
+GOLANGCI_LINT := go tool -modfile=hack/tools/lint/go.mod golangci-lint
 # Real VM boots under TCG take minutes: give test binaries far more than go test's 10-minute default.
 GO_TEST_FLAGS ?= -timeout 60m
 # Root-only tests (bridges, taps, VMs) need the offline guest image; make builds it when root.
@@ -53,6 +55,28 @@ vet: ## Run go vet and check formatting.
 	@unformatted=$$(gofmt -s -l $$(git ls-files '*.go')); if [[ -n "$$unformatted" ]]; then echo "not gofmt'ed: $$unformatted" >&2; exit 1; fi
 	go vet ./...
 
+.PHONY: lint
+lint: lint-go lint-shell ## Run golangci-lint (.golangci.yml) and shellcheck on every shell script.
+
+.PHONY: lint-go
+lint-go: ## Run golangci-lint (version pinned in hack/tools/lint/go.mod; first run builds it, ~2 min).
+	$(GOLANGCI_LINT) run ./...
+
+# Every shell script git knows of (tracked or new, not ignored): *.sh and files with a sh/bash shebang.
+.PHONY: lint-shell
+lint-shell: ## Run shellcheck (.shellcheckrc) on every shell script.
+	@command -v shellcheck >/dev/null || { echo "shellcheck is missing: sudo apt-get install -y shellcheck (or run make deps as root)" >&2; exit 1; }
+	@scripts=$$(git ls-files --cached --others --exclude-standard | while read -r f; do \
+		if [[ -f "$$f" ]] && { [[ "$$f" == *.sh ]] || head -c 100 "$$f" | grep -qE '^#!.*\b(ba)?sh\b'; }; then echo "$$f"; fi; done | sort -u); \
+	echo "shellcheck" $$scripts; shellcheck $$scripts
+
+.PHONY: verify-tidy
+verify-tidy: ## Fail when go.mod/go.sum are not tidy (shows the diff go mod tidy would make).
+	@if ! diff=$$(go mod tidy -diff); then printf '%s\n' "$$diff" >&2; \
+		echo "go.mod/go.sum are not tidy: run 'go mod tidy' and commit the result" >&2; exit 1; fi
+	@if ! diff=$$(cd hack/tools/lint && go mod tidy -diff); then printf '%s\n' "$$diff" >&2; \
+		echo "hack/tools/lint/go.mod/go.sum are not tidy: run 'cd hack/tools/lint && go mod tidy' and commit the result" >&2; exit 1; fi
+
 ##@ Build
 
 .PHONY: build
@@ -86,7 +110,7 @@ guest-image: ## Build the offline Debian 12 guest image for tests and the offlin
 # KUBEBUILDER_ASSETS from the environment wins: users who already have envtest binaries keep them.
 # As root, tests also run real VMs inside network namespaces they create (never the host's own).
 .PHONY: test
-test: verify-generated vet $(if $(KUBEBUILDER_ASSETS),,envtest-assets) $(if $(IS_ROOT),guest-image) ## Run all tests (real kube-apiserver + etcd; as root also real QEMU VMs in test-made netns).
+test: lint verify-tidy verify-generated vet $(if $(KUBEBUILDER_ASSETS),,envtest-assets) $(if $(IS_ROOT),guest-image) ## Run all tests (real kube-apiserver + etcd; as root also real QEMU VMs in test-made netns).
 	$(if $(IS_ROOT),STARGATE_GUEST_IMAGE="$${STARGATE_GUEST_IMAGE:-$$(hack/guest-image/build.sh)}") \
 	KUBEBUILDER_ASSETS="$(or $(KUBEBUILDER_ASSETS),$(KUBE_BIN_DIR))" go test $(GO_TEST_FLAGS) ./...
 

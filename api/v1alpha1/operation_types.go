@@ -134,5 +134,5 @@ type OperationList struct {
 }
 
 func init() {
-	SchemeBuilder.Register(&Operation{}, &OperationList{})
+	addKnownTypes(&Operation{}, &OperationList{})
 }

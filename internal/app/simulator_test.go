@@ -84,7 +84,11 @@ func TestRunExplainsMissingCRDs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer env.Stop()
+	defer func() {
+		if err := env.Stop(); err != nil {
+			t.Errorf("stopping the apiserver: %v", err)
+		}
+	}()
 	o := defaults(t)
 	o.Provider = "mock"
 	err = Run(context.Background(), cfg, o)
