@@ -29,6 +29,10 @@ help: ## Show this help.
 
 ##@ Development
 
+.PHONY: deps
+deps: ## Install the Debian packages tests, e2e and demo need (as root; otherwise print the apt-get line and stop).
+	@hack/deps.sh
+
 .PHONY: generate
 generate: ## Regenerate deepcopy code (api/v1alpha1/zz_generated.deepcopy.go).
 	$(CONTROLLER_GEN) object paths=./api/...
@@ -86,7 +90,7 @@ build: ## Build the binaries into bin/.
 ##@ Demo
 
 .PHONY: demo
-demo: build ## Run the whole demo (root): a VM is repaved and joins a cluster (kind if Docker works, else the embedded local cluster).
+demo: deps build ## Run the whole demo (root): a VM is repaved and joins a cluster (kind if Docker works, else the embedded local cluster).
 	scripts/demo.sh run
 
 .PHONY: demo-clean
@@ -113,13 +117,13 @@ guest-image: ## Build the offline Debian 12 guest image for tests and the offlin
 # skipping (internal/testreq). hack/testsummary prints go test's usual output, then how many tests
 # ran, passed, failed and skipped and why each skipped; under pipefail go test's status is kept.
 .PHONY: test
-test: lint verify-tidy verify-generated vet $(if $(KUBEBUILDER_ASSETS),,envtest-assets) $(if $(IS_ROOT),guest-image) ## Run all tests (real kube-apiserver + etcd; as root also real QEMU VMs in test-made netns).
+test: deps lint verify-tidy verify-generated vet $(if $(KUBEBUILDER_ASSETS),,envtest-assets) $(if $(IS_ROOT),guest-image) ## Run all tests (real kube-apiserver + etcd; as root also real QEMU VMs in test-made netns).
 	@go build -o bin/testsummary ./hack/testsummary
 	$(if $(IS_ROOT),STARGATE_GUEST_IMAGE="$${STARGATE_GUEST_IMAGE:-$$(hack/guest-image/build.sh)}") \
 	KUBEBUILDER_ASSETS="$(or $(KUBEBUILDER_ASSETS),$(KUBE_BIN_DIR))" go test -json $(GO_TEST_FLAGS) ./... | bin/testsummary
 
 .PHONY: e2e
-e2e: build kube-binaries guest-image ## Offline end-to-end proof (root, ~4 min warm): a TCG VM joins the local cluster, is repaved again, then deleted.
+e2e: deps build kube-binaries guest-image ## Offline end-to-end proof (root, ~4 min warm): a TCG VM joins the local cluster, is repaved again, then deleted.
 	STARGATE_GUEST_IMAGE="$$(hack/guest-image/build.sh)" KUBE_BIN_DIR="$(KUBE_BIN_DIR)" hack/e2e.sh
 
 .PHONY: test-short
