@@ -14,6 +14,8 @@ export KUBE_VERSION ETCD_VERSION
 KUBE_BIN_DIR := $(shell STARGATE_CACHE='$(STARGATE_CACHE)' KUBE_VERSION='$(KUBE_VERSION)' ETCD_VERSION='$(ETCD_VERSION)' hack/kube-binaries.sh dir)
 
 CONTROLLER_GEN := go tool controller-gen
+# golangci-lint is pinned in a tool module of its own, so its dependencies stay out of go.mod.
+GOLANGCI_LINT := go tool -modfile=hack/tools/lint/go.mod golangci-lint
 # Real VM boots under TCG take minutes: give test binaries far more than go test's 10-minute default.
 GO_TEST_FLAGS ?= -timeout 60m
 # Root-only tests (bridges, taps, VMs) need the offline guest image; make builds it when root.
@@ -26,6 +28,10 @@ help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) } ' $(MAKEFILE_LIST)
 
 ##@ Development
+
+.PHONY: deps
+deps: ## Install the Debian packages tests, e2e and demo need (as root; otherwise print the apt-get line and stop).
+	@hack/deps.sh
 
 .PHONY: generate
 generate: ## Regenerate deepcopy code (api/v1alpha1/zz_generated.deepcopy.go).
@@ -53,6 +59,28 @@ vet: ## Run go vet and check formatting.
 	@unformatted=$$(gofmt -s -l $$(git ls-files '*.go')); if [[ -n "$$unformatted" ]]; then echo "not gofmt'ed: $$unformatted" >&2; exit 1; fi
 	go vet ./...
 
+.PHONY: lint
+lint: lint-go lint-shell ## Run golangci-lint (.golangci.yml) and shellcheck on every shell script.
+
+.PHONY: lint-go
+lint-go: ## Run golangci-lint (version pinned in hack/tools/lint/go.mod; first run builds it, ~2 min).
+	$(GOLANGCI_LINT) run ./...
+
+# Every shell script git knows of (tracked or new, not ignored): *.sh and files with a sh/bash shebang.
+.PHONY: lint-shell
+lint-shell: ## Run shellcheck (.shellcheckrc) on every shell script.
+	@command -v shellcheck >/dev/null || { echo "shellcheck is missing: sudo apt-get install -y shellcheck (or run make deps as root)" >&2; exit 1; }
+	@scripts=$$(git ls-files --cached --others --exclude-standard | while read -r f; do \
+		if [[ -f "$$f" ]] && { [[ "$$f" == *.sh ]] || head -c 100 "$$f" | grep -qE '^#!.*\b(ba)?sh\b'; }; then echo "$$f"; fi; done | sort -u); \
+	echo "shellcheck" $$scripts; shellcheck $$scripts
+
+.PHONY: verify-tidy
+verify-tidy: ## Fail when go.mod/go.sum are not tidy (shows the diff go mod tidy would make).
+	@if ! diff=$$(go mod tidy -diff); then printf '%s\n' "$$diff" >&2; \
+		echo "go.mod/go.sum are not tidy: run 'go mod tidy' and commit the result" >&2; exit 1; fi
+	@if ! diff=$$(cd hack/tools/lint && go mod tidy -diff); then printf '%s\n' "$$diff" >&2; \
+		echo "hack/tools/lint/go.mod/go.sum are not tidy: run 'cd hack/tools/lint && go mod tidy' and commit the result" >&2; exit 1; fi
+
 ##@ Build
 
 .PHONY: build
@@ -62,7 +90,7 @@ build: ## Build the binaries into bin/.
 ##@ Demo
 
 .PHONY: demo
-demo: build ## Run the whole demo (root): a VM is repaved and joins a cluster (kind if Docker works, else the embedded local cluster).
+demo: deps build ## Run the whole demo (root): a VM is repaved and joins a cluster (kind if Docker works, else the embedded local cluster).
 	scripts/demo.sh run
 
 .PHONY: demo-clean
@@ -85,13 +113,17 @@ guest-image: ## Build the offline Debian 12 guest image for tests and the offlin
 
 # KUBEBUILDER_ASSETS from the environment wins: users who already have envtest binaries keep them.
 # As root, tests also run real VMs inside network namespaces they create (never the host's own).
+# With CI=true or STARGATE_REQUIRE_VM_TESTS=1 a test that lacks what it needs fails instead of
+# skipping (internal/testreq). hack/testsummary prints go test's usual output, then how many tests
+# ran, passed, failed and skipped and why each skipped; under pipefail go test's status is kept.
 .PHONY: test
-test: verify-generated vet $(if $(KUBEBUILDER_ASSETS),,envtest-assets) $(if $(IS_ROOT),guest-image) ## Run all tests (real kube-apiserver + etcd; as root also real QEMU VMs in test-made netns).
+test: deps lint verify-tidy verify-generated vet $(if $(KUBEBUILDER_ASSETS),,envtest-assets) $(if $(IS_ROOT),guest-image) ## Run all tests (real kube-apiserver + etcd; as root also real QEMU VMs in test-made netns).
+	@go build -o bin/testsummary ./hack/testsummary
 	$(if $(IS_ROOT),STARGATE_GUEST_IMAGE="$${STARGATE_GUEST_IMAGE:-$$(hack/guest-image/build.sh)}") \
-	KUBEBUILDER_ASSETS="$(or $(KUBEBUILDER_ASSETS),$(KUBE_BIN_DIR))" go test $(GO_TEST_FLAGS) ./...
+	KUBEBUILDER_ASSETS="$(or $(KUBEBUILDER_ASSETS),$(KUBE_BIN_DIR))" go test -json $(GO_TEST_FLAGS) ./... | bin/testsummary
 
 .PHONY: e2e
-e2e: build kube-binaries guest-image ## Offline end-to-end proof (root, ~4 min warm): a TCG VM joins the local cluster, is repaved again, then deleted.
+e2e: deps build kube-binaries guest-image ## Offline end-to-end proof (root, ~4 min warm): a TCG VM joins the local cluster, is repaved again, then deleted.
 	STARGATE_GUEST_IMAGE="$$(hack/guest-image/build.sh)" KUBE_BIN_DIR="$(KUBE_BIN_DIR)" hack/e2e.sh
 
 .PHONY: test-short

@@ -43,11 +43,9 @@ readonly DELETE_TIMEOUT=120
 readonly T0="${SECONDS}"
 PASSED=0
 
-log() { printf '[e2e %4ds] %s\n' "$((SECONDS - T0))" "$*" >&2; }
-die() {
-	printf '[e2e %4ds] FAIL: %s\n' "$((SECONDS - T0))" "$*" >&2
-	exit 1
-}
+LOG_TAG=e2e LOG_CLOCK=1 DIE_WORD=FAIL
+# shellcheck source=scripts/lib.sh
+source "${REPO}/scripts/lib.sh"
 
 # --- preconditions --------------------------------------------------------------------------------
 [[ "$(id -u)" == 0 ]] || die "run as root: the test creates a network namespace, a bridge, taps and VMs (sudo $0)"
@@ -70,9 +68,16 @@ readonly IMAGE
 TMP="$(mktemp -d /tmp/stargate-e2e.XXXXXX)"
 readonly TMP
 export STATE_DIR="${TMP}/cluster"
-readonly WORK="${TMP}/work"
+WORK_DIR="${TMP}/work"
+readonly WORK_DIR
 readonly SIM_LOG="${TMP}/simulator.log"
-readonly CONSOLE="${WORK}/vms/${NAMESPACE}/${SERVER}/console.log"
+# Where the simulator keeps the VM's files: it prints its own layout (bin/simulator paths).
+if ! CONSOLE="$(vm_path console "${NAMESPACE}" "${SERVER}")" || ! VMS_DIR="$(sim_path vms_dir)" ||
+	! IPAM_DIR="$(sim_path ipam_dir)" || ! RUN_DIR="$(sim_path run_dir)"; then
+	rm -rf -- "${TMP}"
+	exit 1
+fi
+readonly CONSOLE VMS_DIR IPAM_DIR RUN_DIR
 SIM_PID=""
 NS_CREATED=""
 KCFG=""
@@ -86,7 +91,7 @@ qemu_pids() {
 	local p cmd
 	for p in /proc/[0-9]*; do
 		cmd="$(tr '\0' ' ' <"${p}/cmdline" 2>/dev/null)" || continue
-		[[ "${cmd}" == qemu-system* && "${cmd}" == *"${WORK}/"* ]] && printf '%s\n' "${p#/proc/}"
+		[[ "${cmd}" == qemu-system* && "${cmd}" == *"${WORK_DIR}/"* ]] && printf '%s\n' "${p#/proc/}"
 	done
 	return 0
 }
@@ -185,31 +190,9 @@ remove_stale_namespaces() {
 }
 
 # --- helpers for the assertions -------------------------------------------------------------------
-# wait_operation NAME: poll until the Operation is final (at most OP_TIMEOUT s), printing its progress;
-# fail unless it Succeeded.
-wait_operation() {
-	local name="$1" deadline=$((SECONDS + OP_TIMEOUT)) phase msg last="" printed=0
-	while :; do
-		phase="$(kn get operation "${name}" -o 'jsonpath={.status.phase}' 2>/dev/null)" || phase="?"
-		msg="$(kn get operation "${name}" -o 'jsonpath={.status.message}' 2>/dev/null | head -n1)" || msg=""
-		# Progress: when the phase or the step (the message up to its first digit) changes, else every 30 s.
-		if [[ "${phase}: ${msg%%[0-9]*}" != "${last}" ]] || ((SECONDS - printed >= 30)); then
-			log "  ${name}: ${phase:-<none>}: ${msg:0:170}"
-			last="${phase}: ${msg%%[0-9]*}"
-			printed="${SECONDS}"
-		fi
-		case "${phase}" in
-		Succeeded) break ;;
-		Failed) die "Operation ${name} failed: $(kn get operation "${name}" -o 'jsonpath={.status.message}')" ;;
-		esac
-		kill -0 "${SIM_PID}" 2>/dev/null || die "the simulator exited while ${name} was running (log: ${SIM_LOG})"
-		((SECONDS < deadline)) || die "Operation ${name} not finished after ${OP_TIMEOUT} s (phase ${phase}): ${msg}"
-		sleep 3
-	done
-	# The Succeeded condition is what users wait for: `kubectl wait --for=condition=Succeeded`.
-	kn wait --for=condition=Succeeded "operation/${name}" --timeout=30s >/dev/null ||
-		die "Operation ${name} has phase Succeeded but not condition Succeeded=True"
-}
+# wait_op NAME: poll until the Operation is final (at most OP_TIMEOUT s), printing its progress; fail
+# unless it Succeeded, or when the simulator exits meanwhile.
+wait_op() { wait_operation "${NAMESPACE}" "$1" "${OP_TIMEOUT}" "${SIM_PID}"; }
 
 create_operation() {
 	local name="$1"
@@ -252,14 +235,11 @@ assert_installed() {
 	log "  ${op}: Server ${SERVER} Ready at ${IP} (answers ping); Node ${SERVER} Ready, uid ${NODE_UID}, podCIDR ${cidr}"
 }
 
-# record OP: keep what the timing table needs (the Node and the console change with the next repave).
+# record OP: keep what the timing table needs beyond the Operation's own conditions (the Node and the
+# console change with the next repave).
 record() {
 	local op="$1"
 	kn get operation "${op}" -o 'jsonpath={.status.startTime}' >"${TMP}/${op}.start"
-	local c
-	for c in ImageReady VMRunning GuestReady NodeReady Succeeded; do
-		kn get operation "${op}" -o "jsonpath={.status.conditions[?(@.type==\"${c}\")].lastTransitionTime}" >"${TMP}/${op}.${c}"
-	done
 	node_field '.status.conditions[?(@.type=="Ready")].lastTransitionTime' >"${TMP}/${op}.KubeletReady"
 	grep -a '\[stargate-k8s\]' "${CONSOLE}" | sed 's/\r//g' >"${TMP}/${op}.console-markers" || true
 }
@@ -276,15 +256,13 @@ since_start() { # since_start OP FILE-SUFFIX: seconds from the Operation's start
 }
 
 timing_table() {
-	local op c
-	printf '\nSeconds from each Operation'"'"'s status.startTime to the lastTransitionTime of its conditions\n'
-	printf '(NodeReady/Succeeded are only evaluated once cloud-init finished; "kubelet Ready" is the Node'"'"'s own Ready time):\n'
-	printf '%-10s %10s %10s %10s %10s %10s %14s\n' Operation ImageReady VMRunning GuestReady NodeReady Succeeded "kubelet Ready"
-	for op in "$@"; do
-		printf '%-10s' "${op}"
-		for c in ImageReady VMRunning GuestReady NodeReady Succeeded; do printf ' %10s' "$(since_start "${op}" "${c}")"; done
-		printf ' %14s\n' "$(since_start "${op}" KubeletReady)"
-	done
+	local op
+	# Each Operation's conditions, from its status.startTime (NodeReady/Succeeded are only evaluated
+	# once cloud-init finished).
+	operation_table "${NAMESPACE}" "$@"
+	printf '\nNode %s Ready (the kubelet'"'"'s own Ready time), seconds from each Operation'"'"'s start:' "${SERVER}"
+	for op in "$@"; do printf ' %s %s' "${op}" "$(since_start "${op}" KubeletReady)"; done
+	printf '\n'
 	for op in "$@"; do
 		printf '\n%s, guest markers (seconds of guest uptime):\n' "${op}"
 		sed 's/^/  /' "${TMP}/${op}.console-markers"
@@ -318,7 +296,7 @@ k wait --for=condition=Established crd/servers.stargate.io crd/provisioningprofi
 	crd/operations.stargate.io --timeout=60s >/dev/null
 
 t="${SECONDS}"
-ip netns exec "${NS}" "${SIMULATOR}" --kubeconfig "${KCFG}" --accel tcg --work-dir "${WORK}" \
+ip netns exec "${NS}" "${SIMULATOR}" --kubeconfig "${KCFG}" --accel tcg --work-dir "${WORK_DIR}" \
 	--metrics-bind-address 0 --health-probe-bind-address 0 --poll-interval 2s >"${SIM_LOG}" 2>&1 &
 SIM_PID=$!
 deadline=$((SECONDS + 60))
@@ -349,7 +327,7 @@ kn apply -f "${TMP}/profile.yaml" >/dev/null
 log "repave-1: creating the Operation (boot + join of a VM under TCG: 1-3 minutes, more on a busy host)"
 t="${SECONDS}"
 create_operation repave-1
-wait_operation repave-1
+wait_op repave-1
 phase_done repave-1 "${t}"
 assert_installed repave-1
 record repave-1
@@ -360,7 +338,7 @@ first_ip="${IP}" first_uid="${NODE_UID}" first_instance="${INSTANCE}"
 log "repave-2: creating the Operation"
 t="${SECONDS}"
 create_operation repave-2
-wait_operation repave-2
+wait_op repave-2
 phase_done repave-2 "${t}"
 assert_installed repave-2
 record repave-2
@@ -369,7 +347,7 @@ record repave-2
 [[ "${NODE_UID}" != "${first_uid}" ]] ||
 	die "Node ${SERVER} still has uid ${first_uid} after repave-2: the previous installation's Node was not replaced"
 n="$(qemu_pids | wc -l)"
-((n == 1)) || die "after repave-2: ${n} QEMU processes for ${WORK}, want 1"
+((n == 1)) || die "after repave-2: ${n} QEMU processes for ${WORK_DIR}, want 1"
 n="$(in_ns ip -o link show | grep -c ': sg-')" || true
 ((n == 1)) || die "after repave-2: ${n} sg-* taps, want 1"
 log "  repave-2: same IP ${IP}, new instance, Node replaced (uid ${first_uid} -> ${NODE_UID}), one VM, one tap"
@@ -386,11 +364,11 @@ while :; do
 	[[ -z "$(qemu_pids)" ]] || left+=("QEMU process $(qemu_pids | tr '\n' ' ')")
 	taps="$(in_ns ip -o link show | awk -F': ' '$2 ~ /^sg-/ {print $2}' | cut -d@ -f1 | tr '\n' ' ')"
 	[[ -z "${taps}" ]] || left+=("taps ${taps}")
-	vmfiles="$(find "${WORK}/vms" -mindepth 1 2>/dev/null | head -n 5 | tr '\n' ' ')"
+	vmfiles="$(find "${VMS_DIR}" -mindepth 1 2>/dev/null | head -n 5 | tr '\n' ' ')"
 	[[ -z "${vmfiles}" ]] || left+=("VM files ${vmfiles}")
-	ipfiles="$(find "${WORK}/ipam" -type f -regextype posix-extended -regex '.*/[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$' 2>/dev/null | tr '\n' ' ')"
+	ipfiles="$(find "${IPAM_DIR}" -type f -regextype posix-extended -regex '.*/[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$' 2>/dev/null | tr '\n' ' ')"
 	[[ -z "${ipfiles}" ]] || left+=("IP allocations ${ipfiles}")
-	sockets="$(find "${WORK}/run" -name '*.qmp' 2>/dev/null | tr '\n' ' ')"
+	sockets="$(find "${RUN_DIR}" -name '*.qmp' 2>/dev/null | tr '\n' ' ')"
 	[[ -z "${sockets}" ]] || left+=("QMP sockets ${sockets}")
 	k get node "${SERVER}" >/dev/null 2>&1 && left+=("Node ${SERVER}")
 	((${#left[@]} == 0)) && break

@@ -24,8 +24,9 @@ NS=dc-simulator
 SERVER=k8s-worker-1
 TIMEOUT_SECONDS="${TIMEOUT_SECONDS:-1800}"
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'demo: ERROR: %s\n' "$*" >&2; exit 1; }
+LOG_TAG=demo
+# shellcheck source=scripts/lib.sh
+source "${REPO}/scripts/lib.sh"
 
 [[ "$(id -u)" == 0 ]] || die "run as root (sudo make demo): the simulator creates a bridge, taps and NAT rules"
 
@@ -124,39 +125,6 @@ stop_simulator() {
 	fi
 }
 
-# wait_operation follows the Operation until it finishes, printing each change of message.
-wait_operation() {
-	local op="$1" last="" phase msg deadline=$((SECONDS + TIMEOUT_SECONDS))
-	while ((SECONDS < deadline)); do
-		IFS=$'\t' read -r phase msg < <(k -n "${NS}" get operation "${op}" -o jsonpath='{.status.phase}{"\t"}{.status.message}' 2>/dev/null || true) || true
-		if [[ "${phase}: ${msg}" != "${last}" ]]; then
-			printf '    [%4ds] %s: %s\n' "$((SECONDS - START))" "${phase:-New}" "${msg}" >&2
-			last="${phase}: ${msg}"
-		fi
-		case "${phase}" in
-		Succeeded) return 0 ;;
-		Failed)
-			k -n "${NS}" get operation "${op}" -o yaml >&2
-			die "the repave failed; the Operation above says why (controller log: ${OUT_DIR}/simulator.log)"
-			;;
-		esac
-		sleep 5
-	done
-	die "the repave did not finish within ${TIMEOUT_SECONDS}s"
-}
-
-# phase_table prints when each step finished, relative to the Operation's start.
-phase_table() {
-	local op="$1" start
-	start="$(date -d "$(k -n "${NS}" get operation "${op}" -o jsonpath='{.metadata.creationTimestamp}')" +%s)"
-	printf '\n%-16s %s\n' STEP "DONE AFTER (s)"
-	k -n "${NS}" get operation "${op}" -o go-template='{{range .status.conditions}}{{.type}} {{.status}} {{.lastTransitionTime}}{{"\n"}}{{end}}' |
-		while read -r type status at; do
-			[[ "${status}" == True ]] || continue
-			printf '%-16s %d\n' "${type}" "$(($(date -d "${at}" +%s) - start))"
-		done
-}
-
 run() {
 	MODE="$(detect_mode)"
 	START=${SECONDS}
@@ -172,17 +140,19 @@ run() {
 	local op
 	op="$(k create -f "${OUT_DIR}/operation.yaml" -o jsonpath='{.metadata.name}')"
 	log "repaving ${SERVER} with Operation ${op} (kubectl get operations -n ${NS} -w shows the same)"
-	wait_operation "${op}"
+	wait_operation "${NS}" "${op}" "${TIMEOUT_SECONDS}"
 	log "done in $((SECONDS - START))s"
 	k -n "${NS}" get operation "${op}" -o wide
 	k -n "${NS}" get servers -o wide
 	k get nodes -o wide
-	phase_table "${op}"
+	operation_table "${NS}" "${op}"
+	local console
+	console="$(vm_path console "${NS}" "${SERVER}")"
 	cat >&2 <<DONE
 
 The VM stays up. Look around with:
   $( [[ "${MODE}" == local ]] && printf 'sudo ip netns exec %s ' "${NETNS}")kubectl --kubeconfig ${KUBECONFIG_FILE} get nodes
-  sudo tail -f ${WORK_DIR}/vms/${NS}/${SERVER}/console.log     # the VM's serial console
+  sudo tail -f ${console}     # the VM's serial console
 Remove everything with: sudo make demo-clean
 DONE
 }
@@ -210,8 +180,13 @@ clean() {
 		"${REPO}/bin/simulator" --teardown --work-dir "${WORK_DIR}" || true
 		kind delete cluster --name "${CLUSTER_NAME:-stargate}" 2>/dev/null || true
 	fi
-	rm -rf "${WORK_DIR}/vms" "${WORK_DIR}/ipam" "${WORK_DIR}/run" "${WORK_DIR}/demo-cluster" "${OUT_DIR}"
-	log "clean (the image cache in ${WORK_DIR}/images is kept; remove it by hand to free space)"
+	local vms ipam run images
+	vms="$(sim_path vms_dir)"
+	ipam="$(sim_path ipam_dir)"
+	run="$(sim_path run_dir)"
+	images="$(sim_path images_dir)"
+	rm -rf "${vms}" "${ipam}" "${run}" "${WORK_DIR}/demo-cluster" "${OUT_DIR}"
+	log "clean (the image cache in ${images} is kept; remove it by hand to free space)"
 }
 
 case "${1:-run}" in

@@ -49,11 +49,9 @@ readonly SERVICE_SUBNET=10.96.0.0/12
 readonly COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler file-server)
 readonly MARKER=.stargate-local-cluster
 
-log() { printf '[local-cluster] %s\n' "$*" >&2; }
-die() {
-	printf '[local-cluster] ERROR: %s\n' "$*" >&2
-	exit 1
-}
+LOG_TAG=local-cluster
+# shellcheck source=scripts/lib.sh
+source "${REPO}/scripts/lib.sh"
 
 usage() {
 	sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//' >&2

@@ -15,6 +15,9 @@ OUT_DIR="${OUT_DIR:-/tmp/stargate-demo}"
 HOST_IP="${HOST_IP:-}"
 RECREATE=false
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LOG_TAG=setup-demo
+# shellcheck source=scripts/lib.sh
+source "${REPO}/scripts/lib.sh"
 
 usage() {
 	sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -31,9 +34,6 @@ while (($#)); do
 	*) echo "setup-demo: unknown argument $1" >&2; usage 2 ;;
 	esac
 done
-
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'setup-demo: ERROR: %s\n' "$*" >&2; exit 1; }
 
 [[ "${CLUSTER_NAME}" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] || die "--cluster-name must be lower-case letters, digits and '-'"
 
@@ -185,8 +185,8 @@ main() {
 	ensure_cluster
 	join_parameters
 	write_manifests
+	log "ready: Kubernetes v${K8S_MINOR} in kind cluster ${CLUSTER_NAME}, API server at ${HOST_IP}:6443"
 	cat >&2 <<DONE
-==> ready: Kubernetes v${K8S_MINOR} in kind cluster ${CLUSTER_NAME}, API server at ${HOST_IP}:6443
     manifests in ${OUT_DIR}: namespace.yaml server.yaml provisioningprofile-k8s-worker.yaml operation.yaml
     next: make build && kubectl apply -f config/crd/bases/
           kubectl apply -f ${OUT_DIR}/namespace.yaml -f ${OUT_DIR}/server.yaml -f ${OUT_DIR}/provisioningprofile-k8s-worker.yaml

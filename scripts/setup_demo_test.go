@@ -34,7 +34,8 @@ func shims(t *testing.T) (dir string) {
 	t.Helper()
 	dir = t.TempDir()
 	write := func(name, body string) {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/usr/bin/env bash\nset -eu\nS="+dir+"\necho \""+name+" $*\" >> $S/calls.log\n"+body), 0o755); err != nil {
+		script := "#!/usr/bin/env bash\nset -eu\nS=" + dir + "\necho \"" + name + " $*\" >> $S/calls.log\n" + body
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -51,7 +52,8 @@ info) exit 0 ;;
 port) echo "`+hostIP+`:6443" ;;
 exec) shift 2
   case "$*" in
-  "kubeadm token create --ttl 24h --print-join-command") echo "kubeadm join stargate-control-plane:6443 --token `+fakeToken+` --discovery-token-ca-cert-hash `+fakeHash+` " ;;
+  "kubeadm token create --ttl 24h --print-join-command")
+    echo "kubeadm join stargate-control-plane:6443 --token `+fakeToken+` --discovery-token-ca-cert-hash `+fakeHash+` " ;;
   "kubeadm version -o short") echo v1.31.4 ;;
   *) echo "docker shim: unexpected exec $*" >&2; exit 1 ;;
   esac ;;
@@ -121,7 +123,11 @@ func TestSetupDemoWithKindShims(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer env.Stop()
+	defer func() {
+		if err := env.Stop(); err != nil {
+			t.Errorf("stopping the apiserver: %v", err)
+		}
+	}()
 	for _, f := range []string{"namespace.yaml", "server.yaml", "provisioningprofile-k8s-worker.yaml", "operation.yaml"} {
 		for _, obj := range readObjects(t, filepath.Join(out, f)) {
 			if err := env.Client.Create(context.Background(), obj); err != nil {

@@ -138,5 +138,5 @@ type OperationList struct {
 }
 
 func init() {
-	SchemeBuilder.Register(&Operation{}, &OperationList{})
+	addKnownTypes(&Operation{}, &OperationList{})
 }

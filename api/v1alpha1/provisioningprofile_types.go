@@ -123,5 +123,5 @@ type ProvisioningProfileList struct {
 }
 
 func init() {
-	SchemeBuilder.Register(&ProvisioningProfile{}, &ProvisioningProfileList{})
+	addKnownTypes(&ProvisioningProfile{}, &ProvisioningProfileList{})
 }

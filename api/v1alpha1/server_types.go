@@ -137,5 +137,5 @@ type ServerList struct {
 }
 
 func init() {
-	SchemeBuilder.Register(&Server{}, &ServerList{})
+	addKnownTypes(&Server{}, &ServerList{})
 }

@@ -46,10 +46,10 @@ readonly KERNEL_CMDLINE="root=LABEL=rootfs ro console=ttyS0,115200 net.ifnames=0
 readonly GRUB_MODULES=(biosdisk part_msdos ext2 normal linux search search_label search_fs_uuid configfile
 	serial terminal echo test)
 
-log() { printf '[guest-image] %s\n' "$*" >&2; }
-die() { printf '[guest-image] ERROR: %s\n' "$*" >&2; exit 1; }
-
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+LOG_TAG=guest-image
+# shellcheck source=scripts/lib.sh
+source "${here}/../../scripts/lib.sh"
 cache_root="${STARGATE_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/stargate}"
 out_root="$(realpath -m -- "${1:-${cache_root}/guest-images}")"
 

@@ -180,7 +180,7 @@ func orAll(s string) string {
 func checkCRDs(mapper meta.RESTMapper) error {
 	for _, kind := range []string{"Server", "ProvisioningProfile", "Operation"} {
 		if _, err := mapper.RESTMapping(stargatev1.GroupVersion.WithKind(kind).GroupKind(), stargatev1.GroupVersion.Version); err != nil {
-			return fmt.Errorf("the Stargate CRDs are not installed in this cluster (%s: %v): run `kubectl apply -f config/crd/bases/`", kind, err)
+			return fmt.Errorf("the Stargate CRDs are not installed in this cluster (%s: %w): run `kubectl apply -f config/crd/bases/`", kind, err)
 		}
 	}
 	return nil

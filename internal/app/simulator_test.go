@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"stargate.io/stargate/internal/testreq"
 )
 
 func defaults(t *testing.T) Options {
@@ -77,14 +79,19 @@ func (discard) Info(string, ...any) {}
 
 func TestRunExplainsMissingCRDs(t *testing.T) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		t.Skip("KUBEBUILDER_ASSETS is not set: run with make test")
+		testreq.Need(t, "KUBEBUILDER_ASSETS (etcd and kube-apiserver for envtest)",
+			"run `make test`, which builds them, or point KUBEBUILDER_ASSETS at a directory holding both")
 	}
 	env := &envtest.Environment{} // a real apiserver without the Stargate CRDs
 	cfg, err := env.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer env.Stop()
+	defer func() {
+		if err := env.Stop(); err != nil {
+			t.Errorf("stopping the apiserver: %v", err)
+		}
+	}()
 	o := defaults(t)
 	o.Provider = "mock"
 	err = Run(context.Background(), cfg, o)

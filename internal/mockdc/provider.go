@@ -66,7 +66,8 @@ func (p *Provider) do(ctx context.Context, method, u string, body any, out any) 
 // Repave starts or continues a repave and converts the report.
 func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (controller.RepaveStatus, error) {
 	var rep ServerReport
-	if err := p.do(ctx, http.MethodPut, p.url(req.Server, "repave"), RepaveBody{InstanceID: req.InstanceID, UserData: string(req.UserData), MAC: req.MAC}, &rep); err != nil {
+	body := RepaveBody{InstanceID: req.InstanceID, UserData: string(req.UserData), MAC: req.MAC}
+	if err := p.do(ctx, http.MethodPut, p.url(req.Server, "repave"), body, &rep); err != nil {
 		return controller.RepaveStatus{}, err
 	}
 	st := controller.RepaveStatus{Done: rep.Done, Failed: rep.Failed, Message: rep.Message, IPAddress: rep.IP, MACAddress: rep.MAC}

@@ -8,10 +8,12 @@
 // As root, Main creates a fresh namespace, re-executes the test binary inside it with
 // `ip netns exec` (so every thread and child process is in it, avoiding Go's thread/namespace
 // traps), and deletes the namespace afterwards. Tests then call Require to run only there.
-// Without root, tests run in place and Require skips with the reason.
+// Without root, tests run in place and Require skips with the reason — or fails, in CI (see
+// package testreq).
 package netnstest
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -19,6 +21,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"stargate.io/stargate/internal/testreq"
 )
 
 // prefix names the namespaces this package creates; the suffix is the creating process's PID.
@@ -62,7 +66,7 @@ func Main(m *testing.M) int {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), envNetns+"="+name)
 	if err := cmd.Run(); err != nil {
-		if ee, ok := err.(*exec.ExitError); ok {
+		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 			return ee.ExitCode()
 		}
 		fmt.Fprintf(os.Stderr, "netnstest: running tests in %s: %v\n", name, err)
@@ -71,13 +75,15 @@ func Main(m *testing.M) int {
 	return 0
 }
 
-// Require skips the test unless it runs as root inside a test-made network namespace, and
-// returns the namespace's name.
+// Require returns the name of the test-made network namespace the test runs in. Without one (not
+// root) it skips the test, or fails it where tests may not skip (testreq: CI=true or
+// STARGATE_REQUIRE_VM_TESTS=1).
 func Require(t testing.TB) string {
 	t.Helper()
 	name := os.Getenv(envNetns)
 	if name == "" {
-		t.Skip("needs root to run inside a test-made network namespace (bridge, taps, iptables, VMs); run `make test` as root — CI does")
+		testreq.Need(t, "root, to run inside a test-made network namespace (bridge, taps, iptables, VMs)",
+			"run the tests as root: `sudo make test`")
 	}
 	return name
 }

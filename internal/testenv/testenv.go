@@ -4,6 +4,7 @@
 package testenv
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -49,7 +50,8 @@ func Scheme() *k8sruntime.Scheme {
 // Start starts etcd and kube-apiserver and installs the CRDs from config/crd/bases.
 func Start() (*Env, error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		return nil, fmt.Errorf("KUBEBUILDER_ASSETS is not set: run the tests with `make test`, which builds etcd and kube-apiserver, or point it at a directory holding both")
+		return nil, errors.New("KUBEBUILDER_ASSETS is not set: run the tests with `make test`, which builds etcd and kube-apiserver, " +
+			"or point it at a directory holding both")
 	}
 	env := &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
@@ -91,6 +93,10 @@ func Main(m *testing.M, env **Env) int {
 		return 1
 	}
 	*env = e
-	defer e.Stop()
+	defer func() {
+		if err := e.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stopping envtest:", err)
+		}
+	}()
 	return m.Run()
 }
