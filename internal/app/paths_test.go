@@ -33,7 +33,7 @@ pidfile=/srv/stargate/vms/dc1/worker-1/qemu.pid
 instance_id=/srv/stargate/vms/dc1/worker-1/instance-id
 qmp_socket=/srv/stargate/run/1974d8ccdcbff70a.qmp
 tap=sg-4b0929db01c8
-mac=52:54:00:c9:6c:ee
+mac=ca:6c:ee:bf:1e:df
 `},
 	}
 	for _, tc := range cases {

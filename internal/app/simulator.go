@@ -74,9 +74,12 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.ServerSelector, "server-selector", "", "label selector of the Servers this host manages, e.g. stargate.io/datacenter=lab1 (default: all)")
 	fs.IntVar(&o.MaxParallel, "max-parallel", 2, "repaves running at once; more wait in Pending (0: no limit)")
 	fs.StringVar(&o.MaxMemory, "max-memory", "", "memory the VMs being repaved may use together, e.g. 16Gi (default: 80% of this host's memory with --provider=qemu)")
-	fs.IntVar(&o.MaxCPUs, "max-cpus", -1, "most CPUs one Server may have; a Server with more fails at once with ExceedsHostCapacity (default: this host's CPU count with --provider=qemu, else no limit; 0: no limit)")
-	fs.BoolVar(&o.KeepFailedVMs, "keep-failed-vms", false, "leave the VM of a failed repave running for debugging (default: every failure powers it off; disk and console are kept either way)")
-	fs.DurationVar(&o.ReferenceWait, "reference-wait", controller.DefaultReferenceWait, "how long an Operation waits for a missing Server or ProvisioningProfile before failing")
+	fs.IntVar(&o.MaxCPUs, "max-cpus", -1, "most CPUs one Server may have; a Server with more fails at once with ExceedsHostCapacity "+
+		"(default: this host's CPU count with --provider=qemu, else no limit; 0: no limit)")
+	fs.BoolVar(&o.KeepFailedVMs, "keep-failed-vms", false, "leave the VM of a failed repave running for debugging "+
+		"(default: every failure powers it off; disk and console are kept either way)")
+	fs.DurationVar(&o.ReferenceWait, "reference-wait", controller.DefaultReferenceWait,
+		"how long an Operation waits for a missing Server or ProvisioningProfile before failing")
 	fs.DurationVar(&o.PollInterval, "poll-interval", controller.DefaultPollInterval, "how often a running repave is checked")
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", "127.0.0.1:8080", "Prometheus metrics address (0 disables)")
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", "127.0.0.1:8081", "health and readiness probe address (0 disables)")

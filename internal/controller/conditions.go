@@ -60,10 +60,9 @@ func stepCondition(s Step) metav1.Condition {
 // while no Node of that name exists.
 func nodeReadyCondition(name string, node *corev1.Node) metav1.Condition {
 	c := metav1.Condition{Type: stargatev1.ConditionNodeReady, Status: metav1.ConditionFalse, Reason: "WaitingForNode"}
-	switch {
-	case node == nil:
+	if node == nil {
 		c.Message = fmt.Sprintf("Waiting for Node %s to join the cluster", name)
-	default:
+	} else {
 		c.Message = fmt.Sprintf("Node %s joined; waiting for its kubelet to report Ready", name)
 		for _, nc := range node.Status.Conditions {
 			if nc.Type != corev1.NodeReady {

@@ -68,7 +68,8 @@ func TestVerdictConditions(t *testing.T) {
 	if c := succeededCondition(false, "Timeout", "timed out"); c.Status != metav1.ConditionFalse || c.Reason != "Timeout" || c.Type != stargatev1.ConditionSucceeded {
 		t.Errorf("succeeded false: %+v", c)
 	}
-	if c := validCondition(errors.New("user-data: not valid YAML")); c.Status != metav1.ConditionFalse || c.Reason != "InvalidUserData" || c.Message != "user-data: not valid YAML" {
+	c := validCondition(errors.New("user-data: not valid YAML"))
+	if c.Status != metav1.ConditionFalse || c.Reason != "InvalidUserData" || c.Message != "user-data: not valid YAML" {
 		t.Errorf("valid with error: %+v", c)
 	}
 	if c := validCondition(nil); c.Status != metav1.ConditionTrue || c.Reason != "Valid" {

@@ -724,7 +724,8 @@ func TestForeignNodeIsNeverTouched(t *testing.T) {
 	h.create(repave("op1", name, "join"))
 	op := h.waitPhase("op1", stargatev1.OperationFailed, 15*time.Second)
 	c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionSucceeded)
-	if c == nil || c.Reason != "NodeNameTaken" || !strings.Contains(op.Status.Message, "Node "+name+" already exists and is not this Server's: its InternalIP is [10.0.0.1]") {
+	want := "Node " + name + " already exists and is not this Server's: its InternalIP is [10.0.0.1]"
+	if c == nil || c.Reason != "NodeNameTaken" || !strings.Contains(op.Status.Message, want) {
 		t.Errorf("condition %+v message %q", c, op.Status.Message)
 	}
 	after := &corev1.Node{}

@@ -73,7 +73,7 @@ func (r *OperationReconciler) node(ctx context.Context, name string) (*corev1.No
 // gateNodeName checks, before a joining repave touches its server, that the Node name it will
 // register is free or already this Server's, and that no Server of another namespace installs a
 // Node of the same name.
-func gateNodeName(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
+func gateNodeName(ctx context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	if !s.profile.Spec.JoinsCluster {
 		return pass()
 	}

@@ -38,19 +38,19 @@ func userData(ctx context.Context, reader client.Reader, p *stargatev1.Provision
 	secret := &corev1.Secret{}
 	if err := reader.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: ref.Name}, secret); err != nil {
 		if apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("Secret %q named by spec.cloudInitSecretRef does not exist in namespace %s: %w", ref.Name, p.Namespace, errSecretNotFound)
+			return nil, fmt.Errorf("the Secret %q named by spec.cloudInitSecretRef does not exist in namespace %s: %w", ref.Name, p.Namespace, errSecretNotFound)
 		}
 		return nil, fmt.Errorf("reading Secret %s: %w", ref.Name, err)
 	}
 	if secret.Type != stargatev1.UserDataSecretType {
-		return nil, fmt.Errorf("Secret %q named by spec.cloudInitSecretRef is of type %q, and Stargate reads only Secrets of type %s "+
+		return nil, fmt.Errorf("the Secret %q named by spec.cloudInitSecretRef is of type %q, and Stargate reads only Secrets of type %s "+
 			"(so that no other Secret of the namespace can be copied into a server): recreate it with "+
 			"`kubectl create secret generic %s --type=%s --from-file=%s=FILE`: %w",
 			ref.Name, secret.Type, stargatev1.UserDataSecretType, ref.Name, stargatev1.UserDataSecretType, key, errSecretNotAllowed)
 	}
 	data, ok := secret.Data[key]
 	if !ok {
-		return nil, fmt.Errorf("Secret %q has no key %q (spec.cloudInitSecretRef.key): put the user-data there", ref.Name, key)
+		return nil, fmt.Errorf("the Secret %q has no key %q (spec.cloudInitSecretRef.key): put the user-data there", ref.Name, key)
 	}
 	return data, nil
 }

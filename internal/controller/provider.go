@@ -53,13 +53,13 @@ type RepaveRequest struct {
 type StepState string
 
 const (
-	// StepPending: not started yet.
+	// StepPending is a step that has not started yet.
 	StepPending StepState = "Pending"
-	// StepInProgress: running now.
+	// StepInProgress is a step running now.
 	StepInProgress StepState = "InProgress"
-	// StepDone: finished successfully.
+	// StepDone is a step that finished successfully.
 	StepDone StepState = "Done"
-	// StepFailed: failed; the repave failed with it.
+	// StepFailed is a step that failed; the repave failed with it.
 	StepFailed StepState = "Failed"
 )
 

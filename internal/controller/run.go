@@ -21,7 +21,7 @@ func (r *OperationReconciler) run(ctx context.Context, s *operationScope) (ctrl.
 		gateProviderStep, gateNode, gateSucceed)
 }
 
-func gateServerStillExists(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
+func gateServerStillExists(ctx context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	if s.server != nil && s.server.DeletionTimestamp.IsZero() {
 		r.capacity.hold(s.key(), s.server.Spec.MemoryBytes()) // after a restart
 		return pass()
@@ -40,7 +40,7 @@ func gateServerStillExists(r *OperationReconciler, ctx context.Context, s *opera
 // gateTimeout fails an Operation that ran longer than spec.timeout and powers its server off.
 // Powering off is destructive, so the Operation is read uncached first: a stale cache must not
 // power off a server whose Operation has in fact finished.
-func gateTimeout(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
+func gateTimeout(ctx context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	if s.op.Spec.Timeout == nil || s.op.Status.StartTime == nil || s.now.Sub(s.op.Status.StartTime.Time) <= s.op.Spec.Timeout.Duration {
 		return pass()
 	}
@@ -75,7 +75,7 @@ func (r *OperationReconciler) failRunning(ctx context.Context, s *operationScope
 
 // gateProfileStillExists fails a repave whose profile was deleted: what it asked for (such as
 // joining the cluster) can no longer be known.
-func gateProfileStillExists(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
+func gateProfileStillExists(ctx context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	if s.profile == nil {
 		return r.failRunning(ctx, s, "ProfileDeleted", fmt.Sprintf("ProvisioningProfile %s was deleted during the repave", s.op.Spec.ProvisioningProfileRef.Name))
 	}
@@ -84,7 +84,7 @@ func gateProfileStillExists(r *OperationReconciler, ctx context.Context, s *oper
 
 // gateRunUserData reads the user-data again for the provider; once the machine runs with it, a
 // deleted Secret no longer matters.
-func gateRunUserData(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
+func gateRunUserData(ctx context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	data, err := userData(ctx, r.APIReader, s.profile)
 	switch {
 	case errors.Is(err, errSecretNotFound) && isConditionTrue(s.op, stargatev1.ConditionVMRunning):
@@ -100,7 +100,7 @@ func gateRunUserData(r *OperationReconciler, ctx context.Context, s *operationSc
 
 // gateProviderStep asks the provider to continue the installation and records each step as a
 // condition.
-func gateProviderStep(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
+func gateProviderStep(ctx context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	st, err := r.Provider.Repave(ctx, repaveRequest(s.op, s.server, s.profile, s.userData))
 	if err != nil {
 		return stop(ctrl.Result{}, fmt.Errorf("repave of server %s: %w", s.server.Name, err))
@@ -133,7 +133,7 @@ func gateProviderStep(r *OperationReconciler, ctx context.Context, s *operationS
 
 // gateNode waits, for profiles that join the cluster, until the Server's Node — provably its own,
 // by address — is Ready.
-func gateNode(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
+func gateNode(ctx context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	if !s.profile.Spec.JoinsCluster {
 		return pass()
 	}
@@ -157,7 +157,7 @@ func gateNode(r *OperationReconciler, ctx context.Context, s *operationScope) (c
 	return pass()
 }
 
-func gateSucceed(_ *OperationReconciler, _ context.Context, s *operationScope) (ctrl.Result, bool, error) {
+func gateSucceed(_ context.Context, _ *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	t := metav1.NewTime(s.now)
 	s.op.Status.Phase = stargatev1.OperationSucceeded
 	s.op.Status.CompletionTime = &t

@@ -19,7 +19,7 @@ import (
 
 // gate is one decision on the way through a phase: it lets the Operation through (next), or stops
 // it here — waiting, failed, or done for this reconcile — with the result to return.
-type gate func(r *OperationReconciler, ctx context.Context, s *operationScope) (result ctrl.Result, next bool, err error)
+type gate func(ctx context.Context, r *OperationReconciler, s *operationScope) (result ctrl.Result, next bool, err error)
 
 // pass lets the Operation through a gate.
 func pass() (ctrl.Result, bool, error) { return ctrl.Result{}, true, nil }
@@ -30,7 +30,7 @@ func stop(result ctrl.Result, err error) (ctrl.Result, bool, error) { return res
 // throughGates runs gates in order until one stops the Operation.
 func (r *OperationReconciler) throughGates(ctx context.Context, s *operationScope, gates ...gate) (ctrl.Result, error) {
 	for _, g := range gates {
-		result, next, err := g(r, ctx, s)
+		result, next, err := g(ctx, r, s)
 		if err != nil || !next {
 			return result, err
 		}
@@ -47,7 +47,7 @@ func (r *OperationReconciler) schedule(ctx context.Context, s *operationScope) (
 
 // gatePendingTimeout bounds the time an Operation may wait to start by its spec.timeout, counted
 // from its creation: it then fails with the reason it was waiting for.
-func gatePendingTimeout(_ *OperationReconciler, _ context.Context, s *operationScope) (ctrl.Result, bool, error) {
+func gatePendingTimeout(_ context.Context, _ *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	if s.op.Spec.Timeout == nil || s.now.Sub(s.op.CreationTimestamp.Time) <= s.op.Spec.Timeout.Duration {
 		return pass()
 	}
@@ -61,7 +61,7 @@ func gatePendingTimeout(_ *OperationReconciler, _ context.Context, s *operationS
 
 // gateFits fails at once an Operation whose Server can never fit this host's limits, instead of
 // letting it wait forever.
-func gateFits(r *OperationReconciler, _ context.Context, s *operationScope) (ctrl.Result, bool, error) {
+func gateFits(_ context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	mem, cpus := s.server.Spec.MemoryBytes(), s.server.Spec.CPUCount()
 	switch {
 	case r.Options.MaxMemoryBytes > 0 && mem > r.Options.MaxMemoryBytes:
@@ -89,7 +89,7 @@ func (r *OperationReconciler) waitOrFail(s *operationScope, reason, msg string) 
 	return stop(ctrl.Result{RequeueAfter: min(r.Options.ReferenceWait-waited, 5*time.Second)}, nil)
 }
 
-func gateServerExists(r *OperationReconciler, _ context.Context, s *operationScope) (ctrl.Result, bool, error) {
+func gateServerExists(_ context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	switch {
 	case s.server == nil:
 		return r.waitOrFail(s, "ServerNotFound", fmt.Sprintf("Server %q does not exist in namespace %s: create it or fix spec.serverRef",
@@ -101,7 +101,7 @@ func gateServerExists(r *OperationReconciler, _ context.Context, s *operationSco
 	return pass()
 }
 
-func gateProfileExists(r *OperationReconciler, _ context.Context, s *operationScope) (ctrl.Result, bool, error) {
+func gateProfileExists(_ context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	if s.profile == nil {
 		ref := s.op.Spec.ProvisioningProfileRef
 		return r.waitOrFail(s, "ProfileNotFound", fmt.Sprintf("ProvisioningProfile %q does not exist in namespace %s: create it or fix spec.provisioningProfileRef",
@@ -112,7 +112,7 @@ func gateProfileExists(r *OperationReconciler, _ context.Context, s *operationSc
 
 // gateUserData reads the profile's user-data (perhaps from a Secret) and checks it before any
 // server is touched.
-func gateUserData(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
+func gateUserData(ctx context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	data, err := userData(ctx, r.APIReader, s.profile)
 	if errors.Is(err, errSecretNotFound) {
 		return r.waitOrFail(s, "SecretNotFound", err.Error())
@@ -134,7 +134,7 @@ func gateUserData(r *OperationReconciler, ctx context.Context, s *operationScope
 
 // gateCapacity reserves room on the host (parallel repaves, memory), counting the Operations that
 // were already running when this controller started.
-func gateCapacity(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
+func gateCapacity(ctx context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	if err := r.capacity.warmUp(func() (map[types.NamespacedName]int64, error) { return r.runningOperations(ctx) }); err != nil {
 		return stop(ctrl.Result{}, err)
 	}
@@ -149,7 +149,7 @@ func gateCapacity(r *OperationReconciler, ctx context.Context, s *operationScope
 // in creation order. The decision is made under a per-Server lock on a fresh (uncached) list of
 // the Server's Operations, and the lock is held until the Running status is saved, so two workers
 // never start two Operations on one Server.
-func gateClaim(r *OperationReconciler, ctx context.Context, s *operationScope) (ctrl.Result, bool, error) {
+func gateClaim(ctx context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	var cached stargatev1.OperationList
 	if err := r.Client.List(ctx, &cached, client.InNamespace(s.op.Namespace), client.MatchingFields{serverRefIndex: s.server.Name}); err != nil {
 		return stop(ctrl.Result{}, fmt.Errorf("listing operations of server %s: %w", s.server.Name, err))

@@ -10,7 +10,9 @@ import (
 func Setup(mgr ctrl.Manager, provider Provider, opts Options, metrics *Metrics) error {
 	opts.defaults()
 	recorder := mgr.GetEventRecorder("stargate-simulator")
-	if err := (&OperationReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Provider: provider, Options: opts, Metrics: metrics}).SetupWithManager(mgr); err != nil {
+	operations := &OperationReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder,
+		Provider: provider, Options: opts, Metrics: metrics}
+	if err := operations.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up operation controller: %w", err)
 	}
 	if err := (&ServerReconciler{Client: mgr.GetClient(), Recorder: recorder, Provider: provider, Options: opts}).SetupWithManager(mgr); err != nil {

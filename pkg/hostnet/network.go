@@ -139,7 +139,8 @@ func (n *Network) rules() []rule {
 		{"nat", natChain, []string{"-s", subnet, "!", "-o", br, "-m", "comment", "--comment", "stargate: masquerade VM traffic leaving the host", "-j", "MASQUERADE"}},
 		// Hosts running Docker set the FORWARD policy to DROP; let bridge traffic through explicitly.
 		{"filter", forwardChain, []string{"-i", br, "-m", "comment", "--comment", "stargate: forward traffic from VMs", "-j", "ACCEPT"}},
-		{"filter", forwardChain, []string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-m", "comment", "--comment", "stargate: forward replies to VMs", "-j", "ACCEPT"}},
+		{"filter", forwardChain, []string{"-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED",
+			"-m", "comment", "--comment", "stargate: forward replies to VMs", "-j", "ACCEPT"}},
 	}
 }
 

@@ -22,7 +22,8 @@ func Validate(userData []byte) error {
 		return errors.New("user-data is empty")
 	}
 	if len(userData) > MaxBytes {
-		return fmt.Errorf("user-data is %d bytes, more than the %d a NoCloud seed may carry here: move large files to the image or fetch them from the guest", len(userData), MaxBytes)
+		return fmt.Errorf("user-data is %d bytes, more than the %d a NoCloud seed may carry here: "+
+			"move large files to the image or fetch them from the guest", len(userData), MaxBytes)
 	}
 	if !bytes.HasPrefix(userData, []byte("#cloud-config")) {
 		return nil // scripts, MIME archives, includes: cloud-init's business.
