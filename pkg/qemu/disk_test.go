@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"stargate.io/stargate/internal/testreq"
 )
 
 const diskTestMiB = 1 << 20
@@ -17,9 +19,7 @@ const diskTestMiB = 1 << 20
 // diskTestNeedQemuImg skips tests that need qemu-img when it is absent.
 func diskTestNeedQemuImg(t testing.TB) {
 	t.Helper()
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img not on PATH (apt-get install qemu-utils):", err)
-	}
+	testreq.Command(t, "qemu-img", "apt-get install -y qemu-utils")
 }
 
 // diskTestRun runs a command and fails the test with its output on error.
@@ -153,9 +153,7 @@ func TestCreateOverlay(t *testing.T) {
 func TestCreateOverlayLeavesBaseUnchanged(t *testing.T) {
 	t.Parallel()
 	diskTestNeedQemuImg(t)
-	if _, err := exec.LookPath("qemu-io"); err != nil {
-		t.Skip("qemu-io not on PATH, cannot write into the overlay:", err)
-	}
+	testreq.Command(t, "qemu-io", "apt-get install -y qemu-utils")
 	for _, format := range []string{"raw", "qcow2"} {
 		t.Run(format, func(t *testing.T) {
 			t.Parallel()

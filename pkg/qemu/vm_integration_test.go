@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"stargate.io/stargate/internal/netnstest"
+	"stargate.io/stargate/internal/testreq"
 	"stargate.io/stargate/pkg/cloudinit"
 	"stargate.io/stargate/pkg/filenames"
 	"stargate.io/stargate/pkg/hostnet"
@@ -24,7 +25,7 @@ func guestImage(t testing.TB) string {
 	t.Helper()
 	img := os.Getenv("STARGATE_GUEST_IMAGE")
 	if img == "" {
-		t.Skip("STARGATE_GUEST_IMAGE is not set: `make test` builds the guest image and sets it (needs root)")
+		testreq.Need(t, "the offline guest image (STARGATE_GUEST_IMAGE)", "run `sudo make test`, which builds it with hack/guest-image/build.sh and sets it")
 	}
 	if _, err := os.Stat(img); err != nil {
 		t.Fatalf("STARGATE_GUEST_IMAGE: %v", err)
@@ -128,10 +129,10 @@ func (vm *bootedVM) destroy(t testing.TB, grace time.Duration) {
 }
 
 func TestVMBootsRunsCloudInitAndCleansUp(t *testing.T) {
-	netnstest.Require(t)
 	if testing.Short() {
 		t.Skip("boots a VM under TCG (minutes); skipped in -short mode")
 	}
+	netnstest.Require(t)
 	userData := "#cloud-config\n" +
 		"write_files:\n  - path: /etc/stargate-test\n    content: from-user-data\n" +
 		"runcmd:\n  - [sh, -c, 'echo STARGATE-TEST-MARKER $(cat /etc/stargate-test) > /dev/ttyS0']\n"
