@@ -241,6 +241,16 @@ func TestInvalidObjectsAreRejected(t *testing.T) {
 			s.Spec.MACAddress = "52:54:00:ZZ:00:01"
 			return s
 		}, "spec.macAddress"},
+		{"multicast MAC", func() client.Object {
+			s := validServer("mcastmac")
+			s.Spec.MACAddress = "01:00:5e:00:00:01"
+			return s
+		}, "spec.macAddress must be a unicast address"},
+		{"broadcast MAC", func() client.Object {
+			s := validServer("bcastmac")
+			s.Spec.MACAddress = "ff:ff:ff:ff:ff:ff"
+			return s
+		}, "spec.macAddress must be a unicast address"},
 		{"server name longer than a DNS label", func() client.Object {
 			return validServer(strings.Repeat("a", 64))
 		}, "must be a DNS label"},

@@ -32,7 +32,11 @@ type ServerSpec struct {
 	// MACAddress fixes the MAC address of the server's network interface, as six lower-case
 	// colon-separated hex pairs (e.g. 52:54:00:12:34:56). Left empty, a stable locally administered
 	// address is derived from the Server's namespace and name, so it survives repaves.
+	// The address must be unicast: multicast and broadcast addresses (lowest bit of the first octet
+	// set) cannot belong to one network interface. Two Servers with the same MAC on one host: the
+	// later repave fails (DuplicateMAC).
 	// +kubebuilder:validation:Pattern=`^([0-9a-f]{2}:){5}[0-9a-f]{2}$`
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9a-f][02468ace]')",message="spec.macAddress must be a unicast address: the lowest bit of the first octet must be 0 (e.g. 52:54:00:12:34:56); multicast and broadcast addresses cannot belong to one server"
 	// +optional
 	MACAddress string `json:"macAddress,omitempty"`
 }

@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -53,6 +54,8 @@ type harness struct {
 	done   chan struct{}
 	// extra namespaces the controller watches too (created per test).
 	extra []string
+	// cfg, when set, is the identity the controller runs as (default: the envtest admin).
+	cfg *rest.Config
 }
 
 func newHarness(t testing.TB, stepDelay time.Duration, opts controller.Options, extraNamespaces ...string) *harness {
@@ -79,7 +82,7 @@ func newHarness(t testing.TB, stepDelay time.Duration, opts controller.Options, 
 		}
 		h.extra = append(h.extra, name)
 	}
-	h.start(&mockdc.Provider{BaseURL: srv.URL})
+	h.start(h.provider())
 	t.Cleanup(h.stop)
 	return h
 }
@@ -87,7 +90,11 @@ func newHarness(t testing.TB, stepDelay time.Duration, opts controller.Options, 
 // start runs a controller manager watching only this test's namespace (Nodes are cluster-wide).
 func (h *harness) start(p controller.Provider) {
 	h.t.Helper()
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
+	cfg := env.Config
+	if h.cfg != nil {
+		cfg = h.cfg
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 env.Scheme,
 		Cache:                  cache.Options{DefaultNamespaces: h.namespaces()},
 		Metrics:                metricsserver.Options{BindAddress: "0"},
@@ -111,6 +118,9 @@ func (h *harness) start(p controller.Provider) {
 		}
 	}()
 }
+
+// provider drives this test's mock datacenter.
+func (h *harness) provider() controller.Provider { return &mockdc.Provider{BaseURL: h.dcURL} }
 
 func (h *harness) namespaces() map[string]cache.Config {
 	m := map[string]cache.Config{h.ns: {}}

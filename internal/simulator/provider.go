@@ -162,7 +162,10 @@ func (p *Provider) Inspect(_ context.Context, server types.NamespacedName) (cont
 		return controller.ServerInfo{}, err
 	}
 	id, _ := os.ReadFile(filepath.Join(dir, filenames.InstanceIDFile))
-	info := controller.ServerInfo{Exists: true, Running: vm.Running, InstanceID: strings.TrimSpace(string(id)), MACAddress: hostnet.MACAddress(identity(server))}
+	info := controller.ServerInfo{Exists: true, Running: vm.Running, InstanceID: strings.TrimSpace(string(id)), MACAddress: recordedMAC(dir)}
+	if info.MACAddress == "" {
+		info.MACAddress = hostnet.MACAddress(identity(server))
+	}
 	if ip, ok, err := p.ipam.Lookup(identity(server)); err == nil && ok {
 		info.IPAddress = ip.String()
 	}

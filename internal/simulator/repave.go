@@ -33,6 +33,17 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	dir := p.VMDir(req.Server)
 	current, _ := os.ReadFile(filepath.Join(dir, filenames.InstanceIDFile))
 	installed := strings.TrimSpace(string(current)) == req.InstanceID
+	if !installed {
+		// Two NICs with one MAC on a bridge break both: refuse before anything boots.
+		owner, err := claimMAC(p.layout.VMsDir(), dir, mac)
+		if err != nil {
+			return controller.RepaveStatus{}, err
+		}
+		if owner != "" {
+			return st.fail(stargatev1.ConditionNetworkReady, "DuplicateMAC", fmt.Sprintf("MAC address %s is already used by Server %s on this host: "+
+				"give this Server another spec.macAddress, or leave it empty for one derived from its name", mac, owner)), nil
+		}
+	}
 
 	// 1. Image, downloaded in the background; only needed until this installation has started
 	// (after a controller restart the running installation needs no image check).

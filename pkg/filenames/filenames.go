@@ -43,6 +43,9 @@ const (
 	InstanceIDFile = "instance-id"
 	// QEMULogFile holds QEMU's output when it failed to start.
 	QEMULogFile = "qemu.log"
+	// MACFile holds the MAC address of the VM's network interface, claimed before anything else
+	// of an installation, so that no two Servers on one host boot with the same MAC.
+	MACFile = "mac"
 )
 
 // QMPSocketSuffix ends the name of every QMP socket in RunDir.
