@@ -76,6 +76,13 @@ type ServerStatus struct {
 	// +optional
 	MACAddress string `json:"macAddress,omitempty"`
 
+	// Host is the datacenter host (the simulator's --host-id) that owns this Server's machine. A host
+	// takes a Server that matches its --server-selector and has no owner; other hosts leave it alone
+	// (with a Warning Event) until the owner hands it over, which it does once the Server no longer
+	// matches its selector and no Operation runs on it.
+	// +optional
+	Host string `json:"host,omitempty"`
+
 	// LastOperation is the name of the last Operation that acted on this server.
 	// +optional
 	LastOperation string `json:"lastOperation,omitempty"`
@@ -117,6 +124,7 @@ type ServerStatus struct {
 // +kubebuilder:printcolumn:name="CPUs",type=integer,JSONPath=`.spec.cpus`,priority=1
 // +kubebuilder:printcolumn:name="Memory",type=string,JSONPath=`.spec.memory`,priority=1
 // +kubebuilder:printcolumn:name="MAC",type=string,JSONPath=`.status.macAddress`,priority=1
+// +kubebuilder:printcolumn:name="Host",type=string,JSONPath=`.status.host`,priority=1
 // +kubebuilder:printcolumn:name="Message",type=string,JSONPath=`.status.message`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type Server struct {

@@ -50,6 +50,7 @@ type Options struct {
 	MaxParallel    int
 	MaxMemory      string
 	MaxCPUs        int
+	HostID         string
 	KeepFailedVMs  bool
 	ReferenceWait  time.Duration
 	PollInterval   time.Duration
@@ -71,6 +72,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Accel, "accel", "auto", "QEMU accelerator: auto (KVM when usable, else TCG), kvm or tcg")
 	fs.DurationVar(&o.BootTimeout, "boot-timeout", 5*time.Minute, "fail a repave whose guest shows no cloud-init output this long after starting")
 	fs.StringVar(&o.Namespace, "namespace", "", "watch only this namespace (default: all)")
+	fs.StringVar(&o.HostID, "host-id", "", "this host's identity, recorded in status.host of the Servers it owns and in its finalizers; "+
+		"give every host sharing a cluster its own (default: the host name)")
 	fs.StringVar(&o.ServerSelector, "server-selector", "", "label selector of the Servers this host manages, e.g. stargate.io/datacenter=lab1 (default: all)")
 	fs.IntVar(&o.MaxParallel, "max-parallel", 2, "repaves running at once; more wait in Pending (0: no limit)")
 	fs.StringVar(&o.MaxMemory, "max-memory", "", "memory the VMs being repaved may use together, e.g. 16Gi (default: 80% of this host's memory with --provider=qemu)")
@@ -106,7 +109,14 @@ func Scheme() *k8sruntime.Scheme {
 // Run starts the controller and blocks until ctx ends.
 func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	log := ctrl.Log.WithName("simulator")
-	copts := controller.Options{ReferenceWait: o.ReferenceWait, PollInterval: o.PollInterval, MaxParallel: o.MaxParallel,
+	if o.HostID == "" {
+		name, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("--host-id not given and the host name is unknown (%w): pass --host-id", err)
+		}
+		o.HostID = name
+	}
+	copts := controller.Options{HostID: o.HostID, ReferenceWait: o.ReferenceWait, PollInterval: o.PollInterval, MaxParallel: o.MaxParallel,
 		MaxCPUs: max(o.MaxCPUs, 0), KeepFailedMachines: o.KeepFailedVMs}
 	if o.ServerSelector != "" {
 		sel, err := labels.Parse(o.ServerSelector)
@@ -167,7 +177,7 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
 		return err
 	}
-	log.Info("starting", "provider", o.Provider, "namespace", orAll(o.Namespace), "serverSelector", orAll(o.ServerSelector),
+	log.Info("starting", "host", o.HostID, "provider", o.Provider, "namespace", orAll(o.Namespace), "serverSelector", orAll(o.ServerSelector),
 		"maxParallel", copts.MaxParallel, "maxMemoryMiB", copts.MaxMemoryBytes>>20)
 	return mgr.Start(ctx)
 }

@@ -94,29 +94,38 @@ func (h *harness) start(p controller.Provider) {
 	if h.cfg != nil {
 		cfg = h.cfg
 	}
+	h.reg = prometheus.NewRegistry()
+	h.cancel, h.done = startManager(h.t, cfg, h.namespaces(), h.opts, p, h.reg)
+}
+
+// startManager runs the Stargate reconcilers in a manager of their own, watching namespaces (Nodes
+// are cluster-wide), until cancel is called; done closes when it stopped.
+func startManager(t testing.TB, cfg *rest.Config, namespaces map[string]cache.Config, opts controller.Options,
+	p controller.Provider, reg *prometheus.Registry) (cancel context.CancelFunc, done chan struct{}) {
+	t.Helper()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 env.Scheme,
-		Cache:                  cache.Options{DefaultNamespaces: h.namespaces()},
+		Cache:                  cache.Options{DefaultNamespaces: namespaces},
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		// Several managers (tests, restarts) register the same controller names in one process.
 		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
 	})
 	if err != nil {
-		h.t.Fatal(err)
+		t.Fatal(err)
 	}
-	h.reg = prometheus.NewRegistry()
-	if err := controller.Setup(mgr, p, h.opts, controller.NewMetrics(h.reg)); err != nil {
-		h.t.Fatal(err)
+	if err := controller.Setup(mgr, p, opts, controller.NewMetrics(reg)); err != nil {
+		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	h.cancel, h.done = cancel, make(chan struct{})
+	done = make(chan struct{})
 	go func() {
-		defer close(h.done)
+		defer close(done)
 		if err := mgr.Start(ctx); err != nil {
-			h.t.Errorf("manager: %v", err)
+			t.Errorf("manager: %v", err)
 		}
 	}()
+	return cancel, done
 }
 
 // provider drives this test's mock datacenter.

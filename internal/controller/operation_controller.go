@@ -26,10 +26,6 @@ import (
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 )
 
-// OperationFinalizer lets an Operation that is deleted while running power its Server off, so no
-// half-built server keeps running, and return its host capacity.
-const OperationFinalizer = "stargate.io/operation"
-
 // serverRefIndex indexes Operations by the Server they act on (also a selectable field of the CRD,
 // so the API server can filter on it for uncached reads).
 const serverRefIndex = "spec.serverRef.name"
@@ -50,6 +46,8 @@ type OperationReconciler struct {
 	Metrics   *Metrics
 
 	capacity *capacity
+	// finalizer is this host's OperationFinalizer.
+	finalizer string
 	// serverLocks serialise the start decision per Server within this process.
 	serverLocks sync.Map
 }
@@ -96,7 +94,7 @@ func (r *OperationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	if !s.op.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.reconcileDelete(ctx, s)
 	}
-	if !s.op.Status.Phase.IsFinal() && controllerutil.AddFinalizer(s.op, OperationFinalizer) {
+	if !s.op.Status.Phase.IsFinal() && controllerutil.AddFinalizer(s.op, r.finalizer) {
 		status := s.op.Status
 		if err := r.Client.Update(ctx, s.op); err != nil {
 			return ctrl.Result{}, fmt.Errorf("adding finalizer: %w", err)
@@ -131,17 +129,23 @@ func (r *OperationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 	return operationLifecycle[s.op.Status.Phase](r, ctx, s)
 }
 
-// owns reports whether this controller runs the Operation: only Operations of kinds it knows, on
-// Servers it manages. With a selector, an Operation whose Server is missing is left to whichever
-// host manages that Server.
+// owns reports whether this host runs the Operation: only Operations of kinds it knows, on Servers
+// it owns (status.host). It starts new ones only while the Server still matches its selector (a
+// relabelled Server is handed over once its running Operation ends), and it always finishes what it
+// guards with its finalizer. An Operation whose Server is missing is left to whichever host
+// manages that Server, unless this host manages all Servers.
 func (r *OperationReconciler) owns(s *operationScope) bool {
 	if s.op.Spec.Operation != stargatev1.OperationRepave {
 		return false
 	}
-	if s.server == nil {
-		return !r.Options.selective()
+	guarded := controllerutil.ContainsFinalizer(s.op, r.finalizer)
+	switch {
+	case s.server == nil:
+		return guarded || !r.Options.selective()
+	case s.server.Status.Host != r.Options.HostID:
+		return guarded && s.server.Status.Host == ""
 	}
-	return r.Options.manages(s.server)
+	return guarded || s.op.Status.Phase == stargatev1.OperationRunning || r.Options.manages(s.server)
 }
 
 // accept takes a new Operation: it is Pending until scheduled.
@@ -168,7 +172,7 @@ func (r *OperationReconciler) finish(ctx context.Context, s *operationScope) err
 // reconcileDelete powers off the Server of an Operation deleted while running (the Server's
 // reconciler then reports the interruption), returns its capacity and lets it go.
 func (r *OperationReconciler) reconcileDelete(ctx context.Context, s *operationScope) error {
-	if !controllerutil.ContainsFinalizer(s.op, OperationFinalizer) {
+	if !controllerutil.ContainsFinalizer(s.op, r.finalizer) {
 		return nil
 	}
 	if s.op.Status.Phase == stargatev1.OperationRunning {
@@ -185,7 +189,7 @@ func (r *OperationReconciler) reconcileDelete(ctx context.Context, s *operationS
 }
 
 func (r *OperationReconciler) removeFinalizer(ctx context.Context, op *stargatev1.Operation) error {
-	if !controllerutil.RemoveFinalizer(op, OperationFinalizer) {
+	if !controllerutil.RemoveFinalizer(op, r.finalizer) {
 		return nil
 	}
 	if err := r.Client.Update(ctx, op); err != nil {
@@ -197,6 +201,7 @@ func (r *OperationReconciler) removeFinalizer(ctx context.Context, op *stargatev
 // SetupWithManager registers the reconciler and its watches.
 func (r *OperationReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.Options.defaults()
+	r.finalizer = OperationFinalizer(r.Options.HostID)
 	r.capacity = newCapacity(r.Options.MaxParallel, r.Options.MaxMemoryBytes, r.Metrics.setRunning)
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &stargatev1.Operation{}, serverRefIndex,
 		func(o client.Object) []string { return []string{o.(*stargatev1.Operation).Spec.ServerRef.Name} }); err != nil {

@@ -19,6 +19,9 @@ const (
 
 // Options tune the reconcilers.
 type Options struct {
+	// HostID names this datacenter host (the simulator's --host-id, default the host name). It is
+	// recorded in the status of the Servers this host owns and names this host's finalizers.
+	HostID string
 	// ServerSelector picks the Servers this controller manages; nil or empty means all. Operations
 	// on other Servers are left alone, so several hosts can share one management cluster.
 	ServerSelector labels.Selector
@@ -43,7 +46,13 @@ type Options struct {
 	Now func() time.Time
 }
 
+// DefaultHostID is the host identity of a controller given none (tests, a single host).
+const DefaultHostID = "default"
+
 func (o *Options) defaults() {
+	if o.HostID == "" {
+		o.HostID = DefaultHostID
+	}
 	if o.ReferenceWait == 0 {
 		o.ReferenceWait = DefaultReferenceWait
 	}

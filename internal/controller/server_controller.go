@@ -19,24 +19,26 @@ import (
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 )
 
-// ServerFinalizer makes deleting a Server release its machine, disks, tap and IP first.
-const ServerFinalizer = "stargate.io/server"
-
 // healthInterval is how often a Ready server's machine is checked.
 const healthInterval = 30 * time.Second
 
-// ServerReconciler is the only writer of a Server's status, which it computes from the Server's
-// Operations and its machine (server_status.go); it also releases what a deleted Server held.
+// ServerReconciler of the owning host is the only writer of a Server's status, which it computes
+// from the Server's Operations and its machine (server_status.go). It takes unowned Servers that
+// match the host's selector, hands relabelled ones over, and releases what a deleted Server held.
 type ServerReconciler struct {
 	Client   client.Client
 	Recorder events.EventRecorder
 	Provider Provider
 	Options  Options
+
+	// finalizer is this host's ServerFinalizer.
+	finalizer string
 }
 
 // SetupWithManager registers the reconciler; every change of an Operation wakes its Server.
 func (r *ServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.Options.defaults()
+	r.finalizer = ServerFinalizer(r.Options.HostID)
 	return ctrl.NewControllerManagedBy(mgr).Named("server").For(&stargatev1.Server{}).
 		Watches(&stargatev1.Operation{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 			op := o.(*stargatev1.Operation)
@@ -45,44 +47,109 @@ func (r *ServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(r)
 }
 
-// Reconcile adds the finalizer, records the Server's status, and releases deleted Servers.
+// Reconcile takes, keeps, hands over or releases the Server, and records its status.
 func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	server := &stargatev1.Server{}
 	if err := r.Client.Get(ctx, req.NamespacedName, server); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	if !r.Options.manages(server) {
+	me, owner := r.Options.HostID, server.Status.Host
+	guarded := controllerutil.ContainsFinalizer(server, r.finalizer)
+	switch {
+	case !server.DeletionTimestamp.IsZero():
+		if !guarded {
+			return ctrl.Result{}, nil
+		}
+		if owner == me {
+			if saved, err := r.saveStatus(ctx, server, desiredServerStatus(serverObservation{server: server})); err != nil || !saved {
+				return ctrl.Result{RequeueAfter: conflictRetry}, err
+			}
+		}
+		return ctrl.Result{}, r.release(ctx, server)
+	case owner != "" && owner != me:
+		if guarded { // this host held it once: release what is left here
+			return ctrl.Result{}, r.release(ctx, server)
+		}
+		if r.Options.manages(server) {
+			r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, "OwnedByAnotherHost", "Take",
+				"Host %s matches this Server but leaves it alone: host %s owns it (status.host)", me, owner)
+		}
+		return ctrl.Result{}, nil
+	case !r.Options.manages(server):
+		if owner == me {
+			return r.handOver(ctx, server)
+		}
 		return ctrl.Result{}, nil
 	}
-	if server.DeletionTimestamp.IsZero() && controllerutil.AddFinalizer(server, ServerFinalizer) {
+
+	// This host's Server (or free to take): finalizer first, then ownership, then status.
+	if controllerutil.AddFinalizer(server, r.finalizer) {
 		if err := r.Client.Update(ctx, server); err != nil {
-			return ctrl.Result{}, fmt.Errorf("adding finalizer: %w", err)
+			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
 	}
-	obs := serverObservation{server: server}
-	if server.DeletionTimestamp.IsZero() {
-		var ops stargatev1.OperationList
-		if err := r.Client.List(ctx, &ops, client.InNamespace(server.Namespace), client.MatchingFields{serverRefIndex: server.Name}); err != nil {
-			return ctrl.Result{}, fmt.Errorf("listing operations of server %s: %w", server.Name, err)
+	if owner == "" {
+		next := *server.Status.DeepCopy()
+		next.Host = me
+		if saved, err := r.saveStatus(ctx, server, next); err != nil || !saved {
+			return ctrl.Result{RequeueAfter: conflictRetry}, err // another host may have taken it
 		}
-		obs.ops = ops.Items
-		if server.Status.State != "" || len(ops.Items) > 0 {
-			info, err := r.Provider.Inspect(ctx, req.NamespacedName)
-			if err != nil {
-				return ctrl.Result{}, fmt.Errorf("inspecting server: %w", err)
-			}
-			obs.machine = &info
-		}
+		r.Recorder.Eventf(server, nil, corev1.EventTypeNormal, "Taken", "Take", "Host %s owns this Server", me)
+	}
+	obs, err := r.observe(ctx, server)
+	if err != nil {
+		return ctrl.Result{}, err
 	}
 	if saved, err := r.saveStatus(ctx, server, desiredServerStatus(obs)); err != nil || !saved {
 		return ctrl.Result{RequeueAfter: conflictRetry}, err
 	}
-	if !server.DeletionTimestamp.IsZero() {
-		return ctrl.Result{}, r.release(ctx, server)
-	}
 	if server.Status.State == stargatev1.ServerReady {
 		return ctrl.Result{RequeueAfter: healthInterval}, nil
 	}
+	return ctrl.Result{}, nil
+}
+
+// observe reads what the Server's status is computed from: its Operations and its machine.
+func (r *ServerReconciler) observe(ctx context.Context, server *stargatev1.Server) (serverObservation, error) {
+	obs := serverObservation{server: server}
+	var ops stargatev1.OperationList
+	if err := r.Client.List(ctx, &ops, client.InNamespace(server.Namespace), client.MatchingFields{serverRefIndex: server.Name}); err != nil {
+		return obs, fmt.Errorf("listing operations of server %s: %w", server.Name, err)
+	}
+	obs.ops = ops.Items
+	if server.Status.State != "" || len(ops.Items) > 0 {
+		info, err := r.Provider.Inspect(ctx, client.ObjectKeyFromObject(server))
+		if err != nil {
+			return obs, fmt.Errorf("inspecting server: %w", err)
+		}
+		obs.machine = &info
+	}
+	return obs, nil
+}
+
+// handOver gives up a Server that no longer matches this host's selector, once no Operation runs
+// on it: this host releases its machine and lets another host take it.
+func (r *ServerReconciler) handOver(ctx context.Context, server *stargatev1.Server) (ctrl.Result, error) {
+	var ops stargatev1.OperationList
+	if err := r.Client.List(ctx, &ops, client.InNamespace(server.Namespace), client.MatchingFields{serverRefIndex: server.Name}); err != nil {
+		return ctrl.Result{}, fmt.Errorf("listing operations of server %s: %w", server.Name, err)
+	}
+	for _, op := range ops.Items {
+		if op.Status.Phase == stargatev1.OperationRunning {
+			return ctrl.Result{RequeueAfter: healthInterval}, nil // the next reconcile hands over
+		}
+	}
+	if err := r.release(ctx, server); err != nil {
+		return ctrl.Result{}, err
+	}
+	next := *server.Status.DeepCopy()
+	next.Host = ""
+	next.State, next.Message = stargatev1.ServerAvailable, fmt.Sprintf("Released by host %s: the Server no longer matches its selector", r.Options.HostID)
+	next.IPAddress, next.MACAddress, next.InstanceID = "", "", ""
+	if saved, err := r.saveStatus(ctx, server, next); err != nil || !saved {
+		return ctrl.Result{RequeueAfter: conflictRetry}, err
+	}
+	r.Recorder.Eventf(server, nil, corev1.EventTypeNormal, "HandedOver", "Take", "Host %s released this Server: it no longer matches its selector", r.Options.HostID)
 	return ctrl.Result{}, nil
 }
 
@@ -107,9 +174,9 @@ func (r *ServerReconciler) saveStatus(ctx context.Context, server *stargatev1.Se
 	return true, nil
 }
 
-// release frees what a deleted Server held, then lets it go.
+// release frees what this host held for the Server, then drops this host's finalizer.
 func (r *ServerReconciler) release(ctx context.Context, server *stargatev1.Server) error {
-	if !controllerutil.ContainsFinalizer(server, ServerFinalizer) {
+	if !controllerutil.ContainsFinalizer(server, r.finalizer) {
 		return nil
 	}
 	if err := r.Provider.Release(ctx, client.ObjectKeyFromObject(server)); err != nil {
@@ -120,7 +187,7 @@ func (r *ServerReconciler) release(ctx context.Context, server *stargatev1.Serve
 		return err
 	}
 	r.Recorder.Eventf(server, nil, corev1.EventTypeNormal, "Released", "Delete", "Machine, disks, network attachment and IP address released")
-	controllerutil.RemoveFinalizer(server, ServerFinalizer)
+	controllerutil.RemoveFinalizer(server, r.finalizer)
 	if err := r.Client.Update(ctx, server); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("removing finalizer: %w", err)
 	}

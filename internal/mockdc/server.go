@@ -37,6 +37,8 @@ type Server struct {
 
 	mu       sync.Mutex
 	machines map[string]*machine
+	// installs counts installations per server, kept when a machine is released.
+	installs map[string]int
 	nextIP   int
 	// Requests counts API calls, for tests and benchmarks.
 	requests int
@@ -73,14 +75,12 @@ func (s *Server) Overlaps() int {
 	return s.overlaps
 }
 
-// Repaves returns how many installations a server had.
+// Repaves returns how many installations a server had on this datacenter, including before it
+// was released.
 func (s *Server) Repaves(namespace, name string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if m := s.machines[namespace+"/"+name]; m != nil {
-		return m.Repaves
-	}
-	return 0
+	return s.installs[namespace+"/"+name]
 }
 
 type machine struct {
@@ -126,7 +126,7 @@ func NewServer(cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Server{cfg: cfg, machines: map[string]*machine{}, nextIP: 11}
+	return &Server{cfg: cfg, machines: map[string]*machine{}, installs: map[string]int{}, nextIP: 11}
 }
 
 // Requests returns how many API calls were served.
@@ -175,6 +175,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			m.InstanceID, m.Started, m.Running, m.FailStep = body.InstanceID, s.cfg.Now(), true, failStep(body.UserData)
 			m.Repaves++
+			s.installs[key]++
 			s.maxInstalling = max(s.maxInstalling, s.installing())
 		}
 		w.WriteHeader(http.StatusAccepted)

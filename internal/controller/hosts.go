@@ -1,0 +1,47 @@
+package controller
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"regexp"
+	"strings"
+)
+
+// Several hosts (simulators, datacenter controllers) may share one management cluster, with
+// --server-selector saying which Servers each may take. A host owns a Server once it recorded
+// itself in status.host; only the owner runs the Server's Operations, and each host guards the
+// cleanup of what it holds with a finalizer of its own, so it releases its VM, tap, IP and files
+// even after the Server was relabelled away from it.
+
+// finalizerPrefix starts the finalizers of one host.
+const finalizerPrefix = "stargate.io/"
+
+var notNameChar = regexp.MustCompile(`[^a-z0-9._-]+`)
+
+// hostToken turns a host identity into the name part of a finalizer: lower case, [a-z0-9._-], at
+// most 40 bytes (long identities end in a short hash, so they stay distinct).
+func hostToken(hostID string) string {
+	t := strings.Trim(notNameChar.ReplaceAllString(strings.ToLower(hostID), "-"), "-._")
+	if t == hostID && len(t) <= 40 && t != "" {
+		return t
+	}
+	sum := sha256.Sum256([]byte(hostID))
+	h := hex.EncodeToString(sum[:4])
+	if len(t) > 31 {
+		t = strings.Trim(t[:31], "-._")
+	}
+	if t == "" {
+		return h
+	}
+	return t + "-" + h
+}
+
+// ServerFinalizer is the finalizer with which a host guards the release of a Server's machine,
+// disks, tap, IP and Node.
+func ServerFinalizer(hostID string) string { return finalizerPrefix + "server-" + hostToken(hostID) }
+
+// OperationFinalizer is the finalizer with which a host guards a running Operation: deleting it
+// powers the Server off on that host and returns its capacity.
+func OperationFinalizer(hostID string) string {
+	return finalizerPrefix + "operation-" + hostToken(hostID)
+}
