@@ -86,3 +86,35 @@ func BenchmarkMockThroughput(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkQueuedBehindMaxParallel reports how long Operations wait from creation to Running when
+// 100 are queued behind --max-parallel 2 (mock datacenter, 20 ms steps): the mean, the last one,
+// and the controller's overhead per start beyond the capacity-bound minimum.
+func BenchmarkQueuedBehindMaxParallel(b *testing.B) {
+	const ops, parallel, step = 100, 2, 20 * time.Millisecond
+	for b.Loop() {
+		b.StopTimer()
+		h := newHarness(b, step, controller.Options{MaxParallel: parallel, MaxConcurrentReconciles: 8, PollInterval: 10 * time.Millisecond})
+		b.StartTimer()
+		runMany(b, h, ops, ops, 10*time.Minute)
+		b.StopTimer()
+		var list stargatev1.OperationList
+		if err := env.Client.List(context.Background(), &list, client.InNamespace(h.ns)); err != nil {
+			b.Fatal(err)
+		}
+		var total, last time.Duration
+		for _, op := range list.Items {
+			wait := op.Status.StartTime.Sub(op.CreationTimestamp.Time)
+			total += wait
+			last = max(last, wait)
+		}
+		// Each repave takes len(steps)*step on the datacenter; with `parallel` at once the last
+		// start can come no sooner than this.
+		floor := time.Duration(ops/parallel-1) * time.Duration(len(stargatev1.RepaveSteps)) * step
+		b.ReportMetric(total.Seconds()/ops, "s-to-running-mean")
+		b.ReportMetric(last.Seconds(), "s-to-running-last")
+		b.ReportMetric((last-floor).Seconds()/float64(ops/parallel), "s-overhead/start")
+		h.stop()
+		b.StartTimer()
+	}
+}
