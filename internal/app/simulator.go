@@ -14,13 +14,16 @@ import (
 	"strings"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -91,6 +94,11 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 
 // Teardown leaves the host as the simulator found it (but for the image cache).
 func Teardown(ctx context.Context, o Options) error {
+	unlock, err := simulator.LockWorkDir(o.WorkDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	p, err := newSimulator(o, ctrl.Log.WithName("simulator"))
 	if err != nil {
 		return err
@@ -134,15 +142,22 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	}
 
 	var provider controller.Provider
+	var sim *simulator.Provider
 	switch o.Provider {
 	case "mock":
 		provider = &mockdc.Provider{BaseURL: strings.TrimRight(o.MockURL, "/")}
 	case "qemu":
+		unlock, err := simulator.LockWorkDir(o.WorkDir)
+		if err != nil {
+			return err
+		}
+		defer unlock()
 		p, err := newSimulator(o, log)
 		if err != nil {
 			return err
 		}
 		provider = p
+		sim = p
 		if o.MaxCPUs < 0 {
 			copts.MaxCPUs = runtime.NumCPU()
 		}
@@ -167,6 +182,11 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	}
 	if err := checkCRDs(mgr.GetRESTMapper()); err != nil {
 		return err
+	}
+	if sim != nil {
+		if err := collectGarbage(ctx, mgr.GetAPIReader(), sim, o.Namespace); err != nil {
+			return err
+		}
 	}
 	if err := controller.Setup(mgr, provider, copts, controller.NewMetrics(nil)); err != nil {
 		return err
@@ -251,4 +271,18 @@ func newSimulator(o Options, log interface{ Info(string, ...any) }) (*simulator.
 	}
 	log.Info("simulator host", "accel", accel, "bridge", o.Bridge, "gateway", gw, "workDir", o.WorkDir)
 	return simulator.New(cfg)
+}
+
+// collectGarbage releases, before any reconcile, what this host holds for Servers deleted while
+// no simulator ran (or between a deletion and its release, when one was killed).
+func collectGarbage(ctx context.Context, reader client.Reader, sim *simulator.Provider, namespace string) error {
+	exists := func(ctx context.Context, key types.NamespacedName) (bool, error) {
+		err := reader.Get(ctx, key, &stargatev1.Server{})
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		return err == nil, err
+	}
+	inScope := func(ns string) bool { return namespace == "" || ns == namespace }
+	return sim.CollectGarbage(ctx, exists, inScope)
 }

@@ -50,3 +50,7 @@ const (
 
 // QMPSocketSuffix ends the name of every QMP socket in RunDir.
 const QMPSocketSuffix = ".qmp"
+
+// LockFile in the work directory is held (flock) by the one simulator that uses the directory; it
+// holds that simulator's PID, so a second one can say which process to stop.
+const LockFile = "simulator.lock"

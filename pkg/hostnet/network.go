@@ -298,3 +298,27 @@ func Taps() ([]string, error) {
 	}
 	return out, nil
 }
+
+// BridgeTaps lists the Stargate taps attached to this network's bridge (none when the bridge does
+// not exist): what a garbage collection of this network may consider.
+func (n *Network) BridgeTaps() ([]string, error) {
+	br, err := netlink.LinkByName(n.cfg.Bridge)
+	if err != nil {
+		var notFound netlink.LinkNotFoundError
+		if errors.As(err, &notFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("finding bridge %s: %w", n.cfg.Bridge, err)
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("listing links: %w", err)
+	}
+	var out []string
+	for _, l := range links {
+		if a := l.Attrs(); strings.HasPrefix(a.Name, tapPrefix) && a.MasterIndex == br.Attrs().Index {
+			out = append(out, a.Name)
+		}
+	}
+	return out, nil
+}
