@@ -22,7 +22,25 @@ const (
 	// ConditionNodeReady is True once the Node named after the Server is Ready (only for profiles
 	// with joinsCluster).
 	ConditionNodeReady = "NodeReady"
+	// ConditionPoweredOff is True once the server is off (powerOff, and the first half of reboot);
+	// its reason says whether the guest shut down (ShutDown) or was forced (ForcedOff).
+	ConditionPoweredOff = "PoweredOff"
+	// ConditionPoweredOn is True once the server runs again (powerOn, and the second half of reboot).
+	ConditionPoweredOn = "PoweredOn"
 )
+
+// Steps returns the step conditions of an Operation of this type, in order.
+func (t OperationType) Steps() []string {
+	switch t {
+	case OperationPowerOn:
+		return []string{ConditionPoweredOn}
+	case OperationPowerOff:
+		return []string{ConditionPoweredOff}
+	case OperationReboot:
+		return []string{ConditionPoweredOff, ConditionPoweredOn}
+	}
+	return RepaveSteps
+}
 
 // Condition types on a Server.
 const (

@@ -1,6 +1,10 @@
 package v1alpha1
 
-import "k8s.io/apimachinery/pkg/api/resource"
+import (
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/resource"
+)
 
 // Defaults of the API, in one place. The API server applies them (the +kubebuilder:default markers
 // must repeat the literals; api_test.go checks that they agree), and the accessors below apply them
@@ -14,7 +18,17 @@ const (
 	DefaultDisk = "20Gi"
 	// DefaultOperationTimeout bounds a running Operation when spec.timeout is unset.
 	DefaultOperationTimeout = "30m"
+	// DefaultGracePeriod is how long powerOff and reboot wait for a guest to shut down.
+	DefaultGracePeriod = time.Minute
 )
+
+// Grace is spec.gracePeriod, or DefaultGracePeriod when unset.
+func (s *OperationSpec) Grace() time.Duration {
+	if s.GracePeriod == nil {
+		return DefaultGracePeriod
+	}
+	return s.GracePeriod.Duration
+}
 
 // CPUCount is spec.cpus, or DefaultCPUs when unset.
 func (s *ServerSpec) CPUCount() int {

@@ -5,14 +5,26 @@ import (
 )
 
 // OperationType names what an Operation does to its Server.
-// +kubebuilder:validation:Enum=repave
+// +kubebuilder:validation:Enum=repave;powerOn;powerOff;reboot
 type OperationType string
 
 const (
 	// OperationRepave wipes the server and installs it afresh from a ProvisioningProfile: new disk,
 	// new instance-id, same IP and MAC.
 	OperationRepave OperationType = "repave"
+	// OperationPowerOn powers an installed server on from its disk (nothing is reinstalled).
+	OperationPowerOn OperationType = "powerOn"
+	// OperationPowerOff shuts the server down gracefully (ACPI power button) and forces it off when
+	// it is still on after spec.gracePeriod. Disk, IP and MAC are kept.
+	OperationPowerOff OperationType = "powerOff"
+	// OperationReboot powers the server off (as powerOff) and on again.
+	OperationReboot OperationType = "reboot"
 )
+
+// IsPower reports whether the Operation only changes the power state of its Server.
+func (t OperationType) IsPower() bool {
+	return t == OperationPowerOn || t == OperationPowerOff || t == OperationReboot
+}
 
 // LocalObjectReference names an object in the Operation's own namespace.
 type LocalObjectReference struct {
@@ -26,8 +38,11 @@ type LocalObjectReference struct {
 // Operation again, or differently, create a new one.
 //
 // +kubebuilder:validation:XValidation:rule="self.operation != 'repave' || has(self.provisioningProfileRef)",message="a repave needs spec.provisioningProfileRef: name the ProvisioningProfile to install the server with"
+// +kubebuilder:validation:XValidation:rule="self.operation == 'repave' || !has(self.provisioningProfileRef)",message="only a repave takes spec.provisioningProfileRef: power operations keep what is installed"
+// +kubebuilder:validation:XValidation:rule="!has(self.gracePeriod) || self.operation == 'powerOff' || self.operation == 'reboot'",message="spec.gracePeriod applies to powerOff and reboot only"
 type OperationSpec struct {
-	// Operation is what to do. "repave" wipes the server and installs it from the profile.
+	// Operation is what to do: "repave" wipes the server and installs it from the profile;
+	// "powerOn", "powerOff" and "reboot" change its power state and keep what is installed.
 	Operation OperationType `json:"operation"`
 
 	// ServerRef names the Server to act on, in the Operation's namespace.
@@ -37,6 +52,12 @@ type OperationSpec struct {
 	// namespace. Required for a repave.
 	// +optional
 	ProvisioningProfileRef *LocalObjectReference `json:"provisioningProfileRef,omitempty"`
+
+	// GracePeriod is how long a powerOff or reboot waits for the guest to shut down after the ACPI
+	// power button before it forces the server off. A Go duration; default 1m.
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('1h')",message="spec.gracePeriod must be between 0s and 1h"
+	// +optional
+	GracePeriod *metav1.Duration `json:"gracePeriod,omitempty"`
 
 	// Timeout bounds the Operation twice: how long it may wait in Pending (from its creation) and
 	// how long it may run (from its start). When either passes, the Operation fails with the reason
@@ -121,7 +142,7 @@ type Operation struct {
 
 	// Spec says what to do to which Server. Immutable. (Timeouts compare as durations, so "30m"
 	// and "30m0s" are the same spec.)
-	// +kubebuilder:validation:XValidation:rule="self.operation == oldSelf.operation && self.serverRef == oldSelf.serverRef && has(self.provisioningProfileRef) == has(oldSelf.provisioningProfileRef) && (!has(self.provisioningProfileRef) || self.provisioningProfileRef == oldSelf.provisioningProfileRef) && has(self.timeout) == has(oldSelf.timeout) && (!has(self.timeout) || duration(self.timeout) == duration(oldSelf.timeout))",message="an Operation's spec is immutable: create a new Operation to run it again or differently"
+	// +kubebuilder:validation:XValidation:rule="self.operation == oldSelf.operation && self.serverRef == oldSelf.serverRef && has(self.provisioningProfileRef) == has(oldSelf.provisioningProfileRef) && (!has(self.provisioningProfileRef) || self.provisioningProfileRef == oldSelf.provisioningProfileRef) && has(self.timeout) == has(oldSelf.timeout) && (!has(self.timeout) || duration(self.timeout) == duration(oldSelf.timeout)) && has(self.gracePeriod) == has(oldSelf.gracePeriod) && (!has(self.gracePeriod) || duration(self.gracePeriod) == duration(oldSelf.gracePeriod))",message="an Operation's spec is immutable: create a new Operation to run it again or differently"
 	Spec OperationSpec `json:"spec"`
 	// Status is the observed progress.
 	// +optional

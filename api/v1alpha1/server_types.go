@@ -58,6 +58,19 @@ const (
 	ServerDeleting ServerState = "Deleting"
 )
 
+// PowerState is whether a server's machine is powered on.
+// +kubebuilder:validation:Enum=On;Off;Unknown
+type PowerState string
+
+const (
+	// PowerOn means the machine runs.
+	PowerOn PowerState = "On"
+	// PowerOff means the machine is installed but not running.
+	PowerOff PowerState = "Off"
+	// PowerUnknown means the datacenter could not tell, or holds no machine for the Server.
+	PowerUnknown PowerState = "Unknown"
+)
+
 // ServerStatus is what Stargate observed about the server.
 type ServerStatus struct {
 	// State summarises the server: Available, Provisioning, Ready, Error or Deleting.
@@ -67,6 +80,12 @@ type ServerStatus struct {
 	// Message explains the state in one sentence, in particular what went wrong and how to fix it.
 	// +optional
 	Message string `json:"message,omitempty"`
+
+	// PowerState is On, Off or Unknown, as the datacenter reports it right now. A machine that stops
+	// without a powerOff (guest poweroff, crash) turns the Server to Error with reason
+	// MachineStopped and an Event.
+	// +optional
+	PowerState PowerState `json:"powerState,omitempty"`
 
 	// IPAddress is the server's IPv4 address on the provisioning network. It is kept across repaves.
 	// +optional
@@ -118,6 +137,7 @@ type ServerStatus struct {
 // +kubebuilder:validation:XValidation:rule="self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && self.metadata.name.size() <= 63",message="a Server's name becomes the host name and the Node name, so it must be a DNS label: at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit"
 // +kubebuilder:resource:shortName=srv,categories=stargate
 // +kubebuilder:printcolumn:name="State",type=string,JSONPath=`.status.state`
+// +kubebuilder:printcolumn:name="Power",type=string,JSONPath=`.status.powerState`
 // +kubebuilder:printcolumn:name="IP",type=string,JSONPath=`.status.ipAddress`
 // +kubebuilder:printcolumn:name="Profile",type=string,JSONPath=`.status.provisioningProfile`
 // +kubebuilder:printcolumn:name="Last-Operation",type=string,JSONPath=`.status.lastOperation`

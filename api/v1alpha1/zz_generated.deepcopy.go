@@ -107,6 +107,11 @@ func (in *OperationSpec) DeepCopyInto(out *OperationSpec) {
 		*out = new(LocalObjectReference)
 		**out = **in
 	}
+	if in.GracePeriod != nil {
+		in, out := &in.GracePeriod, &out.GracePeriod
+		*out = new(v1.Duration)
+		**out = **in
+	}
 	if in.Timeout != nil {
 		in, out := &in.Timeout, &out.Timeout
 		*out = new(v1.Duration)

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
@@ -132,4 +133,30 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n-3] + "..."
+}
+
+// powerCondition is a power step's condition (PoweredOff, PoweredOn).
+func powerCondition(typ string, done bool, reason, msg string) metav1.Condition {
+	status := metav1.ConditionFalse
+	if done {
+		status = metav1.ConditionTrue
+	}
+	return metav1.Condition{Type: typ, Status: status, Reason: reason, Message: msg}
+}
+
+// successMessage is a succeeded Operation's message.
+func successMessage(op *stargatev1.Operation, server, took, ip string) string {
+	switch op.Spec.Operation {
+	case stargatev1.OperationPowerOn:
+		return fmt.Sprintf("Server %s powered on%s", server, took)
+	case stargatev1.OperationPowerOff:
+		how := "shut down"
+		if c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionPoweredOff); c != nil && c.Reason == "ForcedOff" {
+			how = "forced off after its grace period"
+		}
+		return fmt.Sprintf("Server %s powered off (%s)%s", server, how, took)
+	case stargatev1.OperationReboot:
+		return fmt.Sprintf("Server %s rebooted%s", server, took)
+	}
+	return fmt.Sprintf("Server %s repaved%s; ready at %s", server, took, ip)
 }

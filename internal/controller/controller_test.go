@@ -403,6 +403,22 @@ func TestInjectedFailureIsReported(t *testing.T) {
 	}
 }
 
+func objectKey(ns, name string) client.ObjectKey { return client.ObjectKey{Namespace: ns, Name: name} }
+
+// touchServer changes an annotation of the Server, which makes its reconciler look at it now.
+func (h *harness) touchServer(name string) {
+	h.t.Helper()
+	cur := h.server(name)
+	next := cur.DeepCopy()
+	if next.Annotations == nil {
+		next.Annotations = map[string]string{}
+	}
+	next.Annotations["test/touched"] = time.Now().Format(time.RFC3339Nano)
+	if err := env.Client.Patch(context.Background(), next, client.MergeFrom(cur)); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
 func (h *harness) inspect(server string) controller.ServerInfo {
 	h.t.Helper()
 	info, err := (&mockdc.Provider{BaseURL: h.dcURL}).Inspect(context.Background(), client.ObjectKey{Namespace: h.ns, Name: server})

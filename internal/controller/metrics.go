@@ -54,7 +54,7 @@ func (m *Metrics) finished(op *stargatev1.Operation) {
 		return
 	}
 	m.finishedTotal.WithLabelValues(string(op.Status.Phase)).Inc()
-	if op.Status.StartTime != nil && op.Status.CompletionTime != nil {
+	if op.Spec.Operation == stargatev1.OperationRepave && op.Status.StartTime != nil && op.Status.CompletionTime != nil {
 		m.repaveSeconds.WithLabelValues(string(op.Status.Phase)).Observe(op.Status.CompletionTime.Sub(op.Status.StartTime.Time).Seconds())
 	}
 }

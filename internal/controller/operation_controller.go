@@ -135,7 +135,7 @@ func (r *OperationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (
 // guards with its finalizer. An Operation whose Server is missing is left to whichever host
 // manages that Server, unless this host manages all Servers.
 func (r *OperationReconciler) owns(s *operationScope) bool {
-	if s.op.Spec.Operation != stargatev1.OperationRepave {
+	if s.op.Spec.Operation != stargatev1.OperationRepave && !s.op.Spec.Operation.IsPower() {
 		return false
 	}
 	guarded := controllerutil.ContainsFinalizer(s.op, r.finalizer)
@@ -153,7 +153,7 @@ func (r *OperationReconciler) accept(ctx context.Context, s *operationScope) (ct
 	s.op.Status.Phase = stargatev1.OperationPending
 	s.op.Status.Message = "Waiting to start"
 	s.op.Status.ObservedGeneration = s.op.Generation
-	s.event(s.op, nil, corev1.EventTypeNormal, "Accepted", fmt.Sprintf("Repave of Server %s accepted", s.op.Spec.ServerRef.Name))
+	s.event(s.op, nil, corev1.EventTypeNormal, "Accepted", fmt.Sprintf("%s of Server %s accepted", actionOf(s.op), s.op.Spec.ServerRef.Name))
 	return r.schedule(ctx, s)
 }
 

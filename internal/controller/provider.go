@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -22,14 +23,26 @@ type Provider interface {
 	// Inspect reports what the datacenter knows about a server right now.
 	Inspect(ctx context.Context, server types.NamespacedName) (ServerInfo, error)
 
-	// PowerOff stops a server without releasing it (an interrupted repave must not leave a
+	// PowerOff stops a server at once, without releasing it (an interrupted repave must not leave a
 	// half-built server running). A server that is off or unknown is not an error.
 	PowerOff(ctx context.Context, server types.NamespacedName) error
+
+	// Shutdown asks the server to power off gracefully (the ACPI power button) and returns without
+	// waiting. A server that is off is not an error.
+	Shutdown(ctx context.Context, server types.NamespacedName) error
+
+	// PowerOn boots the server's installed machine from its disk, as it was installed (nothing is
+	// reinstalled), and returns once it started. A running server is not an error; one that was
+	// never installed is ErrNotInstalled.
+	PowerOn(ctx context.Context, server types.NamespacedName) error
 
 	// Release removes everything the provider holds for a server: machine, disks, network
 	// attachment, IP address. Releasing an unknown server is not an error.
 	Release(ctx context.Context, server types.NamespacedName) error
 }
+
+// ErrNotInstalled is returned by PowerOn for a server with no installation to boot.
+var ErrNotInstalled = errors.New("the server has no installation to boot: repave it first")
 
 // RepaveRequest describes one installation.
 type RepaveRequest struct {

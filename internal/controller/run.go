@@ -17,6 +17,9 @@ import (
 
 // run drives a Running Operation through its provider until it succeeds or fails.
 func (r *OperationReconciler) run(ctx context.Context, s *operationScope) (ctrl.Result, error) {
+	if s.op.Spec.Operation.IsPower() {
+		return r.throughGates(ctx, s, gateServerStillExists, gateTimeout, gatePowerStep, gateSucceed)
+	}
 	return r.throughGates(ctx, s, gateServerStillExists, gateTimeout, gateProfileStillExists, gateRunUserData,
 		gateProviderStep, gateNode, gateSucceed)
 }
@@ -33,7 +36,7 @@ func gateServerStillExists(ctx context.Context, r *OperationReconciler, s *opera
 			return stop(ctrl.Result{}, fmt.Errorf("releasing deleted server %s: %w", s.op.Spec.ServerRef.Name, err))
 		}
 	}
-	s.fail("ServerDeleted", fmt.Sprintf("Server %s was deleted during the repave", s.op.Spec.ServerRef.Name))
+	s.fail("ServerDeleted", fmt.Sprintf("Server %s was deleted during the %s", s.op.Spec.ServerRef.Name, s.op.Spec.Operation))
 	return stop(ctrl.Result{}, nil)
 }
 
@@ -165,7 +168,7 @@ func gateSucceed(_ context.Context, _ *OperationReconciler, s *operationScope) (
 	if s.op.Status.StartTime != nil {
 		took = " in " + s.now.Sub(s.op.Status.StartTime.Time).Round(time.Second).String()
 	}
-	s.op.Status.Message = fmt.Sprintf("Server %s repaved%s; ready at %s", s.server.Name, took, s.progress.IPAddress)
+	s.op.Status.Message = successMessage(s.op, s.server.Name, took, s.progress.IPAddress)
 	s.setCondition(succeededCondition(true, "Succeeded", s.op.Status.Message))
 	s.event(s.op, s.server, corev1.EventTypeNormal, "Succeeded", s.op.Status.Message)
 	op := s.op

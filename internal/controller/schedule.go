@@ -42,7 +42,11 @@ func (r *OperationReconciler) throughGates(ctx context.Context, s *operationScop
 // capacity and its Server is free; until then it says what it waits for.
 func (r *OperationReconciler) schedule(ctx context.Context, s *operationScope) (ctrl.Result, error) {
 	s.op.Status.ObservedGeneration = s.op.Generation
-	return r.throughGates(ctx, s, gatePendingTimeout, gateServerExists, gateProfileExists, gateUserData, gateNodeName, gateFits, gateCapacity, gateClaim)
+	gates := []gate{gatePendingTimeout, gateServerExists}
+	if s.op.Spec.Operation == stargatev1.OperationRepave {
+		gates = append(gates, gateProfileExists, gateUserData, gateNodeName, gateFits, gateCapacity)
+	}
+	return r.throughGates(ctx, s, append(gates, gateClaim)...)
 }
 
 // gatePendingTimeout bounds the time an Operation may wait to start by its spec.timeout, counted
@@ -169,9 +173,13 @@ func gateClaim(ctx context.Context, r *OperationReconciler, s *operationScope) (
 	start := metav1.NewTime(s.now)
 	s.op.Status.Phase = stargatev1.OperationRunning
 	s.op.Status.StartTime = &start
-	s.op.Status.Message = "Repave started"
+	s.op.Status.Message = actionOf(s.op) + " started"
 	s.setCondition(scheduledCondition(true, "Started", fmt.Sprintf("Holds Server %s", s.server.Name)))
-	s.event(s.op, s.server, corev1.EventTypeNormal, "Started", fmt.Sprintf("Repaving Server %s with profile %s", s.server.Name, s.profile.Name))
+	what := fmt.Sprintf("%s of Server %s started", actionOf(s.op), s.server.Name)
+	if s.profile != nil {
+		what = fmt.Sprintf("Repaving Server %s with profile %s", s.server.Name, s.profile.Name)
+	}
+	s.event(s.op, s.server, corev1.EventTypeNormal, "Started", what)
 	return stop(ctrl.Result{RequeueAfter: time.Millisecond}, nil) // run the first step right away
 }
 
@@ -183,13 +191,13 @@ func waitForTurn(r *OperationReconciler, s *operationScope, holder *stargatev1.O
 }
 
 // nextInLine returns the Operation that holds a Server or may take it next: the running one, else
-// the oldest unfinished one (ties by name, as creation times have one-second resolution). Deleted
+// the oldest unfinished one of any kind (ties by name, as creation times have one-second resolution). Deleted
 // and finished Operations never hold a Server.
 func nextInLine(ops []stargatev1.Operation) *stargatev1.Operation {
 	var waiting []*stargatev1.Operation
 	for i := range ops {
 		o := &ops[i]
-		if o.Spec.Operation != stargatev1.OperationRepave || o.Status.Phase.IsFinal() || !o.DeletionTimestamp.IsZero() {
+		if o.Status.Phase.IsFinal() || !o.DeletionTimestamp.IsZero() {
 			continue
 		}
 		if o.Status.Phase == stargatev1.OperationRunning {

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -103,12 +104,13 @@ func (s *operationScope) event(regarding, related runtime.Object, eventtype, rea
 		action: actionOf(s.op), note: truncate(note, 1024)})
 }
 
+// actionOf names what an Operation does, for Events and messages: Repave, PowerOn, PowerOff, Reboot.
 func actionOf(op *stargatev1.Operation) string {
-	switch op.Spec.Operation {
-	case stargatev1.OperationRepave:
-		return "Repave"
+	k := string(op.Spec.Operation)
+	if k == "" {
+		return "Operation"
 	}
-	return string(op.Spec.Operation)
+	return strings.ToUpper(k[:1]) + k[1:]
 }
 
 func isConditionTrue(op *stargatev1.Operation, typ string) bool {

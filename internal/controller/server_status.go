@@ -62,16 +62,54 @@ func desiredServerStatus(o serverObservation) stargatev1.ServerStatus {
 		set(stargatev1.ServerError, false, reason, fmt.Sprintf("Repave by Operation %s failed: %s", cur.Name, firstLine(cur.Status.Message)))
 	}
 
+	latest := latestOperation(o.ops)
+	if latest != nil && latest.Spec.Operation.IsPower() && o.server.DeletionTimestamp.IsZero() {
+		st.LastOperation = latest.Name
+	}
 	if m := o.machine; m != nil {
 		if m.IPAddress != "" {
 			st.IPAddress, st.MACAddress = m.IPAddress, m.MACAddress
 		}
-		if st.State == stargatev1.ServerReady && !m.Running {
+		st.PowerState = powerStateOf(m)
+		if st.State == stargatev1.ServerReady && !m.Running && !expectedOff(latest) {
 			set(stargatev1.ServerError, false, "MachineStopped",
-				"The server is not running any more (its machine stopped or was removed outside Stargate): repave it to reinstall")
+				"The server stopped without a powerOff Operation (guest poweroff, crash, or removed outside Stargate): "+
+					"create a powerOn Operation to boot it again, or a repave to reinstall it")
 		}
 	}
 	return st
+}
+
+func powerStateOf(m *ServerInfo) stargatev1.PowerState {
+	switch {
+	case !m.Exists:
+		return stargatev1.PowerUnknown
+	case m.Running:
+		return stargatev1.PowerOn
+	}
+	return stargatev1.PowerOff
+}
+
+// latestOperation is the Operation that started last, of any kind (nil if none started).
+func latestOperation(ops []stargatev1.Operation) *stargatev1.Operation {
+	var latest *stargatev1.Operation
+	for i := range ops {
+		op := &ops[i]
+		if op.Status.StartTime != nil && (latest == nil || startedAfter(op, latest)) {
+			latest = op
+		}
+	}
+	return latest
+}
+
+// expectedOff reports whether the machine may be off because of the last Operation: a power
+// Operation still running, a powerOff, or any failure (failures power the server off).
+func expectedOff(latest *stargatev1.Operation) bool {
+	if latest == nil || !latest.Spec.Operation.IsPower() {
+		return false
+	}
+	return latest.Status.Phase == stargatev1.OperationRunning || latest.Status.Phase == stargatev1.OperationFailed ||
+		latest.Spec.Operation == stargatev1.OperationPowerOff
 }
 
 // currentOperation is the Operation that decides a Server's state: the running one, else the one

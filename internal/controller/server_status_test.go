@@ -18,6 +18,12 @@ func failedOp(name string, created, started int, reason, msg string) stargatev1.
 	return op
 }
 
+func powerOp(name string, kind stargatev1.OperationType, phase stargatev1.OperationPhase, started int) stargatev1.Operation {
+	op := opAt(name, started-1, phase, started)
+	op.Spec.Operation, op.Spec.ProvisioningProfileRef = kind, nil
+	return op
+}
+
 func TestDesiredServerStatus(t *testing.T) {
 	running := opAt("op2", 10, stargatev1.OperationRunning, 11)
 	succeeded := opAt("op1", 1, stargatev1.OperationSucceeded, 2)
@@ -36,6 +42,7 @@ func TestDesiredServerStatus(t *testing.T) {
 		last    string
 		reason  string
 		msg     string
+		power   stargatev1.PowerState
 	}{
 		{name: "new server", state: stargatev1.ServerAvailable, msg: "create a repave Operation"},
 		{name: "pending operations do not touch it", ops: []stargatev1.Operation{opAt("op9", 1, stargatev1.OperationPending, 0)},
@@ -45,7 +52,17 @@ func TestDesiredServerStatus(t *testing.T) {
 		{name: "succeeded and up", ops: []stargatev1.Operation{succeeded}, machine: up,
 			state: stargatev1.ServerReady, last: "op1", reason: "Repaved", msg: "Installed with profile p by Operation op1"},
 		{name: "succeeded but the machine stopped", ops: []stargatev1.Operation{succeeded}, machine: down,
-			state: stargatev1.ServerError, last: "op1", reason: "MachineStopped", msg: "not running any more"},
+			state: stargatev1.ServerError, last: "op1", reason: "MachineStopped", msg: "stopped without a powerOff Operation"},
+		{name: "powered off by an Operation", ops: []stargatev1.Operation{succeeded, powerOp("off1", stargatev1.OperationPowerOff, stargatev1.OperationSucceeded, 30)},
+			machine: down, state: stargatev1.ServerReady, last: "off1", reason: "Repaved", power: stargatev1.PowerOff},
+		{name: "powering on", ops: []stargatev1.Operation{succeeded, powerOp("on1", stargatev1.OperationPowerOn, stargatev1.OperationRunning, 30)},
+			machine: down, state: stargatev1.ServerReady, last: "on1", power: stargatev1.PowerOff},
+		{name: "powered on, then stopped on its own",
+			ops: []stargatev1.Operation{succeeded, powerOp("on1", stargatev1.OperationPowerOn, stargatev1.OperationSucceeded, 30)},
+			machine: down, state: stargatev1.ServerError, last: "on1", reason: "MachineStopped", power: stargatev1.PowerOff},
+		{name: "powered on again after a stop", ops: []stargatev1.Operation{succeeded, powerOp("on1", stargatev1.OperationPowerOn, stargatev1.OperationSucceeded, 30)},
+			status:  stargatev1.ServerStatus{State: stargatev1.ServerError, LastOperation: "op1"},
+			machine: up, state: stargatev1.ServerReady, last: "on1", power: stargatev1.PowerOn},
 		{name: "failed", ops: []stargatev1.Operation{succeeded, failed}, machine: down,
 			state: stargatev1.ServerError, last: "op3", reason: "CloudInitFailed", msg: "Repave by Operation op3 failed: cloud-init finished with errors"},
 		{name: "running operation deleted", status: stargatev1.ServerStatus{State: stargatev1.ServerProvisioning, LastOperation: "gone"},
@@ -69,6 +86,9 @@ func TestDesiredServerStatus(t *testing.T) {
 			}
 			if c := meta.FindStatusCondition(st.Conditions, stargatev1.ConditionProvisioned); tc.reason != "" && (c == nil || c.Reason != tc.reason) {
 				t.Errorf("Provisioned condition %+v, want reason %s", c, tc.reason)
+			}
+			if tc.power != "" && st.PowerState != tc.power {
+				t.Errorf("power state %s, want %s", st.PowerState, tc.power)
 			}
 			if tc.machine != nil && st.IPAddress != tc.machine.IPAddress {
 				t.Errorf("IP %q, want the machine's %q", st.IPAddress, tc.machine.IPAddress)

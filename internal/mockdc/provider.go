@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +14,14 @@ import (
 
 	"stargate.io/stargate/internal/controller"
 )
+
+// statusError is an HTTP error answer of the mock datacenter.
+type statusError struct {
+	code int
+	msg  string
+}
+
+func (e *statusError) Error() string { return e.msg }
 
 // Provider drives a mock datacenter over its HTTP API.
 type Provider struct {
@@ -55,7 +64,7 @@ func (p *Provider) do(ctx context.Context, method, u string, body any, out any) 
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("mock datacenter %s %s: %s: %s", method, u, resp.Status, bytes.TrimSpace(msg))
+		return &statusError{code: resp.StatusCode, msg: fmt.Sprintf("mock datacenter %s %s: %s: %s", method, u, resp.Status, bytes.TrimSpace(msg))}
 	}
 	if out != nil {
 		return json.NewDecoder(resp.Body).Decode(out)
@@ -97,4 +106,19 @@ func (p *Provider) PowerOff(ctx context.Context, server types.NamespacedName) er
 // Release forgets the mock machine.
 func (p *Provider) Release(ctx context.Context, server types.NamespacedName) error {
 	return p.do(ctx, http.MethodDelete, p.url(server, ""), nil, nil)
+}
+
+// Shutdown presses the mock machine's power button.
+func (p *Provider) Shutdown(ctx context.Context, server types.NamespacedName) error {
+	return p.do(ctx, http.MethodPost, p.url(server, "shutdown"), nil, nil)
+}
+
+// PowerOn boots the mock machine's installation again.
+func (p *Provider) PowerOn(ctx context.Context, server types.NamespacedName) error {
+	err := p.do(ctx, http.MethodPost, p.url(server, "power-on"), nil, nil)
+	var status *statusError
+	if errors.As(err, &status) && status.code == http.StatusConflict {
+		return controller.ErrNotInstalled
+	}
+	return err
 }

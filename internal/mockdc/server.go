@@ -15,6 +15,10 @@ import (
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 )
 
+// IgnoreACPIMarker in a profile's user-data makes the mock machine ignore the ACPI power button,
+// so a powerOff has to force it off after its grace period.
+const IgnoreACPIMarker = "mockdc:ignore-acpi"
+
 // FailMarker in a profile's user-data makes the mock datacenter fail that step, e.g.
 // "# mockdc:fail=GuestReady". It is how tests and demos inject failures through the real API.
 const FailMarker = "mockdc:fail="
@@ -88,7 +92,13 @@ type machine struct {
 	Started    time.Time
 	FailStep   string
 	Running    bool
-	IP, MAC    string
+	// ShutdownAt is when a graceful shutdown completes (zero: none asked).
+	ShutdownAt time.Time
+	// IgnoresACPI marks a guest that ignores the power button (IgnoreACPIMarker in its user-data).
+	IgnoresACPI bool
+	// PowerOns counts boots from disk (power-on), apart from installations.
+	PowerOns int
+	IP, MAC  string
 	// Repaves counts installations.
 	Repaves int
 }
@@ -119,6 +129,7 @@ type ServerReport struct {
 	Failed     bool         `json:"failed"`
 	Message    string       `json:"message,omitempty"`
 	Repaves    int          `json:"repaves"`
+	PowerOns   int          `json:"powerOns"`
 }
 
 // NewServer returns a fake datacenter.
@@ -174,6 +185,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				s.overlaps++
 			}
 			m.InstanceID, m.Started, m.Running, m.FailStep = body.InstanceID, s.cfg.Now(), true, failStep(body.UserData)
+			m.ShutdownAt, m.IgnoresACPI = time.Time{}, strings.Contains(body.UserData, IgnoreACPIMarker)
 			m.Repaves++
 			s.installs[key]++
 			s.maxInstalling = max(s.maxInstalling, s.installing())
@@ -182,8 +194,24 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, s.report(key))
 	case r.Method == http.MethodPost && action == "power-off":
 		if m := s.machines[key]; m != nil {
-			m.Running = false
+			m.Running, m.ShutdownAt = false, time.Time{}
 		}
+		w.WriteHeader(http.StatusNoContent)
+	case r.Method == http.MethodPost && action == "shutdown":
+		// The guest shuts down one StepDelay after the ACPI button, unless its user-data says it
+		// ignores the button.
+		if m := s.machines[key]; m != nil && m.Running && m.ShutdownAt.IsZero() && !m.IgnoresACPI {
+			m.ShutdownAt = s.cfg.Now().Add(s.cfg.StepDelay)
+		}
+		w.WriteHeader(http.StatusNoContent)
+	case r.Method == http.MethodPost && action == "power-on":
+		m := s.machines[key]
+		if m == nil || m.InstanceID == "" {
+			http.Error(w, "no installation to boot", http.StatusConflict)
+			return
+		}
+		m.Running, m.ShutdownAt = true, time.Time{}
+		m.PowerOns++
 		w.WriteHeader(http.StatusNoContent)
 	case r.Method == http.MethodDelete && action == "":
 		delete(s.machines, key)
@@ -212,7 +240,10 @@ func (s *Server) report(key string) ServerReport {
 	if m == nil {
 		return ServerReport{}
 	}
-	rep := ServerReport{Exists: true, Running: m.Running, InstanceID: m.InstanceID, IP: m.IP, MAC: m.MAC, Repaves: m.Repaves}
+	if !m.ShutdownAt.IsZero() && !s.cfg.Now().Before(m.ShutdownAt) {
+		m.Running, m.ShutdownAt = false, time.Time{}
+	}
+	rep := ServerReport{Exists: true, Running: m.Running, InstanceID: m.InstanceID, IP: m.IP, MAC: m.MAC, Repaves: m.Repaves, PowerOns: m.PowerOns}
 	if m.InstanceID == "" {
 		return rep
 	}

@@ -147,6 +147,9 @@ func (p *Provider) install(ctx context.Context, st *status, in installation) err
 	}
 	spec := qemu.VMSpec{Name: req.Server.Namespace + "." + req.Server.Name, Dir: dir, QMPSocket: in.qmp,
 		CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, MAC: in.mac, Tap: in.tap, Accel: p.cfg.Accel}
+	if err := writeVMSpec(dir, spec); err != nil {
+		return err
+	}
 	if err := p.vms.Start(ctx, spec); err != nil {
 		st.failStep(stargatev1.ConditionVMRunning, "QEMUFailed", err.Error())
 		return nil

@@ -109,6 +109,19 @@ func TestRepaveWithQEMU(t *testing.T) {
 		must(c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "worker-1"}, s))
 		return s
 	}
+	// The Server's status is recorded by its own reconciler, a moment after the Operation's.
+	waitServer := func(ok func(stargatev1.ServerStatus) bool) *stargatev1.Server {
+		t.Helper()
+		var s *stargatev1.Server
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			if s = server(); ok(s.Status) {
+				return s
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("server status: %+v", s.Status)
+			}
+		}
+	}
 	ping := func(ip string) {
 		t.Helper()
 		if out, err := exec.Command("ping", "-c", "3", "-W", "2", ip).CombinedOutput(); err != nil {
@@ -128,10 +141,7 @@ func TestRepaveWithQEMU(t *testing.T) {
 			t.Errorf("repave-1: condition %s not True", cond)
 		}
 	}
-	s := server()
-	if s.Status.State != stargatev1.ServerReady || s.Status.IPAddress == "" {
-		t.Fatalf("server after repave-1: %+v", s.Status)
-	}
+	s := waitServer(func(st stargatev1.ServerStatus) bool { return st.State == stargatev1.ServerReady && st.IPAddress != "" })
 	firstIP, firstInstance := s.Status.IPAddress, s.Status.InstanceID
 	ping(firstIP)
 	if !strings.Contains(console(), "STARGATE-HELLO worker-1") {
@@ -141,7 +151,7 @@ func TestRepaveWithQEMU(t *testing.T) {
 	// 2. Second repave of the same server: fresh install, same address, one VM, one tap — with the
 	// simulator restarted while the new VM boots (its in-memory state is lost; the host's is not).
 	runOp("repave-2", "hello", stargatev1.OperationSucceeded, h.restart)
-	s = server()
+	s = waitServer(func(st stargatev1.ServerStatus) bool { return st.LastOperation == "repave-2" })
 	if s.Status.IPAddress != firstIP || s.Status.InstanceID == firstInstance || s.Status.LastOperation != "repave-2" {
 		t.Errorf("after repave-2: ip %s (want %s), instance %s (want a new one), last op %s", s.Status.IPAddress, firstIP, s.Status.InstanceID, s.Status.LastOperation)
 	}
@@ -153,14 +163,60 @@ func TestRepaveWithQEMU(t *testing.T) {
 		t.Errorf("taps %v, want exactly one", taps)
 	}
 
+	// 2b. Power over QMP: a powerOff (ACPI button, forced after the grace period) stops the VM and
+	// keeps disk, address and MAC; a powerOn boots the same installation again.
+	runPower := func(name string, kind stargatev1.OperationType) *stargatev1.Operation {
+		t.Helper()
+		op := &stargatev1.Operation{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: stargatev1.OperationSpec{
+			Operation: kind, ServerRef: stargatev1.LocalObjectReference{Name: "worker-1"}}}
+		if kind == stargatev1.OperationPowerOff {
+			op.Spec.GracePeriod = &metav1.Duration{Duration: time.Minute}
+		}
+		must(c.Create(ctx, op))
+		deadline := time.Now().Add(5 * time.Minute)
+		for !op.Status.Phase.IsFinal() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not finished after 5m: %s", name, op.Status.Message)
+			}
+			time.Sleep(time.Second) // polling a power change under software emulation
+			must(c.Get(ctx, client.ObjectKeyFromObject(op), op))
+		}
+		if op.Status.Phase != stargatev1.OperationSucceeded {
+			t.Fatalf("%s: %s: %s", name, op.Status.Phase, op.Status.Message)
+		}
+		t.Logf("%s: %s", name, op.Status.Message)
+		return op
+	}
+	runPower("power-off", stargatev1.OperationPowerOff)
+	if n := countQEMU(t, work); n != 0 {
+		t.Errorf("%d QEMU processes after powerOff, want 0", n)
+	}
+	waitServer(func(st stargatev1.ServerStatus) bool {
+		return st.PowerState == stargatev1.PowerOff && st.State == stargatev1.ServerReady
+	})
+	runPower("power-on", stargatev1.OperationPowerOn)
+	if n := countQEMU(t, work); n != 1 {
+		t.Errorf("%d QEMU processes after powerOn, want 1", n)
+	}
+	s = waitServer(func(st stargatev1.ServerStatus) bool { return st.PowerState == stargatev1.PowerOn })
+	if s.Status.IPAddress != firstIP || s.Status.InstanceID != server().Status.InstanceID {
+		t.Errorf("after a power cycle: %+v", s.Status)
+	}
+	for deadline := time.Now().Add(4 * time.Minute); ; time.Sleep(5 * time.Second) { // the guest boots again under TCG
+		if exec.Command("ping", "-c", "1", "-W", "2", firstIP).Run() == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the powered-on server does not answer on %s\n%s", firstIP, console())
+		}
+	}
+
 	// 3. A profile whose user-data fails: the Operation fails, and says why.
 	op3 := runOp("repave-broken", "broken", stargatev1.OperationFailed, nil)
 	if !strings.Contains(op3.Status.Message, "cloud-init finished with errors") || !strings.Contains(op3.Status.Message, "serial console") {
 		t.Errorf("failure message does not explain: %s", op3.Status.Message)
 	}
-	if s := server(); s.Status.State != stargatev1.ServerError {
-		t.Errorf("server state %s after a failed repave, want Error", s.Status.State)
-	}
+	waitServer(func(st stargatev1.ServerStatus) bool { return st.State == stargatev1.ServerError })
 
 	// 4. Delete the server: nothing may remain.
 	must(c.Delete(ctx, server()))

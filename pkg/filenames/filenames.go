@@ -43,6 +43,9 @@ const (
 	InstanceIDFile = "instance-id"
 	// QEMULogFile holds QEMU's output when it failed to start.
 	QEMULogFile = "qemu.log"
+	// VMSpecFile holds the VM's QEMU settings (CPUs, memory, MAC, tap) as JSON, written when the
+	// installation starts, so that a power-on boots the same machine again.
+	VMSpecFile = "vm.json"
 	// MACFile holds the MAC address of the VM's network interface, claimed before anything else
 	// of an installation, so that no two Servers on one host boot with the same MAC.
 	MACFile = "mac"

@@ -1,0 +1,85 @@
+package simulator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"stargate.io/stargate/internal/controller"
+	"stargate.io/stargate/pkg/filenames"
+	"stargate.io/stargate/pkg/hostnet"
+	"stargate.io/stargate/pkg/qemu"
+)
+
+// writeVMSpec records how the VM in dir is started, for later power-ons.
+func writeVMSpec(dir string, spec qemu.VMSpec) error {
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return fmt.Errorf("encoding VM settings: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, filenames.VMSpecFile), b, 0o600); err != nil {
+		return fmt.Errorf("recording VM settings: %w", err)
+	}
+	return nil
+}
+
+// Shutdown presses the VM's ACPI power button; the guest shuts down and QEMU exits.
+func (p *Provider) Shutdown(_ context.Context, server types.NamespacedName) error {
+	defer p.lock(server)()
+	dir := p.VMDir(server)
+	qmp, err := p.layout.QMPSocket(dir)
+	if err != nil {
+		return err
+	}
+	return p.vms.Powerdown(dir, qmp)
+}
+
+// PowerOn boots the server's installed disk again with the settings it was installed with: same
+// CPUs, memory, MAC, tap and address; the seed keeps the instance-id, so cloud-init does not run
+// the installation again.
+func (p *Provider) PowerOn(ctx context.Context, server types.NamespacedName) error {
+	defer p.lock(server)()
+	dir := p.VMDir(server)
+	if vm, err := p.vms.Status(dir); err != nil || vm.Running {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dir, filenames.InstanceIDFile)); errors.Is(err, os.ErrNotExist) {
+		return controller.ErrNotInstalled
+	}
+	b, err := os.ReadFile(filepath.Join(dir, filenames.VMSpecFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return controller.ErrNotInstalled
+	}
+	if err != nil {
+		return fmt.Errorf("reading VM settings: %w", err)
+	}
+	var spec qemu.VMSpec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return fmt.Errorf("reading VM settings: %w", err)
+	}
+	// The file is ours, but the paths must still be this Server's: never boot another directory.
+	qmp, err := p.layout.QMPSocket(dir)
+	if err != nil {
+		return err
+	}
+	spec.Dir, spec.QMPSocket, spec.Accel, spec.Tap = dir, qmp, p.cfg.Accel, hostnet.TapName(identity(server))
+	if mac := recordedMAC(dir); mac != "" {
+		spec.MAC = mac
+	}
+	if err := p.net.Ensure(); err != nil {
+		return fmt.Errorf("setting up the simulator network: %w", err)
+	}
+	if err := p.net.EnsureTap(spec.Tap); err != nil {
+		return fmt.Errorf("attaching the VM: %w", err)
+	}
+	if err := p.vms.Start(ctx, spec); err != nil {
+		return fmt.Errorf("starting the VM: %w", err)
+	}
+	p.cfg.Log.Info("VM powered on", "server", identity(server))
+	return nil
+}
