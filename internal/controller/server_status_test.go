@@ -58,7 +58,7 @@ func TestDesiredServerStatus(t *testing.T) {
 		{name: "powering on", ops: []stargatev1.Operation{succeeded, powerOp("on1", stargatev1.OperationPowerOn, stargatev1.OperationRunning, 30)},
 			machine: down, state: stargatev1.ServerReady, last: "on1", power: stargatev1.PowerOff},
 		{name: "powered on, then stopped on its own",
-			ops: []stargatev1.Operation{succeeded, powerOp("on1", stargatev1.OperationPowerOn, stargatev1.OperationSucceeded, 30)},
+			ops:     []stargatev1.Operation{succeeded, powerOp("on1", stargatev1.OperationPowerOn, stargatev1.OperationSucceeded, 30)},
 			machine: down, state: stargatev1.ServerError, last: "on1", reason: "MachineStopped", power: stargatev1.PowerOff},
 		{name: "powered on again after a stop", ops: []stargatev1.Operation{succeeded, powerOp("on1", stargatev1.OperationPowerOn, stargatev1.OperationSucceeded, 30)},
 			status:  stargatev1.ServerStatus{State: stargatev1.ServerError, LastOperation: "op1"},
