@@ -36,7 +36,7 @@ func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) erro
 	// other host files must never reach qemu-img create or QEMU, whoever put it here.
 	info, err := InspectBaseImage(ctx, absBase)
 	if err != nil {
-		return err
+		return fmt.Errorf("base image %s: %w", absBase, err)
 	}
 	size := max(sizeBytes, info.VirtualSize)
 	size = (size + diskSectorSize - 1) / diskSectorSize * diskSectorSize

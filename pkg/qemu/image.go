@@ -64,7 +64,7 @@ var otherFormats = []struct {
 }{
 	{0, "KDMV", "VMDK"},
 	{0, "COWD", "VMDK (ESX COWD)"},
-	{0, "# Disk DescriptorFile", "VMDK descriptor"},
+	{0, "# Disk DescriptorFile", "VMDK (descriptor)"},
 	{0, "vhdxfile", "VHDX"},
 	{0, "conectix", "VHD"},
 	{0, "QED\x00", "QED"},
@@ -85,7 +85,8 @@ type BaseImage struct {
 }
 
 // InspectBaseImage checks that path is a disk image Stargate may boot and returns its format
-// and virtual size; anything else is an error wrapping ErrUnsupportedImage.
+// and virtual size; anything else is an error wrapping ErrUnsupportedImage. Errors about the
+// content do not name path (the caller knows what the file stands for, e.g. a URL).
 //
 // The format is recognised from the file's first bytes here, never by qemu-img: probing makes
 // QEMU interpret an untrusted file by whatever format it claims to be. A qcow2's header is read
@@ -97,33 +98,33 @@ func InspectBaseImage(ctx context.Context, path string) (BaseImage, error) {
 	// O_NONBLOCK: opening a FIFO must not block; O_NOFOLLOW: the path is the file itself.
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
 	if err != nil {
-		return BaseImage{}, fmt.Errorf("inspecting image %s: %w", path, err)
+		return BaseImage{}, fmt.Errorf("inspecting image: %w", err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return BaseImage{}, fmt.Errorf("inspecting image %s: %w", path, err)
+		return BaseImage{}, fmt.Errorf("inspecting image: %w", err)
 	}
 	if !fi.Mode().IsRegular() {
-		return BaseImage{}, fmt.Errorf("image %s is not a regular file: %w", path, ErrUnsupportedImage)
+		return BaseImage{}, fmt.Errorf("not a regular file: %w", ErrUnsupportedImage)
 	}
 	head := make([]byte, headerProbeSize)
 	n, err := io.ReadFull(f, head)
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return BaseImage{}, fmt.Errorf("inspecting image %s: %w", path, err)
+		return BaseImage{}, fmt.Errorf("inspecting image: %w", err)
 	}
 	head = head[:n]
 
 	format, err := DetectImageFormat(head)
 	if err != nil {
-		return BaseImage{}, fmt.Errorf("image %s: %w", path, err)
+		return BaseImage{}, err
 	}
 	if format == FormatRaw {
 		return BaseImage{Format: FormatRaw, VirtualSize: fi.Size()}, nil
 	}
 	size, err := checkQCOW2Header(f, head)
 	if err != nil {
-		return BaseImage{}, fmt.Errorf("image %s: %w", path, err)
+		return BaseImage{}, err
 	}
 	if err := checkQCOW2Info(ctx, path); err != nil {
 		return BaseImage{}, err
@@ -274,21 +275,21 @@ func checkQCOW2Info(ctx context.Context, path string) error {
 	// query must not fail because of them.
 	out, err := execQemuImg(ctx, "info", "-f", FormatQCOW2, "--force-share", "--output=json", path)
 	if err != nil {
-		return fmt.Errorf("inspecting image %s: %w", path, err)
+		return fmt.Errorf("inspecting image: %w", err)
 	}
 	var info qemuImgInfo
 	if err := json.Unmarshal(out, &info); err != nil {
-		return fmt.Errorf("inspecting image %s: parsing qemu-img output: %w", path, err)
+		return fmt.Errorf("inspecting image: parsing qemu-img output: %w", err)
 	}
 	switch {
 	case info.Format != FormatQCOW2:
-		return fmt.Errorf("image %s: qemu-img reports format %q, not qcow2: %w", path, info.Format, ErrUnsupportedImage)
+		return fmt.Errorf("qemu-img reports format %q, not qcow2: %w", info.Format, ErrUnsupportedImage)
 	case info.BackingFilename != "" || info.FullBackingFilename != "":
-		return fmt.Errorf("image %s has a backing file; a base image must be self-contained: %w", path, ErrUnsupportedImage)
+		return fmt.Errorf("the qcow2 image has a backing file; a base image must be self-contained: %w", ErrUnsupportedImage)
 	case info.FormatSpecific.Data.DataFile != "":
-		return fmt.Errorf("image %s keeps its data in an external data file: %w", path, ErrUnsupportedImage)
+		return fmt.Errorf("the qcow2 image keeps its data in an external data file: %w", ErrUnsupportedImage)
 	case info.Encrypted || len(info.FormatSpecific.Data.Encrypt) > 0:
-		return fmt.Errorf("image %s is encrypted: %w", path, ErrUnsupportedImage)
+		return fmt.Errorf("the qcow2 image is encrypted: %w", ErrUnsupportedImage)
 	}
 	return nil
 }

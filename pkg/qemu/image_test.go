@@ -91,7 +91,7 @@ func TestInspectBaseImage(t *testing.T) {
 		{"HTML page", imageTestFile(t, dir, "page.html", "<!DOCTYPE html><html><body>Welcome to nginx!</body></html>\n"), "", 0, "looks like text"},
 		{"text file", imageTestFile(t, dir, "notes.txt", strings.Repeat("not a disk\n", 200)), "", 0, "not a disk image"},
 		{"VMDK descriptor", imageTestFile(t, dir, "desc.vmdk", "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n"+
-			"createType=\"monolithicFlat\"\nRW 8 FLAT \""+secret+"\" 0\n"), "", 0, "VMDK descriptor"},
+			"createType=\"monolithicFlat\"\nRW 8 FLAT \""+secret+"\" 0\n"), "", 0, "VMDK (descriptor)"},
 		{"VMDK", vmdk, "", 0, "VMDK"},
 		{"VHDX", vhdx, "", 0, "VHDX"},
 		{"qcow version 1", qcow1, "", 0, "qcow version 1"},
