@@ -60,9 +60,11 @@ func TestInspectBaseImage(t *testing.T) {
 	diskTestRun(t, "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", secret, backed, "16M")
 	dataFile := filepath.Join(dir, "datafile.qcow2")
 	diskTestRun(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "data_file="+filepath.Join(dir, "data.bin"), dataFile, "16M")
+	// An encrypted qcow2: crypt_method 2 (LUKS) in a real header. Not made by qemu-img: its LUKS
+	// key derivation benchmark fails on a busy machine ("Unable to get accurate CPU usage").
 	encrypted := filepath.Join(dir, "encrypted.qcow2")
-	diskTestRun(t, "qemu-img", "create", "-q", "--object", "secret,id=sec0,data=hunter2", "-f", "qcow2",
-		"-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", encrypted, "16M")
+	diskTestRun(t, "qemu-img", "create", "-q", "-f", "qcow2", encrypted, "16M")
+	diskTestWriteAt(t, encrypted, 32, []byte{0, 0, 0, 2})
 	vmdk := filepath.Join(dir, "disk.vmdk")
 	diskTestRun(t, "qemu-img", "create", "-q", "-f", "vmdk", vmdk, "16M")
 	vhdx := filepath.Join(dir, "disk.vhdx")
