@@ -296,7 +296,10 @@ k wait --for=condition=Established crd/servers.stargate.io crd/provisioningprofi
 	crd/operations.stargate.io --timeout=60s >/dev/null
 
 t="${SECONDS}"
+# --image-dir: the profile names the guest image by a file:// URL, which the simulator reads only
+# below the directories it is given.
 ip netns exec "${NS}" "${SIMULATOR}" --kubeconfig "${KCFG}" --accel tcg --work-dir "${WORK_DIR}" \
+	--image-dir "$(dirname "${IMAGE}")" \
 	--metrics-bind-address 0 --health-probe-bind-address 0 --poll-interval 2s >"${SIM_LOG}" 2>&1 &
 SIM_PID=$!
 deadline=$((SECONDS + 60))

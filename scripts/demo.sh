@@ -104,7 +104,9 @@ spec:
   serverRef: {name: ${SERVER}}
   provisioningProfileRef: {name: k8s-worker}
 YAML
-	SIM_ARGS=(--accel "${ACCEL:-tcg}")
+	# The profile names the guest image by a file:// URL: the simulator reads files only below the
+	# directories it is given with --image-dir.
+	SIM_ARGS=(--accel "${ACCEL:-tcg}" --image-dir "$(dirname "${image}")")
 }
 
 start_simulator() {

@@ -547,6 +547,8 @@ cmd_profile() {
 		die "the profile template has a placeholder this script does not know: ${BASH_REMATCH[0]}"
 	fi
 	printf '%s\n' "${text}"
+	# The simulator reads file:// images only below the directories it is given (stderr: stdout is the YAML).
+	log "the profile names ${image} by a file:// URL: run the simulator with --image-dir ${image%/*}"
 }
 
 cmd_kubeconfig_path() {

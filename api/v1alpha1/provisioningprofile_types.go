@@ -9,8 +9,18 @@ const DefaultImageURL = "https://cloud-images.ubuntu.com/jammy/current/jammy-ser
 
 // ImageSource says where an OS image comes from and how to verify it.
 type ImageSource struct {
-	// URL of a bootable cloud image (qcow2 or raw) with cloud-init. http, https and file URLs are
-	// supported. Images are downloaded once per URL and cached on the datacenter host.
+	// URL of a bootable cloud image with cloud-init: a qcow2 image without backing or external
+	// data file, or a raw disk with a partition table (anything else, e.g. an HTML page, a VMDK,
+	// fails with reason UnsupportedImage). Images are downloaded once per URL and cached on the
+	// datacenter host, and the host decides what it fetches:
+	// http and https URLs may not reach loopback, link-local (cloud metadata), multicast or
+	// unspecified addresses, the host's own addresses or its VM network, also after a redirect
+	// (at most 5, never from https to http), unless the simulator's operator allows them with
+	// --allow-image-hosts; file:///abs/path URLs are read only below directories the operator
+	// lists with --image-dir (none by default), symlinks resolved. A refused URL fails with reason
+	// ImageSourceNotAllowed. Downloads are limited in size (--max-image-size, default 20Gi:
+	// ImageTooLarge) and fail when no data arrives for a minute (DownloadStalled; the next
+	// Operation tries again).
 	// +kubebuilder:default="https://cloud-images.ubuntu.com/jammy/current/jammy-server-cloudimg-amd64.img"
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=2048

@@ -60,6 +60,14 @@ type Options struct {
 	MetricsAddr    string
 	ProbeAddr      string
 	Teardown       bool
+
+	// Image policy (images.go): which image URLs profiles may name, and download limits.
+	ImageDirs           []string
+	AllowImageHosts     []string
+	MaxImageSize        string
+	ImageConnectTimeout time.Duration
+	ImageHeaderTimeout  time.Duration
+	ImageStallTimeout   time.Duration
 }
 
 // BindFlags registers the options on fs, with their defaults.
@@ -90,6 +98,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", "127.0.0.1:8080", "Prometheus metrics address (0 disables)")
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", "127.0.0.1:8081", "health and readiness probe address (0 disables)")
 	fs.BoolVar(&o.Teardown, "teardown", false, "stop and remove every VM in --work-dir, then the bridge and NAT rules, and exit (no cluster needed)")
+	o.bindImageFlags(fs)
 }
 
 // Teardown leaves the host as the simulator found it (but for the image cache).
@@ -269,6 +278,10 @@ func newSimulator(o Options, log interface{ Info(string, ...any) }) (*simulator.
 		}
 		cfg.DNS = append(cfg.DNS, a)
 	}
+	if cfg.Images, err = imagePolicy(o); err != nil {
+		return nil, err
+	}
+	log.Info("image sources", "fileDirs", cfg.Images.FileDirs, "allowedHosts", cfg.Images.AllowHosts, "maxImageSize", o.MaxImageSize)
 	log.Info("simulator host", "accel", accel, "bridge", o.Bridge, "gateway", gw, "workDir", o.WorkDir)
 	return simulator.New(cfg)
 }

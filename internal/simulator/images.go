@@ -1,69 +1,209 @@
 package simulator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
+	"strings"
 	"sync/atomic"
+	"time"
 
+	stargatev1 "stargate.io/stargate/api/v1alpha1"
+	"stargate.io/stargate/internal/controller"
 	"stargate.io/stargate/pkg/imagecache"
+	"stargate.io/stargate/pkg/qemu"
 )
+
+// DefaultImageIdleTimeout is how long a download runs on after the last repave asked about it:
+// much longer than a poll interval, so only a download nobody waits for any more is cancelled.
+const DefaultImageIdleTimeout = 2 * time.Minute
+
+// ImagePolicy says which image URLs this host fetches, and within which limits. Profiles are
+// written by tenants, the simulator runs as root: everything not allowed here is refused.
+type ImagePolicy struct {
+	// FileDirs are the directories file:// image URLs may name files below (--image-dir).
+	// None: file URLs are refused.
+	FileDirs []string
+	// AllowHosts are addresses http(s) image URLs may reach although they are refused by
+	// default: loopback, link-local, multicast, this host's addresses and the VM network
+	// (--allow-image-hosts).
+	AllowHosts []netip.Prefix
+	// MaxBytes is the largest image fetched (--max-image-size); 0 means imagecache.DefaultMaxBytes.
+	MaxBytes int64
+	// ConnectTimeout, HeaderTimeout and StallTimeout bound a download's connect (and TLS
+	// handshake), the wait for response headers, and a pause in the body; 0 means the
+	// imagecache defaults.
+	ConnectTimeout, HeaderTimeout, StallTimeout time.Duration
+	// IdleTimeout cancels a download no repave asked about for this long; 0 means
+	// DefaultImageIdleTimeout.
+	IdleTimeout time.Duration
+}
+
+// newImageCache is the image cache of a host: its policy, the VM network refused (other
+// tenants' VMs live there), and only real disk images cached.
+func newImageCache(dir string, pol ImagePolicy, vmNet netip.Prefix) *imagecache.Cache {
+	c := &imagecache.Cache{
+		Dir: dir, FileDirs: pol.FileDirs, AllowHosts: pol.AllowHosts, MaxBytes: pol.MaxBytes,
+		ConnectTimeout: pol.ConnectTimeout, HeaderTimeout: pol.HeaderTimeout, StallTimeout: pol.StallTimeout,
+		Verify: func(ctx context.Context, path string) error {
+			_, err := qemu.InspectBaseImage(ctx, path)
+			return err
+		},
+	}
+	if vmNet.IsValid() {
+		c.DenyHosts = []netip.Prefix{vmNet.Masked()}
+	}
+	return c
+}
+
+// errNobodyWaits cancels a download no repave asked about for the idle timeout.
+var errNobodyWaits = errors.New("no repave asked for the download any more")
 
 // imageFetch is a download running in the background, shared by every repave of the same image.
 type imageFetch struct {
 	done        atomic.Bool
 	bytes, size atomic.Int64
+	started     time.Time
+	asked       atomic.Int64 // UnixNano of the last time a repave asked about it
 	image       imagecache.Image
 	err         error
+	// askers are the instance-ids of the repaves that asked while it ran: only they are told
+	// it failed; any other repave starts a new download. Guarded by Provider.mu.
+	askers map[string]bool
 }
 
-// fetchImage returns the background download of an image, starting it when needed.
-func (p *Provider) fetchImage(url, checksum string) *imageFetch {
+// image is a repave's image step. It returns the cached image's path once it is there, or ""
+// with ImageReady in progress (downloading in the background) or failed.
+func (p *Provider) image(ctx context.Context, st *status, req controller.RepaveRequest) string {
+	img, ok, err := p.images.Lookup(ctx, req.ImageURL, req.ImageChecksum)
+	if err == nil && !ok {
+		f := p.fetchImage(req.ImageURL, req.ImageChecksum, req.InstanceID)
+		if !f.done.Load() {
+			st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Downloading",
+				downloadMessage(req.ImageURL, f.bytes.Load(), f.size.Load(), time.Since(f.started)))
+			return ""
+		}
+		img, err = f.image, f.err
+	}
+	if err != nil {
+		reason, hint := imageFailureReason(err, req.ImageURL)
+		st.failStep(stargatev1.ConditionImageReady, reason, fmt.Sprintf("Fetching the OS image failed: %v%s", err, hint))
+		return ""
+	}
+	st.set(stargatev1.ConditionImageReady, controller.StepDone, "Cached",
+		fmt.Sprintf("Image %s cached (%s, %s)", req.ImageURL, img.Digest, formatBytes(img.Size)))
+	return img.Path
+}
+
+// fetchImage returns the background download of an image for the repave of instanceID,
+// starting one when there is none, or when the last one failed before this repave asked (the
+// URL may be fixed by now, the server back): a failure is reported only to the repaves that
+// waited for it.
+func (p *Provider) fetchImage(url, checksum, instanceID string) *imageFetch {
 	key := url + "\x00" + checksum
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if f, ok := p.fetches[key]; ok {
+	f, ok := p.fetches[key]
+	if ok && (!f.done.Load() || f.askers[instanceID]) {
+		f.askers[instanceID] = true
+		f.asked.Store(time.Now().UnixNano())
 		return f
 	}
-	f := &imageFetch{}
+	f = &imageFetch{started: time.Now(), askers: map[string]bool{instanceID: true}}
 	f.size.Store(-1)
+	f.asked.Store(time.Now().UnixNano())
 	p.fetches[key] = f
+	ctx, cancel := context.WithCancelCause(context.Background())
+	idle := cmp.Or(p.cfg.Images.IdleTimeout, DefaultImageIdleTimeout)
+	go p.watchFetch(key, f, idle, cancel)
 	go func() {
-		img, err := p.images.Fetch(context.Background(), url, checksum, func(done, total int64) {
+		img, err := p.images.Fetch(ctx, url, checksum, func(done, total int64) {
 			f.bytes.Store(done)
 			f.size.Store(total)
 		})
+		p.mu.Lock()
+		defer p.mu.Unlock()
 		f.image, f.err = img, err
 		f.done.Store(true)
+		cancel(nil)
+		// A success is in the cache now, where the next repave finds it (checked on use); only
+		// a failure is kept, for the repaves that wait for its verdict.
+		if err == nil && p.fetches[key] == f {
+			delete(p.fetches, key)
+		}
 	}()
 	return f
 }
 
-// forgetFailedFetch drops a failed download once it has been reported, so the next repave tries
-// again (the URL may be fixed by then).
-func (p *Provider) forgetFailedFetch(url, checksum string, f *imageFetch) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.fetches[url+"\x00"+checksum] == f {
-		delete(p.fetches, url+"\x00"+checksum)
+// watchFetch cancels a download no repave asked about for idle (its Operations failed, were
+// deleted, or the controller moved on), so a stalled or unwanted download does not run on.
+// It is forgotten too: whoever asks next starts afresh.
+func (p *Provider) watchFetch(key string, f *imageFetch, idle time.Duration, cancel context.CancelCauseFunc) {
+	tick := time.NewTicker(max(idle/4, 10*time.Millisecond))
+	defer tick.Stop()
+	for range tick.C {
+		if f.done.Load() {
+			return
+		}
+		if time.Since(time.Unix(0, f.asked.Load())) > idle {
+			p.mu.Lock()
+			if p.fetches[key] == f {
+				delete(p.fetches, key)
+			}
+			p.mu.Unlock()
+			cancel(errNobodyWaits)
+			return
+		}
 	}
 }
 
-// downloadMessage is ImageReady's message while an image downloads.
-func downloadMessage(url string, done, total int64) string {
+// downloadMessage is ImageReady's message while an image downloads: bytes, percentage and the
+// average rate so far.
+func downloadMessage(url string, done, total int64, elapsed time.Duration) string {
+	rate := ""
+	if s := elapsed.Seconds(); s >= 1 && done > 0 {
+		rate = fmt.Sprintf(", %s/s", formatBytes(int64(float64(done)/s)))
+	}
 	if total > 0 {
-		return fmt.Sprintf("Downloading %s: %d of %d MiB (%d%%)", url, done>>20, total>>20, done*100/total)
+		return fmt.Sprintf("Downloading %s: %s of %s (%d%%)%s", url, formatBytes(done), formatBytes(total), done*100/total, rate)
 	}
-	return fmt.Sprintf("Downloading %s: %d MiB", url, done>>20)
+	return fmt.Sprintf("Downloading %s: %s%s", url, formatBytes(done), rate)
 }
 
-// imageFailureReason is ImageReady's reason for a failed fetch: one a user can act on.
-func imageFailureReason(err error) string {
+// formatBytes writes a size for humans: "512 B", "3.4 MiB", "1.2 GiB".
+func formatBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
+
+// imageFailureReason is ImageReady's reason for a failed fetch of url, one a user can act on,
+// and a hint for the message when the fix is the host operator's.
+func imageFailureReason(err error, url string) (reason, hint string) {
 	switch {
 	case errors.Is(err, imagecache.ErrChecksumMismatch):
-		return "ChecksumMismatch"
+		return "ChecksumMismatch", ""
 	case errors.Is(err, imagecache.ErrNotFound):
-		return "ImageNotFound"
+		return "ImageNotFound", ""
+	case errors.Is(err, qemu.ErrUnsupportedImage):
+		return "UnsupportedImage", " (only qcow2 images without backing or data files, and raw disks with a partition table, are booted)"
+	case errors.Is(err, imagecache.ErrNotAllowed) && strings.HasPrefix(url, "file:"):
+		return "ImageSourceNotAllowed", " (the simulator's operator allows directories for file:// images with --image-dir)"
+	case errors.Is(err, imagecache.ErrNotAllowed):
+		return "ImageSourceNotAllowed", " (the simulator's operator allows otherwise refused addresses with --allow-image-hosts)"
+	case errors.Is(err, imagecache.ErrTooLarge):
+		return "ImageTooLarge", " (the simulator's operator sets the limit with --max-image-size)"
+	case errors.Is(err, imagecache.ErrStalled):
+		return "DownloadStalled", " (the next Operation tries again)"
 	}
-	return "ImageFetchFailed"
+	return "ImageFetchFailed", ""
 }

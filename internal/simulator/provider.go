@@ -45,6 +45,9 @@ type Config struct {
 	// BootTimeout: a guest that shows no sign of cloud-init on its console this long after QEMU
 	// started is declared hung (default 5m).
 	BootTimeout time.Duration
+	// Images says which image URLs this host fetches and within which limits; the zero value
+	// fetches http(s) from public addresses only, with the imagecache defaults.
+	Images ImagePolicy
 	// Log receives what an operator of the host wants to know: VMs started, servers released.
 	Log logr.Logger
 }
@@ -99,16 +102,19 @@ func New(cfg Config) (*Provider, error) {
 			return nil, fmt.Errorf("creating work directory: %w", err)
 		}
 	}
-	// VM directories hold seeds with user-data and consoles: keep them root-only.
-	if err := os.Chmod(layout.VMsDir(), 0o700); err != nil {
-		return nil, fmt.Errorf("securing VM directories: %w", err)
+	// VM directories hold seeds with user-data and consoles, the image cache whatever tenants'
+	// URLs served: keep them root-only (the cache makes its entries 0700/0600 on use).
+	for _, d := range []string{layout.VMsDir(), layout.ImagesDir()} {
+		if err := os.Chmod(d, 0o700); err != nil {
+			return nil, fmt.Errorf("securing %s: %w", d, err)
+		}
 	}
 	if err := network.Ensure(); err != nil {
 		return nil, fmt.Errorf("setting up the simulator network: %w", err)
 	}
 	return &Provider{
 		cfg:     cfg,
-		images:  &imagecache.Cache{Dir: layout.ImagesDir()},
+		images:  newImageCache(layout.ImagesDir(), cfg.Images, subnet),
 		ipam:    &ipam.Pool{Dir: layout.poolDir(cfg.Network.Bridge), First: cfg.FirstIP, Last: cfg.LastIP},
 		net:     network,
 		vms:     qemu.VMs{QEMU: cfg.QEMU},

@@ -50,18 +50,8 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	var base string
 	if installed {
 		st.set(stargatev1.ConditionImageReady, controller.StepDone, "Cached", fmt.Sprintf("Image %s in use by this installation", req.ImageURL))
-	} else {
-		f := p.fetchImage(req.ImageURL, req.ImageChecksum)
-		if !f.done.Load() {
-			st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Downloading", downloadMessage(req.ImageURL, f.bytes.Load(), f.size.Load()))
-			return st.finish(), nil
-		}
-		if f.err != nil {
-			p.forgetFailedFetch(req.ImageURL, req.ImageChecksum, f)
-			return st.fail(stargatev1.ConditionImageReady, imageFailureReason(f.err), fmt.Sprintf("Fetching the OS image failed: %v", f.err)), nil
-		}
-		st.set(stargatev1.ConditionImageReady, controller.StepDone, "Cached", fmt.Sprintf("Image %s cached (%s, %d MiB)", req.ImageURL, f.image.Digest, f.image.Size>>20))
-		base = f.image.Path
+	} else if base = p.image(ctx, st, req); base == "" {
+		return st.finish(), nil
 	}
 
 	qmp, err := p.layout.QMPSocket(dir)
@@ -142,6 +132,11 @@ func (p *Provider) install(ctx context.Context, st *status, in installation) err
 		return nil
 	}
 	if err := qemu.CreateOverlay(ctx, in.base, filepath.Join(dir, filenames.DiskFile), req.DiskBytes); err != nil {
+		if errors.Is(err, qemu.ErrUnsupportedImage) { // checked when cached: only if changed since
+			reason, hint := imageFailureReason(err, req.ImageURL)
+			st.failStep(stargatev1.ConditionImageReady, reason, fmt.Sprintf("The OS image cannot be booted: %v%s", err, hint))
+			return nil
+		}
 		st.failStep(stargatev1.ConditionVMRunning, "DiskFailed", fmt.Sprintf("Creating the VM disk failed: %v", err))
 		return nil
 	}
@@ -174,16 +169,18 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 	switch {
 	case result.Done && len(result.Errors) > 0:
 		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
-		return st.fail(stargatev1.ConditionGuestReady, "CloudInitFailed", fmt.Sprintf("cloud-init finished with errors: %s\n--- last lines of the serial console (%s) ---\n%s",
-			strings.Join(result.Errors, "; "), filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
+		return st.fail(stargatev1.ConditionGuestReady, "CloudInitFailed",
+			fmt.Sprintf("cloud-init finished with errors: %s\n--- last lines of the serial console (%s) ---\n%s",
+				strings.Join(result.Errors, "; "), filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
 	case result.Done:
 		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
 		st.set(stargatev1.ConditionGuestReady, controller.StepDone, "CloudInitDone", fmt.Sprintf("cloud-init finished without errors %s after QEMU started", up))
 		st.Done = true
 		return st.finish()
 	case err != nil || !vm.Running:
-		return st.fail(stargatev1.ConditionVMRunning, "VMExited", fmt.Sprintf("The VM exited %s after starting, before cloud-init finished\n--- last lines of the serial console (%s) ---\n%s",
-			up, filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
+		return st.fail(stargatev1.ConditionVMRunning, "VMExited",
+			fmt.Sprintf("The VM exited %s after starting, before cloud-init finished\n--- last lines of the serial console (%s) ---\n%s",
+				up, filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
 	}
 	st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", fmt.Sprintf("QEMU pid %d, accel %s", vm.PID, p.cfg.Accel))
 	if up > p.cfg.BootTimeout && !strings.Contains(string(console), "cloud-init") {
@@ -191,8 +188,9 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 		if p.cfg.Accel == qemu.AccelKVM {
 			hint = " With KVM this usually means /dev/kvm exists but does not work on this host (nested virtualisation): run the simulator with --accel=tcg."
 		}
-		return st.fail(stargatev1.ConditionGuestReady, "BootHung", fmt.Sprintf("The guest showed no sign of cloud-init within %s of starting (boot watchdog).%s\n--- last lines of the serial console ---\n%s",
-			p.cfg.BootTimeout, hint, cloudinit.ConsoleTail(console, 25, 3000)))
+		return st.fail(stargatev1.ConditionGuestReady, "BootHung",
+			fmt.Sprintf("The guest showed no sign of cloud-init within %s of starting (boot watchdog).%s\n--- last lines of the serial console ---\n%s",
+				p.cfg.BootTimeout, hint, cloudinit.ConsoleTail(console, 25, 3000)))
 	}
 	st.set(stargatev1.ConditionGuestReady, controller.StepInProgress, "Booting", fmt.Sprintf("Waiting for cloud-init to finish (VM up %s); console: %s",
 		up, lastLine(console)))

@@ -302,9 +302,15 @@ func newSimHarness(t testing.TB, bridge string) *simHarness {
 	}
 	t.Cleanup(func() { _ = env.Stop() })
 	ctrl.SetLogger(logr.Discard())
+	// file:// images only from a directory of the test's own and the guest image's.
+	imageDirs := []string{t.TempDir()}
+	if image := os.Getenv("STARGATE_GUEST_IMAGE"); image != "" {
+		imageDirs = append(imageDirs, filepath.Dir(image))
+	}
 	h := &simHarness{t: t, env: env, cfg: simulator.Config{
 		WorkDir: t.TempDir(), Accel: qemu.AccelTCG, BootTimeout: 8 * time.Minute, Log: logr.Discard(),
 		Network: hostnet.Config{Bridge: bridge, Gateway: netip.MustParsePrefix("192.168.100.1/24"), NAT: true},
+		Images:  simulator.ImagePolicy{FileDirs: imageDirs},
 	}}
 	h.start()
 	t.Cleanup(func() {
@@ -316,23 +322,27 @@ func newSimHarness(t testing.TB, bridge string) *simHarness {
 	return h
 }
 
-// TestRepaveFailsClearlyOnBadImage: an image that does not exist, or does not match its checksum,
-// fails the repave at ImageReady with a reason a user can act on, before any VM is made.
+// TestRepaveFailsClearlyOnBadImage: an image that does not exist, does not match its checksum,
+// lies outside the allowed image directories or is not a disk image fails the repave at
+// ImageReady with a reason a user can act on, before any VM is made.
 func TestRepaveFailsClearlyOnBadImage(t *testing.T) {
 	netnstest.Require(t)
-	env, _, work := startSimulator(t, "sgimg-br0")
+	h := newSimHarness(t, "sgimg-br0")
+	env, work, srcDir := h.env, h.cfg.WorkDir, h.cfg.Images.FileDirs[0]
 	ctx := context.Background()
 	c := env.Client
 	if err := c.Create(ctx, testenv.Namespace(ns)); err != nil {
 		t.Fatal(err)
 	}
-	img := filepath.Join(t.TempDir(), "tiny.img")
+	img := filepath.Join(srcDir, "tiny.img")
 	if err := os.WriteFile(img, []byte("not really an image"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cases := []struct{ name, url, checksum, reason, msg string }{
-		{"missing", "file:///nonexistent/stargate-test.img", "", "ImageNotFound", "nonexistent"},
+		{"missing", "file://" + srcDir + "/nonexistent.img", "", "ImageNotFound", "nonexistent"},
 		{"mismatch", "file://" + img, "sha256:" + strings.Repeat("0", 64), "ChecksumMismatch", "checksum"},
+		{"shadow", "file:///etc/shadow", "", "ImageSourceNotAllowed", "--image-dir"},
+		{"text", "file://" + img, "", "UnsupportedImage", "not a disk image"},
 	}
 	for _, tc := range cases {
 		if err := c.Create(ctx, &stargatev1.Server{ObjectMeta: metav1.ObjectMeta{Name: "s-" + tc.name, Namespace: ns}}); err != nil {

@@ -10,7 +10,7 @@ import (
 func BenchmarkImageCacheHit(b *testing.B) {
 	content := imgTestContent(1 << 20)
 	srv, gets := imgServer(b, content)
-	c := &Cache{Dir: b.TempDir()}
+	c := imgCache(b.TempDir())
 	rawURL := srv.URL + "/img"
 	checksum := imgSHA256(content)
 	if _, err := c.Fetch(b.Context(), rawURL, checksum, nil); err != nil {
@@ -34,7 +34,7 @@ func BenchmarkImageCacheHit(b *testing.B) {
 func BenchmarkFetchDownload(b *testing.B) {
 	content := imgTestContent(8 << 20)
 	srv, _ := imgServer(b, content)
-	c := &Cache{Dir: b.TempDir()}
+	c := imgCache(b.TempDir())
 	rawURL := srv.URL + "/img"
 	entry := imgEntryDir(c.Dir, rawURL)
 	checksum := imgSHA256(content)

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -53,11 +54,17 @@ func imgServer(t testing.TB, content []byte) (*httptest.Server, *atomic.Int64) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gets.Add(1)
 		w.Header().Set("Content-Length", strconv.Itoa(len(content)))
-		w.Write(content)
+		_, _ = w.Write(content)
 	}))
 	t.Cleanup(srv.Close)
 	return srv, &gets
 }
+
+// imgLoopback allows the loopback addresses httptest servers listen on.
+var imgLoopback = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+
+// imgCache is a cache in dir that may fetch from httptest servers.
+func imgCache(dir string) *Cache { return &Cache{Dir: dir, AllowHosts: imgLoopback} }
 
 // imgEntryDir is the cache entry directory of rawURL in cache dir.
 func imgEntryDir(dir, rawURL string) string {
@@ -107,7 +114,7 @@ func TestImageCacheFetchThenHit(t *testing.T) {
 	t.Parallel()
 	content := imgTestContent(3<<20 + 17)
 	srv, gets := imgServer(t, content)
-	c := &Cache{Dir: t.TempDir()}
+	c := imgCache(t.TempDir())
 	rawURL := srv.URL + "/debian-12.qcow2"
 
 	img, err := c.Fetch(t.Context(), rawURL, "", nil)
@@ -129,10 +136,16 @@ func TestImageCacheFetchThenHit(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join(filepath.Dir(img.Path), imageURLFile)); strings.TrimSpace(string(got)) != rawURL {
 		t.Errorf("url file holds %q, want %q", got, rawURL)
 	}
+	// Root-only: an image may hold what its publisher did not mean for
+	// every user of this host.
 	for path, want := range map[string]fs.FileMode{
-		img.Path:               0o644,
-		filepath.Dir(img.Path): 0o755 | fs.ModeDir,
-		filepath.Join(filepath.Dir(img.Path), imageDigestFile): 0o644,
+		c.Dir:                  0o700 | fs.ModeDir,
+		img.Path:               0o600,
+		filepath.Dir(img.Path): 0o700 | fs.ModeDir,
+		filepath.Join(filepath.Dir(img.Path), imageDigestFile): 0o600,
+		filepath.Join(filepath.Dir(img.Path), imageStatFile):   0o600,
+		filepath.Join(filepath.Dir(img.Path), imageLockFile):   0o600,
+		filepath.Join(filepath.Dir(img.Path), imageURLFile):    0o600,
 	} {
 		if fi, err := os.Stat(path); err != nil {
 			t.Error(err)
@@ -161,10 +174,10 @@ func TestImageCacheFetchConcurrentOneDownload(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gets.Add(1)
 		<-release
-		w.Write(content)
+		_, _ = w.Write(content)
 	}))
 	t.Cleanup(srv.Close)
-	c := &Cache{Dir: t.TempDir()}
+	c := imgCache(t.TempDir())
 	rawURL := srv.URL + "/img"
 
 	const n = 20
@@ -213,7 +226,7 @@ func TestImageCacheFetchChecksum(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			srv, _ := imgServer(t, content)
-			c := &Cache{Dir: t.TempDir()}
+			c := imgCache(t.TempDir())
 			rawURL := srv.URL + "/img"
 			img, err := c.Fetch(t.Context(), rawURL, tc.checksum, nil)
 			if !tc.mismatch {
@@ -257,7 +270,7 @@ func TestImageCacheFetchCachedChecksum(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			srv, gets := imgServer(t, content)
-			c := &Cache{Dir: t.TempDir()}
+			c := imgCache(t.TempDir())
 			rawURL := srv.URL + "/img"
 			// Cached without a checksum, so no sha512 is stored yet.
 			if _, err := c.Fetch(t.Context(), rawURL, "", nil); err != nil {
@@ -296,7 +309,7 @@ func TestImageCacheFetchInvalidChecksum(t *testing.T) {
 	} {
 		t.Run(checksum, func(t *testing.T) {
 			t.Parallel()
-			c := &Cache{Dir: t.TempDir()}
+			c := imgCache(t.TempDir())
 			_, err := c.Fetch(t.Context(), "http://127.0.0.1:1/img", checksum, nil)
 			if err == nil || !strings.Contains(err.Error(), "invalid image checksum") {
 				t.Errorf("err = %v, want an invalid checksum error", err)
@@ -321,7 +334,7 @@ func TestImageCacheFetchHTTPErrors(t *testing.T) {
 				http.Error(w, "nope", tc.status)
 			}))
 			t.Cleanup(srv.Close)
-			c := &Cache{Dir: t.TempDir()}
+			c := imgCache(t.TempDir())
 			rawURL := srv.URL + "/missing.img"
 			_, err := c.Fetch(t.Context(), rawURL, "", nil)
 			if err == nil {
@@ -348,11 +361,11 @@ func TestImageCacheFetchInterruptedThenRetry(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(content)))
 		if gets.Add(1) > 1 {
-			w.Write(content)
+			_, _ = w.Write(content)
 			return
 		}
 		// The connection drops halfway through the declared length.
-		w.Write(content[:len(content)/2])
+		_, _ = w.Write(content[:len(content)/2])
 		w.(http.Flusher).Flush()
 		conn, _, err := w.(http.Hijacker).Hijack()
 		if err != nil {
@@ -362,7 +375,7 @@ func TestImageCacheFetchInterruptedThenRetry(t *testing.T) {
 		conn.Close()
 	}))
 	t.Cleanup(srv.Close)
-	c := &Cache{Dir: t.TempDir()}
+	c := imgCache(t.TempDir())
 	rawURL := srv.URL + "/img"
 
 	if _, err := c.Fetch(t.Context(), rawURL, "", nil); err == nil {
@@ -391,10 +404,10 @@ func TestImageCacheFetchCancelled(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(content)))
 		if gets.Add(1) > 1 {
-			w.Write(content)
+			_, _ = w.Write(content)
 			return
 		}
-		w.Write(content[:2<<20])
+		_, _ = w.Write(content[:2<<20])
 		w.(http.Flusher).Flush()
 		select {
 		case <-r.Context().Done():
@@ -402,7 +415,7 @@ func TestImageCacheFetchCancelled(t *testing.T) {
 		}
 	}))
 	t.Cleanup(func() { close(release); srv.Close() })
-	c := &Cache{Dir: t.TempDir()}
+	c := imgCache(t.TempDir())
 	rawURL := srv.URL + "/img"
 
 	ctx, cancel := context.WithCancel(t.Context())
@@ -446,10 +459,10 @@ func TestImageCacheFetchOneWaiterCancels(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gets.Add(1)
 		<-release
-		w.Write(content)
+		_, _ = w.Write(content)
 	}))
 	t.Cleanup(srv.Close)
-	c := &Cache{Dir: t.TempDir()}
+	c := imgCache(t.TempDir())
 	rawURL := srv.URL + "/img"
 
 	ctxA, cancelA := context.WithCancel(t.Context())
@@ -486,7 +499,7 @@ func TestImageCacheFetchStaleTempFiles(t *testing.T) {
 	t.Parallel()
 	content := imgTestContent(1 << 20)
 	srv, _ := imgServer(t, content)
-	c := &Cache{Dir: t.TempDir()}
+	c := imgCache(t.TempDir())
 	rawURL := srv.URL + "/img"
 
 	// Debris of a process that died mid-download: a half image, a digest of
@@ -529,11 +542,12 @@ func TestImageCacheFetchStaleTempFiles(t *testing.T) {
 func TestImageCacheFetchFileURL(t *testing.T) {
 	t.Parallel()
 	content := imgTestContent(2<<20 + 3)
-	src := filepath.Join(t.TempDir(), "base image.raw")
+	srcDir := t.TempDir()
+	src := filepath.Join(srcDir, "base image.raw")
 	if err := os.WriteFile(src, content, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := &Cache{Dir: t.TempDir()}
+	c := &Cache{Dir: t.TempDir(), FileDirs: []string{srcDir, "/nonexistent"}}
 	rawURL := "file://" + strings.ReplaceAll(src, " ", "%20")
 
 	img, err := c.Fetch(t.Context(), rawURL, imgSHA256(content), nil)
@@ -577,7 +591,7 @@ func TestImageCacheFetchInvalidURL(t *testing.T) {
 	} {
 		t.Run(tc.url, func(t *testing.T) {
 			t.Parallel()
-			c := &Cache{Dir: t.TempDir()}
+			c := imgCache(t.TempDir())
 			_, err := c.Fetch(t.Context(), tc.url, "", nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("err = %v, want it to mention %q", err, tc.want)
@@ -602,7 +616,7 @@ func TestImageCacheFetchUnreachableHost(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 	rawURL := "http://" + addr + "/img"
-	c := &Cache{Dir: t.TempDir()}
+	c := imgCache(t.TempDir())
 
 	_, err = c.Fetch(t.Context(), rawURL, "", nil)
 	var opErr *net.OpError
@@ -633,12 +647,12 @@ func TestImageCacheFetchProgress(t *testing.T) {
 					w.Header().Set("Content-Length", strconv.Itoa(len(content)))
 				}
 				for chunk := range slices.Chunk(content, 64<<10) {
-					w.Write(chunk)
+					_, _ = w.Write(chunk)
 					w.(http.Flusher).Flush() // without a length, this makes it chunked
 				}
 			}))
 			t.Cleanup(srv.Close)
-			c := &Cache{Dir: t.TempDir()}
+			c := imgCache(t.TempDir())
 			n := int64(len(content))
 			wantTotal := int64(-1)
 			if tc.knownLength {
@@ -688,14 +702,14 @@ func TestImageCacheFetchTwoCachesOneDownload(t *testing.T) {
 			close(entered)
 		}
 		<-release
-		w.Write(content)
+		_, _ = w.Write(content)
 	}))
 	t.Cleanup(srv.Close)
 	dir := t.TempDir()
 	rawURL := srv.URL + "/img"
 	// Two values share nothing in memory, like two processes: only the file
 	// lock keeps them from downloading twice.
-	caches := []*Cache{{Dir: dir}, {Dir: dir}}
+	caches := []*Cache{imgCache(dir), imgCache(dir)}
 
 	imgs := make([]Image, len(caches))
 	errs := make([]error, len(caches))
@@ -724,7 +738,7 @@ func TestImageCacheFetchHonoursFileLock(t *testing.T) {
 	t.Parallel()
 	content := imgTestContent(1 << 20)
 	srv, gets := imgServer(t, content)
-	c := &Cache{Dir: t.TempDir()}
+	c := imgCache(t.TempDir())
 	rawURL := srv.URL + "/img"
 
 	// Another "process" holds the entry lock.

@@ -3,7 +3,6 @@ package qemu
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,47 +15,28 @@ import (
 // up to it anyway, rounding first keeps our arithmetic equal to its result.
 const diskSectorSize = 512
 
-// diskImageInfo is the part of `qemu-img info --output=json` we use.
-type diskImageInfo struct {
-	Format          string `json:"format"`
-	VirtualSize     int64  `json:"virtual-size"`
-	BackingFilename string `json:"backing-filename"`
-}
-
-// ImageFormat returns the format of an image file as qemu-img reports it ("qcow2", "raw", ...).
-func ImageFormat(ctx context.Context, path string) (string, error) {
-	info, err := inspectDiskImage(ctx, path)
-	if err != nil {
-		return "", err
-	}
-	return info.Format, nil
-}
-
 // CreateOverlay creates a qcow2 disk at path backed by the (never written) base image, with the given virtual size in bytes.
 // It costs the same for a 600 MB or a 6 GB base. An existing file at path is replaced (repave = fresh overlay).
 // If sizeBytes is smaller than the base's virtual size, use the base's virtual size (and say so in no error).
 //
-// The backing file is recorded by absolute path (so the overlay does not
-// depend on the working directory) together with its format, so QEMU never
-// probes the base at boot. The overlay is built under a temp name and
-// renamed into place: a failure leaves the old disk, never a half-made one.
+// The base must pass InspectBaseImage (a self-contained qcow2 or a raw disk
+// with a partition table; otherwise the error wraps ErrUnsupportedImage). The
+// backing file is recorded by absolute path (so the overlay does not depend on
+// the working directory) together with its format as detected from its magic
+// bytes, so neither qemu-img nor QEMU ever probes the base. The overlay is
+// built under a temp name and renamed into place: a failure leaves the old
+// disk, never a half-made one.
 // The file is 0600 because a booted disk may hold the guest's secrets.
 func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) error {
 	absBase, err := filepath.Abs(base)
 	if err != nil {
 		return fmt.Errorf("base image %s: %w", base, err)
 	}
-	info, err := inspectDiskImage(ctx, absBase)
+	// Checked again although the image cache checks what it stores: a base that could name
+	// other host files must never reach qemu-img create or QEMU, whoever put it here.
+	info, err := InspectBaseImage(ctx, absBase)
 	if err != nil {
-		return err
-	}
-	if info.Format == "" {
-		return fmt.Errorf("base image %s: qemu-img reported no format", absBase)
-	}
-	// A downloaded image naming its own backing file could point the guest
-	// at any host file; cached bases must be self-contained.
-	if info.BackingFilename != "" {
-		return fmt.Errorf("base image %s has a backing file %s; a base image must be self-contained", absBase, info.BackingFilename)
+		return fmt.Errorf("base image %s: %w", absBase, err)
 	}
 	size := max(sizeBytes, info.VirtualSize)
 	size = (size + diskSectorSize - 1) / diskSectorSize * diskSectorSize
@@ -89,21 +69,6 @@ func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) erro
 	}
 	done = true
 	return nil
-}
-
-// inspectDiskImage runs qemu-img info on path.
-func inspectDiskImage(ctx context.Context, path string) (diskImageInfo, error) {
-	// --force-share: a running VM holds locks on its disks and their backing
-	// files; a read-only query must not fail because of them.
-	out, err := execQemuImg(ctx, "info", "--force-share", "--output=json", path)
-	if err != nil {
-		return diskImageInfo{}, fmt.Errorf("inspecting image %s: %w", path, err)
-	}
-	var info diskImageInfo
-	if err := json.Unmarshal(out, &info); err != nil {
-		return diskImageInfo{}, fmt.Errorf("inspecting image %s: parsing qemu-img output: %w", path, err)
-	}
-	return info, nil
 }
 
 // execQemuImg runs qemu-img with args (never through a shell) and returns its

@@ -1,0 +1,74 @@
+package app
+
+import (
+	"flag"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"stargate.io/stargate/internal/simulator"
+)
+
+func parseOptions(t *testing.T, args ...string) Options {
+	t.Helper()
+	var o Options
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	o.BindFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// TestImagePolicyFlags: the defaults refuse file URLs and private addresses; --image-dir and
+// --allow-image-hosts repeat and take lists.
+func TestImagePolicyFlags(t *testing.T) {
+	pol, err := imagePolicy(parseOptions(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pol.FileDirs) != 0 || len(pol.AllowHosts) != 0 || pol.MaxBytes != 20<<30 || pol.StallTimeout != time.Minute ||
+		pol.IdleTimeout < simulator.DefaultImageIdleTimeout {
+		t.Errorf("default policy %+v", pol)
+	}
+
+	a, b, c := t.TempDir(), t.TempDir(), t.TempDir()
+	o := parseOptions(t, "--image-dir", a+","+b, "--image-dir", c+"/", "--allow-image-hosts", "192.168.100.1, 10.0.0.0/8",
+		"--allow-image-hosts", "::1", "--max-image-size", "1Gi", "--image-stall-timeout", "5s", "--poll-interval", "30s")
+	pol, err = imagePolicy(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{a, b, filepath.Clean(c)}; !slices.Equal(pol.FileDirs, want) {
+		t.Errorf("FileDirs %v, want %v", pol.FileDirs, want)
+	}
+	want := []netip.Prefix{netip.MustParsePrefix("192.168.100.1/32"), netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	if !slices.Equal(pol.AllowHosts, want) {
+		t.Errorf("AllowHosts %v, want %v", pol.AllowHosts, want)
+	}
+	if pol.MaxBytes != 1<<30 || pol.StallTimeout != 5*time.Second || pol.IdleTimeout != 10*time.Minute {
+		t.Errorf("policy %+v", pol)
+	}
+}
+
+func TestImagePolicyFlagsRejected(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--image-dir", "/"}, "/etc/shadow"},
+		{[]string{"--image-dir", "images"}, "absolute"},
+		{[]string{"--image-dir", "/nonexistent/stargate-images"}, "not a directory"},
+		{[]string{"--allow-image-hosts", "metadata.internal"}, "--allow-image-hosts"},
+		{[]string{"--max-image-size", "huge"}, "--max-image-size"},
+		{[]string{"--image-stall-timeout", "-1s"}, "--image-stall-timeout"},
+	} {
+		_, err := imagePolicy(parseOptions(t, tc.args...))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want it to mention %q", tc.args, err, tc.want)
+		}
+	}
+}
