@@ -36,6 +36,17 @@ type Provider interface {
 	// never installed is ErrNotInstalled.
 	PowerOn(ctx context.Context, server types.NamespacedName) error
 
+	// SetBoot sets the boot device override a BMC offers (Redfish BootSourceOverride*); empty
+	// fields keep their value. The next power-on honours it; "Once" is then used up.
+	SetBoot(ctx context.Context, server types.NamespacedName, boot BootOverride) error
+
+	// InsertMedia attaches the image at imageURL as the server's virtual CD, fetched under the same
+	// rules as OS images; it returns once the image is attached (or refused).
+	InsertMedia(ctx context.Context, server types.NamespacedName, imageURL string) error
+
+	// EjectMedia detaches the virtual CD. No CD is not an error.
+	EjectMedia(ctx context.Context, server types.NamespacedName) error
+
 	// Release removes everything the provider holds for a server: machine, disks, network
 	// attachment, IP address. Releasing an unknown server is not an error.
 	Release(ctx context.Context, server types.NamespacedName) error
@@ -43,6 +54,40 @@ type Provider interface {
 
 // ErrNotInstalled is returned by PowerOn for a server with no installation to boot.
 var ErrNotInstalled = errors.New("the server has no installation to boot: repave it first")
+
+// Boot override values, as Redfish names them.
+const (
+	BootTargetNone = "None"
+	BootTargetHdd  = "Hdd"
+	BootTargetCd   = "Cd"
+	BootTargetPxe  = "Pxe"
+
+	BootDisabled   = "Disabled"
+	BootOnce       = "Once"
+	BootContinuous = "Continuous"
+)
+
+// BootOverride is the boot device a BMC was told to use instead of the disk.
+type BootOverride struct {
+	// Target is None, Hdd, Cd or Pxe.
+	Target string
+	// Enabled is Disabled, Once (used up by the next boot) or Continuous.
+	Enabled string
+	// Mode is Legacy or UEFI.
+	Mode string
+}
+
+// Media is a server's virtual CD.
+type Media struct {
+	// Image is the URL the CD was inserted from.
+	Image string
+	// Inserted is true while a CD is in the drive.
+	Inserted bool
+}
+
+// ErrUnsupported wraps a request the datacenter cannot carry out (e.g. PXE in the simulator); the
+// message says what to do instead.
+var ErrUnsupported = errors.New("not supported")
 
 // RepaveRequest describes one installation.
 type RepaveRequest struct {
@@ -110,4 +155,7 @@ type ServerInfo struct {
 	InstanceID string
 	IPAddress  string
 	MACAddress string
+	// Boot is the boot override in effect; Media the virtual CD.
+	Boot  BootOverride
+	Media Media
 }

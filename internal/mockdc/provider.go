@@ -95,7 +95,9 @@ func (p *Provider) Inspect(ctx context.Context, server types.NamespacedName) (co
 	if err := p.do(ctx, http.MethodGet, p.url(server, ""), nil, &rep); err != nil {
 		return controller.ServerInfo{}, err
 	}
-	return controller.ServerInfo{Exists: rep.Exists, Running: rep.Running, InstanceID: rep.InstanceID, IPAddress: rep.IP, MACAddress: rep.MAC}, nil
+	return controller.ServerInfo{Exists: rep.Exists, Running: rep.Running, InstanceID: rep.InstanceID, IPAddress: rep.IP, MACAddress: rep.MAC,
+		Boot:  controller.BootOverride{Target: rep.Boot.Target, Enabled: rep.Boot.Enabled, Mode: rep.Boot.Mode},
+		Media: controller.Media{Image: rep.Media.Image, Inserted: rep.Media.Inserted}}, nil
 }
 
 // PowerOff powers the mock machine off.
@@ -121,4 +123,19 @@ func (p *Provider) PowerOn(ctx context.Context, server types.NamespacedName) err
 		return controller.ErrNotInstalled
 	}
 	return err
+}
+
+// SetBoot sets the mock machine's boot override.
+func (p *Provider) SetBoot(ctx context.Context, server types.NamespacedName, boot controller.BootOverride) error {
+	return p.do(ctx, http.MethodPut, p.url(server, "boot"), BootReport{Target: boot.Target, Enabled: boot.Enabled, Mode: boot.Mode}, nil)
+}
+
+// InsertMedia puts a virtual CD into the mock machine (the mock fetches nothing).
+func (p *Provider) InsertMedia(ctx context.Context, server types.NamespacedName, imageURL string) error {
+	return p.do(ctx, http.MethodPut, p.url(server, "media"), MediaReport{Image: imageURL}, nil)
+}
+
+// EjectMedia removes the mock machine's virtual CD.
+func (p *Provider) EjectMedia(ctx context.Context, server types.NamespacedName) error {
+	return p.do(ctx, http.MethodDelete, p.url(server, "media"), nil, nil)
 }

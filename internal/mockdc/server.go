@@ -98,6 +98,11 @@ type machine struct {
 	IgnoresACPI bool
 	// PowerOns counts boots from disk (power-on), apart from installations.
 	PowerOns int
+	// Boot is the boot override a BMC set; BootedFrom the device of the last power-on.
+	Boot       BootReport
+	BootedFrom string
+	// Media is the virtual CD.
+	Media MediaReport
 	IP, MAC  string
 	// Repaves counts installations.
 	Repaves int
@@ -130,6 +135,22 @@ type ServerReport struct {
 	Message    string       `json:"message,omitempty"`
 	Repaves    int          `json:"repaves"`
 	PowerOns   int          `json:"powerOns"`
+	Boot       BootReport   `json:"boot"`
+	BootedFrom string       `json:"bootedFrom,omitempty"`
+	Media      MediaReport  `json:"media"`
+}
+
+// BootReport is a machine's boot override (PUT /v1/servers/{namespace}/{name}/boot).
+type BootReport struct {
+	Target  string `json:"target,omitempty"`
+	Enabled string `json:"enabled,omitempty"`
+	Mode    string `json:"mode,omitempty"`
+}
+
+// MediaReport is a machine's virtual CD (PUT/DELETE /v1/servers/{namespace}/{name}/media).
+type MediaReport struct {
+	Image    string `json:"image,omitempty"`
+	Inserted bool   `json:"inserted"`
 }
 
 // NewServer returns a fake datacenter.
@@ -173,7 +194,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		m := s.machines[key]
 		if m == nil {
-			m = &machine{IP: fmt.Sprintf("10.99.%d.%d", s.nextIP/250, 1+s.nextIP%250), MAC: body.MAC}
+			m = &machine{IP: fmt.Sprintf("10.99.%d.%d", s.nextIP/250, 1+s.nextIP%250), MAC: body.MAC,
+				Boot: BootReport{Target: "None", Enabled: "Disabled", Mode: "Legacy"}}
 			if m.MAC == "" {
 				m.MAC = fmt.Sprintf("52:54:00:99:%02x:%02x", s.nextIP/256, s.nextIP%256)
 			}
@@ -210,8 +232,48 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "no installation to boot", http.StatusConflict)
 			return
 		}
-		m.Running, m.ShutdownAt = true, time.Time{}
-		m.PowerOns++
+		if !m.Running {
+			m.Running, m.ShutdownAt = true, time.Time{}
+			m.PowerOns++
+			m.BootedFrom = "Hdd"
+			if m.Boot.Enabled == "Once" || m.Boot.Enabled == "Continuous" {
+				m.BootedFrom = m.Boot.Target
+			}
+			if m.Boot.Enabled == "Once" {
+				m.Boot.Enabled = "Disabled"
+			}
+		}
+		w.WriteHeader(http.StatusNoContent)
+	case r.Method == http.MethodPut && action == "boot":
+		m := s.machines[key]
+		var b BootReport
+		if m == nil || json.NewDecoder(r.Body).Decode(&b) != nil {
+			http.Error(w, "unknown machine or bad body", http.StatusBadRequest)
+			return
+		}
+		if b.Target != "" {
+			m.Boot.Target = b.Target
+		}
+		if b.Enabled != "" {
+			m.Boot.Enabled = b.Enabled
+		}
+		if b.Mode != "" {
+			m.Boot.Mode = b.Mode
+		}
+		w.WriteHeader(http.StatusNoContent)
+	case r.Method == http.MethodPut && action == "media":
+		m := s.machines[key]
+		var body MediaReport
+		if m == nil || json.NewDecoder(r.Body).Decode(&body) != nil || body.Image == "" {
+			http.Error(w, "unknown machine or bad body", http.StatusBadRequest)
+			return
+		}
+		m.Media = MediaReport{Image: body.Image, Inserted: true}
+		w.WriteHeader(http.StatusNoContent)
+	case r.Method == http.MethodDelete && action == "media":
+		if m := s.machines[key]; m != nil {
+			m.Media = MediaReport{}
+		}
 		w.WriteHeader(http.StatusNoContent)
 	case r.Method == http.MethodDelete && action == "":
 		delete(s.machines, key)
@@ -243,7 +305,8 @@ func (s *Server) report(key string) ServerReport {
 	if !m.ShutdownAt.IsZero() && !s.cfg.Now().Before(m.ShutdownAt) {
 		m.Running, m.ShutdownAt = false, time.Time{}
 	}
-	rep := ServerReport{Exists: true, Running: m.Running, InstanceID: m.InstanceID, IP: m.IP, MAC: m.MAC, Repaves: m.Repaves, PowerOns: m.PowerOns}
+	rep := ServerReport{Exists: true, Running: m.Running, InstanceID: m.InstanceID, IP: m.IP, MAC: m.MAC, Repaves: m.Repaves, PowerOns: m.PowerOns,
+		Boot: m.Boot, BootedFrom: m.BootedFrom, Media: m.Media}
 	if m.InstanceID == "" {
 		return rep
 	}
