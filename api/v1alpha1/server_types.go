@@ -39,6 +39,49 @@ type ServerSpec struct {
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[0-9a-f][02468ace]')",message="spec.macAddress must be a unicast address: the lowest bit of the first octet must be 0 (e.g. 52:54:00:12:34:56); multicast and broadcast addresses cannot belong to one server"
 	// +optional
 	MACAddress string `json:"macAddress,omitempty"`
+
+	// BMC gives the Server a Redfish BMC on the datacenter host that owns it (when that host serves
+	// Redfish): provisioning tools can then power it and boot it from virtual media as they drive
+	// real hardware. status.bmc.address says where.
+	// +optional
+	BMC *BMCSpec `json:"bmc,omitempty"`
+}
+
+// BMCCredentialsSecretType is the type the Secret named by spec.bmc.credentialsSecretRef must have
+// (Kubernetes' own type for a username and a password); no other Secret is ever read for it.
+const BMCCredentialsSecretType = "kubernetes.io/basic-auth"
+
+// BMCSpec configures a Server's Redfish BMC.
+type BMCSpec struct {
+	// CredentialsSecretRef names a Secret of type kubernetes.io/basic-auth (keys username and
+	// password) in the Server's namespace: the HTTP basic auth credentials of this Server's BMC.
+	// kubectl create secret generic NAME --type=kubernetes.io/basic-auth
+	// --from-literal=username=admin --from-literal=password=...
+	CredentialsSecretRef LocalSecretReference `json:"credentialsSecretRef"`
+}
+
+// LocalSecretReference names a Secret in the object's own namespace.
+type LocalSecretReference struct {
+	// Name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+}
+
+// BMCStatus is what the Server's BMC shows.
+type BMCStatus struct {
+	// Address is the Redfish URL of the Server's ComputerSystem, e.g.
+	// https://10.0.0.5:8443/redfish/v1/Systems/dc-simulator.worker-1; copy it into a provisioning
+	// tool with the credentials of spec.bmc.
+	// +optional
+	Address string `json:"address,omitempty"`
+	// BootOverride is the boot device the BMC was told to use: target (None, Hdd, Cd, Pxe),
+	// enabled (Disabled, Once, Continuous) and mode.
+	// +optional
+	BootOverride string `json:"bootOverride,omitempty"`
+	// VirtualMedia is the URL of the image in the virtual CD drive, if any.
+	// +optional
+	VirtualMedia string `json:"virtualMedia,omitempty"`
 }
 
 // ServerState is a one-word summary of a Server, for humans. Conditions are the truth.
@@ -101,6 +144,10 @@ type ServerStatus struct {
 	// matches its selector and no Operation runs on it.
 	// +optional
 	Host string `json:"host,omitempty"`
+
+	// BMC is the Server's Redfish BMC, when it has one (spec.bmc).
+	// +optional
+	BMC *BMCStatus `json:"bmc,omitempty"`
 
 	// LastOperation is the name of the last Operation that acted on this server.
 	// +optional

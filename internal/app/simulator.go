@@ -24,6 +24,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -54,12 +55,16 @@ type Options struct {
 	MaxMemory      string
 	MaxCPUs        int
 	HostID         string
-	KeepFailedVMs  bool
-	ReferenceWait  time.Duration
-	PollInterval   time.Duration
-	MetricsAddr    string
-	ProbeAddr      string
-	Teardown       bool
+
+	RedfishAddress   string
+	RedfishURL       string
+	RedfishPlainHTTP bool
+	KeepFailedVMs    bool
+	ReferenceWait    time.Duration
+	PollInterval     time.Duration
+	MetricsAddr      string
+	ProbeAddr        string
+	Teardown         bool
 
 	// Image policy (images.go): which image URLs profiles may name, and download limits.
 	ImageDirs           []string
@@ -99,6 +104,7 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", "127.0.0.1:8081", "health and readiness probe address (0 disables)")
 	fs.BoolVar(&o.Teardown, "teardown", false, "stop and remove every VM in --work-dir, then the bridge and NAT rules, and exit (no cluster needed)")
 	o.bindImageFlags(fs)
+	o.bindRedfishFlags(fs)
 }
 
 // Teardown leaves the host as the simulator found it (but for the image cache).
@@ -194,6 +200,18 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	}
 	if sim != nil {
 		if err := collectGarbage(ctx, mgr.GetAPIReader(), sim, o.Namespace); err != nil {
+			return err
+		}
+	}
+	copts.Locks = &controller.ServerLocks{}
+	var wake chan event.GenericEvent
+	if o.RedfishAddress != "" {
+		if copts.RedfishURL, err = redfishBase(o); err != nil {
+			return err
+		}
+		wake = make(chan event.GenericEvent, 64)
+		copts.Wake = wake
+		if err := setupRedfish(mgr, o, provider, copts, wake); err != nil {
 			return err
 		}
 	}

@@ -7,11 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -48,8 +46,6 @@ type OperationReconciler struct {
 	capacity *capacity
 	// finalizer is this host's OperationFinalizer.
 	finalizer string
-	// serverLocks serialise the start decision per Server within this process.
-	serverLocks sync.Map
 }
 
 // phaseHandler moves an unfinished Operation of one phase forward.
@@ -258,14 +254,6 @@ func requestsFor(ops []stargatev1.Operation, keep func(*stargatev1.Operation) bo
 		}
 	}
 	return reqs
-}
-
-// lockServer serialises the start decision for one Server within this process.
-func (r *OperationReconciler) lockServer(key types.NamespacedName) func() {
-	l, _ := r.serverLocks.LoadOrStore(key, &sync.Mutex{})
-	mu := l.(*sync.Mutex)
-	mu.Lock()
-	return mu.Unlock
 }
 
 // InstanceID is the installation identity of a repave: unique per Operation, stable across

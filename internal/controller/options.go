@@ -1,7 +1,11 @@
 package controller
 
 import (
+	"sync"
 	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+	ctrlevent "sigs.k8s.io/controller-runtime/pkg/event"
 
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -44,6 +48,26 @@ type Options struct {
 	MaxConcurrentReconciles int
 	// Now returns the current time; tests may replace it.
 	Now func() time.Time
+
+	// Locks serialise, per Server, the start of an Operation and a BMC request, so that the two
+	// never race; share one between the reconcilers and the BMC. Nil: the reconcilers get their own.
+	Locks *ServerLocks
+	// Wake, when set, makes the Server reconciler look at the Servers sent on it now (the BMC sends
+	// the Servers it changed, so that status shows the change at once).
+	Wake <-chan ctrlevent.GenericEvent
+	// RedfishURL is where this host serves Redfish (e.g. https://10.0.0.5:8443), or empty when it
+	// does not; Servers with spec.bmc then show their BMC's address in status.bmc.
+	RedfishURL string
+}
+
+// ServerLocks are per-Server mutexes.
+type ServerLocks struct{ m sync.Map }
+
+// Lock locks the Server's mutex and returns its unlock.
+func (l *ServerLocks) Lock(server types.NamespacedName) func() {
+	mu, _ := l.m.LoadOrStore(server, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	return mu.(*sync.Mutex).Unlock
 }
 
 // DefaultHostID is the host identity of a controller given none (tests, a single host).
@@ -64,6 +88,9 @@ func (o *Options) defaults() {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.Locks == nil {
+		o.Locks = &ServerLocks{}
 	}
 }
 

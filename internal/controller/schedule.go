@@ -161,7 +161,7 @@ func gateClaim(ctx context.Context, r *OperationReconciler, s *operationScope) (
 	if holder := nextInLine(cached.Items); holder != nil && holder.Name != s.op.Name {
 		return waitForTurn(r, s, holder)
 	}
-	unlock := r.lockServer(s.serverKey())
+	unlock := r.Options.Locks.Lock(s.serverKey())
 	s.afterSave = append(s.afterSave, unlock)
 	var live stargatev1.OperationList
 	if err := r.APIReader.List(ctx, &live, client.InNamespace(s.op.Namespace), client.MatchingFields{serverRefIndex: s.server.Name}); err != nil {

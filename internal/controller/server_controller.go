@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 )
@@ -39,12 +40,15 @@ type ServerReconciler struct {
 func (r *ServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.Options.defaults()
 	r.finalizer = ServerFinalizer(r.Options.HostID)
-	return ctrl.NewControllerManagedBy(mgr).Named("server").For(&stargatev1.Server{}).
+	b := ctrl.NewControllerManagedBy(mgr).Named("server").For(&stargatev1.Server{}).
 		Watches(&stargatev1.Operation{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 			op := o.(*stargatev1.Operation)
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: op.Namespace, Name: op.Spec.ServerRef.Name}}}
-		})).
-		Complete(r)
+		}))
+	if r.Options.Wake != nil {
+		b = b.WatchesRawSource(source.Channel(r.Options.Wake, &handler.EnqueueRequestForObject{}))
+	}
+	return b.Complete(r)
 }
 
 // Reconcile takes, keeps, hands over or releases the Server, and records its status.
@@ -111,7 +115,7 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 
 // observe reads what the Server's status is computed from: its Operations and its machine.
 func (r *ServerReconciler) observe(ctx context.Context, server *stargatev1.Server) (serverObservation, error) {
-	obs := serverObservation{server: server}
+	obs := serverObservation{server: server, redfishURL: r.Options.RedfishURL}
 	var ops stargatev1.OperationList
 	if err := r.Client.List(ctx, &ops, client.InNamespace(server.Namespace), client.MatchingFields{serverRefIndex: server.Name}); err != nil {
 		return obs, fmt.Errorf("listing operations of server %s: %w", server.Name, err)

@@ -2,9 +2,11 @@ package controller
 
 import (
 	"fmt"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/types"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 )
@@ -16,6 +18,35 @@ type serverObservation struct {
 	ops []stargatev1.Operation
 	// machine is what the provider reports about the server, nil when not asked.
 	machine *ServerInfo
+	// redfishURL is where this host serves Redfish ("" when it does not).
+	redfishURL string
+}
+
+// BMCSystemID is the Redfish ComputerSystem id of a Server: <namespace>.<name> (both DNS labels,
+// so the dot cannot be ambiguous), stable for the Server's life.
+func BMCSystemID(server types.NamespacedName) string { return server.Namespace + "." + server.Name }
+
+// bmcStatus is what the Server's BMC shows, from its spec and its machine.
+func bmcStatus(o serverObservation) *stargatev1.BMCStatus {
+	if o.server.Spec.BMC == nil || o.redfishURL == "" {
+		return nil
+	}
+	st := &stargatev1.BMCStatus{Address: strings.TrimRight(o.redfishURL, "/") + "/redfish/v1/Systems/" +
+		BMCSystemID(types.NamespacedName{Namespace: o.server.Namespace, Name: o.server.Name})}
+	if o.server.Status.BMC != nil {
+		st.BootOverride, st.VirtualMedia = o.server.Status.BMC.BootOverride, o.server.Status.BMC.VirtualMedia
+	}
+	if m := o.machine; m != nil {
+		st.BootOverride = ""
+		if m.Boot.Target != "" {
+			st.BootOverride = fmt.Sprintf("%s/%s/%s", m.Boot.Target, m.Boot.Enabled, m.Boot.Mode)
+		}
+		st.VirtualMedia = ""
+		if m.Media.Inserted {
+			st.VirtualMedia = m.Media.Image
+		}
+	}
+	return st
 }
 
 // desiredServerStatus computes a Server's status from its Operations and its machine: the Server
@@ -62,6 +93,7 @@ func desiredServerStatus(o serverObservation) stargatev1.ServerStatus {
 		set(stargatev1.ServerError, false, reason, fmt.Sprintf("Repave by Operation %s failed: %s", cur.Name, firstLine(cur.Status.Message)))
 	}
 
+	st.BMC = bmcStatus(o)
 	latest := latestOperation(o.ops)
 	if latest != nil && latest.Spec.Operation.IsPower() && o.server.DeletionTimestamp.IsZero() {
 		st.LastOperation = latest.Name

@@ -170,7 +170,7 @@ func TestRepaveWithQEMU(t *testing.T) {
 		op := &stargatev1.Operation{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: stargatev1.OperationSpec{
 			Operation: kind, ServerRef: stargatev1.LocalObjectReference{Name: "worker-1"}}}
 		if kind == stargatev1.OperationPowerOff {
-			op.Spec.GracePeriod = &metav1.Duration{Duration: time.Minute}
+			op.Spec.GracePeriod = &metav1.Duration{Duration: 20 * time.Second} // the offline image ignores the ACPI button: forced
 		}
 		must(c.Create(ctx, op))
 		deadline := time.Now().Add(5 * time.Minute)
