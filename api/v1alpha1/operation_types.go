@@ -110,6 +110,14 @@ type OperationStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
+	// Timeline is where a repave's time went, as the installed server itself reported it: firmware
+	// and boot loader, kernel, each cloud-init stage, the user-data's own commands, and for a
+	// joining profile the time from the start until its Node was Ready. Steps nobody reported are
+	// absent, never estimated.
+	// +listType=atomic
+	// +optional
+	Timeline []TimelineStep `json:"timeline,omitempty"`
+
 	// Conditions: one per step of the Operation (for a simulator repave: ImageReady,
 	// CloudInitReady, NetworkReady, VMRunning, GuestReady, NodeReady), each with a reason and the
 	// time it last changed, plus Succeeded when the Operation is finished. They show where time
@@ -118,6 +126,15 @@ type OperationStatus struct {
 	// +listMapKey=type
 	// +optional
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// TimelineStep is one step of a guest's boot and installation.
+type TimelineStep struct {
+	// Name of the step: firmware-and-loader, kernel, cloud-init-local, cloud-init-network,
+	// cloud-init-config, cloud-init-final, user-commands, node-ready.
+	Name string `json:"name"`
+	// Duration of the step (for node-ready: from the Operation's start).
+	Duration metav1.Duration `json:"duration"`
 }
 
 // Operation asks for something to be done to a Server, such as a repave with a

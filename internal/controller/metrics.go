@@ -15,6 +15,7 @@ type Metrics struct {
 	repaveSeconds *prometheus.HistogramVec
 	finishedTotal *prometheus.CounterVec
 	running       prometheus.Gauge
+	guestSeconds  *prometheus.HistogramVec
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: controller-runtime's registry).
@@ -37,7 +38,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "stargate_operations_running", Help: "Operations this controller is running now.",
 		}),
 	}
-	reg.MustRegister(m.stepSeconds, m.repaveSeconds, m.finishedTotal, m.running)
+	m.guestSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "stargate_guest_boot_step_duration_seconds", Help: "Duration of each step of an installed guest's boot, as the guest reported it.",
+		Buckets: []float64{0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600},
+	}, []string{"step"})
+	reg.MustRegister(m.stepSeconds, m.repaveSeconds, m.finishedTotal, m.running, m.guestSeconds)
 	return m
 }
 
@@ -65,4 +70,11 @@ func (m *Metrics) stepDone(op *stargatev1.Operation, step string, at time.Time) 
 		return
 	}
 	m.stepSeconds.WithLabelValues(step).Observe(at.Sub(op.Status.StartTime.Time).Seconds())
+}
+
+// guestStep records one step of a guest's boot timeline.
+func (m *Metrics) guestStep(step string, d time.Duration) {
+	if m != nil {
+		m.guestSeconds.WithLabelValues(step).Observe(d.Seconds())
+	}
 }

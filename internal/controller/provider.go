@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -143,6 +144,14 @@ type RepaveStatus struct {
 	// IPAddress and MACAddress of the server, once known.
 	IPAddress  string
 	MACAddress string
+	// Timeline is the guest's boot as it reported it (see stargatev1.TimelineStep), once done.
+	Timeline []TimelineStep
+}
+
+// TimelineStep is one step of a guest's boot, as the guest reported it.
+type TimelineStep struct {
+	Name     string
+	Duration time.Duration
 }
 
 // ServerInfo is what a provider knows about a server.

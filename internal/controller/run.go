@@ -118,6 +118,9 @@ func gateProviderStep(ctx context.Context, r *OperationReconciler, s *operationS
 		}
 	}
 	s.progress = st
+	if len(st.Timeline) > 0 && len(s.op.Status.Timeline) == 0 {
+		s.recordTimeline(st.Timeline...)
+	}
 	switch {
 	case st.Failed:
 		return r.failRunning(ctx, s, st.Reason, st.Message)
@@ -152,6 +155,11 @@ func gateNode(ctx context.Context, r *OperationReconciler, s *operationScope) (c
 		node = nil // not proof of anything yet
 	}
 	c := nodeReadyCondition(s.server.Name, node)
+	if c.Status == metav1.ConditionTrue && !isConditionTrue(s.op, stargatev1.ConditionNodeReady) {
+		if at := nodeReadySince(node); s.op.Status.StartTime != nil && at.After(s.op.Status.StartTime.Time) {
+			s.recordTimeline(TimelineStep{Name: "node-ready", Duration: at.Sub(s.op.Status.StartTime.Time)})
+		}
+	}
 	s.setCondition(c)
 	if c.Status != metav1.ConditionTrue {
 		s.op.Status.Message = c.Message
@@ -189,4 +197,23 @@ func repaveRequest(op *stargatev1.Operation, server *stargatev1.Server, profile 
 		ImageChecksum: profile.Spec.Image.Checksum,
 		UserData:      userData,
 	}
+}
+
+// recordTimeline adds steps to the Operation's timeline, and to the metrics once saved.
+func (s *operationScope) recordTimeline(steps ...TimelineStep) {
+	for _, step := range steps {
+		s.op.Status.Timeline = append(s.op.Status.Timeline, stargatev1.TimelineStep{Name: step.Name, Duration: metav1.Duration{Duration: step.Duration}})
+		st := step
+		s.metrics = append(s.metrics, func(m *Metrics) { m.guestStep(st.Name, st.Duration) })
+	}
+}
+
+// nodeReadySince is when the Node last became Ready, as its kubelet reported.
+func nodeReadySince(node *corev1.Node) time.Time {
+	for _, c := range node.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.LastTransitionTime.Time
+		}
+	}
+	return time.Time{}
 }

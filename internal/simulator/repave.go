@@ -173,6 +173,7 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 			fmt.Sprintf("cloud-init finished with errors: %s\n--- last lines of the serial console (%s) ---\n%s",
 				strings.Join(result.Errors, "; "), filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
 	case result.Done:
+		st.Timeline = guestTimeline(result, startedAt)
 		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
 		st.set(stargatev1.ConditionGuestReady, controller.StepDone, "CloudInitDone", fmt.Sprintf("cloud-init finished without errors %s after QEMU started", up))
 		st.Done = true
@@ -200,4 +201,19 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 // lastLine is the console's last line, for a progress message.
 func lastLine(console []byte) string {
 	return strings.TrimSpace(cloudinit.ConsoleTail(console, 1, 200))
+}
+
+// guestTimeline is the guest's own report, preceded by the firmware and boot loader: from QEMU's
+// start (on the host) to the kernel's (as the guest's clock, set from the host's, tells it).
+func guestTimeline(r cloudinit.GuestResult, qemuStart time.Time) []controller.TimelineStep {
+	var out []controller.TimelineStep
+	if !r.KernelStart.IsZero() {
+		if d := r.KernelStart.Sub(qemuStart); d >= 0 && d < time.Hour {
+			out = append(out, controller.TimelineStep{Name: "firmware-and-loader", Duration: d.Round(time.Second)})
+		}
+	}
+	for _, s := range r.Timeline {
+		out = append(out, controller.TimelineStep{Name: s.Name, Duration: s.Duration})
+	}
+	return out
 }

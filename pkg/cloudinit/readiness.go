@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // How the host learns that cloud-init finished, without logging into the guest: Stargate adds
@@ -21,8 +22,12 @@ import (
 // readyMarker starts the line the guest prints when cloud-init is done.
 const readyMarker = "STARGATE-READY "
 
-// reporterProgram runs in the guest; %s is the instance-id as a Python string literal.
-const reporterProgram = `import json, os, time
+// reporterProgram runs in the guest; %s is the instance-id as a Python string literal. Besides the
+// result it reports the guest's own boot timeline: when the kernel started (btime, wall clock), how
+// long the kernel ran before init, and each cloud-init stage's start and end from cloud-init's
+// status.json (wall clock), plus the user-data's own commands (cloud-init's scripts-user module)
+// when "cloud-init analyze dump" knows them. Anything it cannot read is left out, never guessed.
+const reporterProgram = `import json, os, subprocess, time
 instance_id = %s
 path = "/run/cloud-init/result.json"
 while not os.path.exists(path):
@@ -33,7 +38,33 @@ try:
         errors = json.load(f).get("v1", {}).get("errors", [])
 except Exception as e:
     errors = ["stargate: cannot read %%s: %%s" %% (path, e)]
-line = "\n%s" + json.dumps({"instance_id": instance_id, "errors": [str(e) for e in errors]}) + "\n"
+timeline = {}
+try:
+    with open("/proc/stat") as f:
+        timeline["btime"] = float([l.split()[1] for l in f if l.startswith("btime ")][0])
+    with open("/proc/1/stat") as f:
+        timeline["init_start"] = float(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+except Exception:
+    pass
+try:
+    with open("/run/cloud-init/status.json") as f:
+        v1 = json.load(f).get("v1", {})
+    timeline["stages"] = [[name, v1[name]["start"], v1[name]["finished"]]
+                          for name in ("init-local", "init", "modules-config", "modules-final")
+                          if isinstance(v1.get(name), dict) and v1[name].get("start") and v1[name].get("finished")]
+except Exception:
+    pass
+try:
+    events = json.loads(subprocess.run(["cloud-init", "analyze", "dump"], capture_output=True, timeout=60).stdout)
+    marks = {}
+    for ev in events:
+        if ev.get("name") == "modules-final/config-scripts-user":
+            marks[ev.get("event_type")] = ev.get("timestamp")
+    if "start" in marks and "finish" in marks:
+        timeline["user_commands"] = [marks["start"], marks["finish"]]
+except Exception:
+    pass
+line = "\n%s" + json.dumps({"instance_id": instance_id, "errors": [str(e) for e in errors], "timeline": timeline}) + "\n"
 for dev in ("/dev/ttyS0", "/dev/console"):
     try:
         with open(dev, "w") as f:
@@ -67,6 +98,59 @@ type GuestResult struct {
 	Done bool
 	// Errors lists what cloud-init reported as failed (empty on success).
 	Errors []string
+	// Timeline is the guest's boot as it reported it, in order; steps it did not report are absent.
+	Timeline []TimelineStep
+	// KernelStart is when the guest's kernel started, by its own clock (zero if not reported).
+	KernelStart time.Time
+}
+
+// TimelineStep is one step of a guest's boot.
+type TimelineStep struct {
+	// Name is kernel, cloud-init-local, cloud-init-network, cloud-init-config, cloud-init-final or
+	// user-commands.
+	Name     string
+	Duration time.Duration
+}
+
+// guestTimeline is the timeline the reporter prints (times in seconds).
+type guestTimeline struct {
+	BTime        float64   `json:"btime"`
+	InitStart    float64   `json:"init_start"`
+	Stages       [][3]any  `json:"stages"`
+	UserCommands []float64 `json:"user_commands"`
+}
+
+// stageNames are cloud-init's stages as the timeline names them (after their systemd units).
+var stageNames = map[string]string{
+	"init-local": "cloud-init-local", "init": "cloud-init-network", "modules-config": "cloud-init-config", "modules-final": "cloud-init-final",
+}
+
+func (g guestTimeline) steps() ([]TimelineStep, time.Time) {
+	var out []TimelineStep
+	var kernelStart time.Time
+	if g.BTime > 0 {
+		kernelStart = time.Unix(0, int64(g.BTime*1e9))
+	}
+	if g.InitStart > 0 {
+		out = append(out, TimelineStep{Name: "kernel", Duration: seconds(g.InitStart)})
+	}
+	for _, st := range g.Stages {
+		name, _ := st[0].(string)
+		start, ok1 := st[1].(float64)
+		end, ok2 := st[2].(float64)
+		if stageNames[name] == "" || !ok1 || !ok2 || end < start {
+			continue
+		}
+		out = append(out, TimelineStep{Name: stageNames[name], Duration: seconds(end - start)})
+	}
+	if len(g.UserCommands) == 2 && g.UserCommands[1] >= g.UserCommands[0] {
+		out = append(out, TimelineStep{Name: "user-commands", Duration: seconds(g.UserCommands[1] - g.UserCommands[0])})
+	}
+	return out, kernelStart
+}
+
+func seconds(s float64) time.Duration {
+	return time.Duration(s * float64(time.Second)).Round(10 * time.Millisecond)
 }
 
 var ansiEscape = regexp.MustCompile(`\x1b\[[0-9;?]*[a-zA-Z]`)
@@ -78,13 +162,15 @@ var readyLine = regexp.MustCompile(regexp.QuoteMeta(readyMarker) + `(\{.*\})`)
 func ParseGuestResult(console []byte, instanceID string) GuestResult {
 	for _, m := range readyLine.FindAllSubmatch(console, -1) {
 		var r struct {
-			InstanceID string   `json:"instance_id"`
-			Errors     []string `json:"errors"`
+			InstanceID string        `json:"instance_id"`
+			Errors     []string      `json:"errors"`
+			Timeline   guestTimeline `json:"timeline"`
 		}
 		if err := json.Unmarshal(m[1], &r); err != nil || r.InstanceID != instanceID {
 			continue
 		}
-		return GuestResult{Done: true, Errors: r.Errors}
+		steps, kernelStart := r.Timeline.steps()
+		return GuestResult{Done: true, Errors: r.Errors, Timeline: steps, KernelStart: kernelStart}
 	}
 	return GuestResult{}
 }
