@@ -102,8 +102,8 @@ type machine struct {
 	Boot       BootReport
 	BootedFrom string
 	// Media is the virtual CD.
-	Media MediaReport
-	IP, MAC  string
+	Media   MediaReport
+	IP, MAC string
 	// Repaves counts installations.
 	Repaves int
 }
