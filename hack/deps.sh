@@ -19,6 +19,7 @@ readonly PACKAGES=(
 	make git gcc ca-certificates curl python3 procps iproute2 iputils-ping iptables # build, tests, local cluster
 	qemu-system-x86 qemu-utils                                                     # VMs, disks (qemu-img, qemu-io)
 	debootstrap e2fsprogs fdisk grub-pc-bin                                        # the offline guest image
+	xorriso                                                                        # with grub-pc-bin, grub-mkrescue: the virtual media test's bootable ISO
 	python3-sushy                                                                  # pkg/redfish: OpenStack Ironic's Redfish client
 	shellcheck                                                                     # make lint
 )

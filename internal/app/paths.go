@@ -20,10 +20,10 @@ const pathsUsage = "usage: simulator paths [--work-dir DIR] [--namespace NS --se
 
 // Paths implements `simulator paths`: it prints where the simulator keeps things on this host as
 // key=value lines (no quoting, one per line), so shell scripts ask the binary instead of
-// hard-coding the layout. The keys are work_dir, images_dir, vms_dir, run_dir and ipam_dir, and
-// with --namespace and --server also vm_dir, disk, seed, console, pidfile, instance_id,
-// qmp_socket, tap and mac (the MAC derived from the server's identity). It needs no root and no
-// cluster and touches nothing on disk.
+// hard-coding the layout. The keys are work_dir, images_dir, vms_dir, run_dir, ipam_dir and
+// media_dir, and with --namespace and --server also vm_dir, disk, seed, console, pidfile,
+// instance_id, qmp_socket, tap and mac (the MAC derived from the server's identity). It needs no
+// root and no cluster and touches nothing on disk.
 func Paths(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("paths", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are returned, once, to main
@@ -61,6 +61,7 @@ func Paths(args []string, out io.Writer) error {
 		{"vms_dir", layout.VMsDir()},
 		{"run_dir", layout.RunDir()},
 		{"ipam_dir", layout.IPAMDir()},
+		{"media_dir", layout.MediaDir()},
 	}
 	if *server != "" {
 		// Kubernetes would refuse other names; refusing them here keeps "../x" out of paths.

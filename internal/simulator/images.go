@@ -44,13 +44,24 @@ type ImagePolicy struct {
 // newImageCache is the image cache of a host: its policy, the VM network refused (other
 // tenants' VMs live there), and only real disk images cached.
 func newImageCache(dir string, pol ImagePolicy, vmNet netip.Prefix) *imagecache.Cache {
+	return newCache(dir, pol, vmNet, func(ctx context.Context, path string) error {
+		_, err := qemu.InspectBaseImage(ctx, path)
+		return err
+	})
+}
+
+// newMediaCache is the virtual media cache of a host: the same policy as OS images (a CD's URL
+// comes from a BMC client, as untrusted as a profile's), and only ISOs cached.
+func newMediaCache(dir string, pol ImagePolicy, vmNet netip.Prefix) *imagecache.Cache {
+	return newCache(dir, pol, vmNet, func(_ context.Context, path string) error { return qemu.InspectMedia(path) })
+}
+
+// newCache is a cache in dir under pol, refusing the VM network, with verify as its check.
+func newCache(dir string, pol ImagePolicy, vmNet netip.Prefix, verify func(context.Context, string) error) *imagecache.Cache {
 	c := &imagecache.Cache{
 		Dir: dir, FileDirs: pol.FileDirs, AllowHosts: pol.AllowHosts, MaxBytes: pol.MaxBytes,
 		ConnectTimeout: pol.ConnectTimeout, HeaderTimeout: pol.HeaderTimeout, StallTimeout: pol.StallTimeout,
-		Verify: func(ctx context.Context, path string) error {
-			_, err := qemu.InspectBaseImage(ctx, path)
-			return err
-		},
+		Verify: verify,
 	}
 	if vmNet.IsValid() {
 		c.DenyHosts = []netip.Prefix{vmNet.Masked()}

@@ -22,6 +22,9 @@ type Layout struct {
 // ImagesDir holds the image cache.
 func (l Layout) ImagesDir() string { return filepath.Join(l.WorkDir, filenames.ImagesDir) }
 
+// MediaDir holds the virtual media (CD) cache, apart from the image cache (see filenames.MediaDir).
+func (l Layout) MediaDir() string { return filepath.Join(l.WorkDir, filenames.MediaDir) }
+
 // VMsDir holds one directory per VM, <namespace>/<server>.
 func (l Layout) VMsDir() string { return filepath.Join(l.WorkDir, filenames.VMsDir) }
 

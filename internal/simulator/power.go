@@ -41,7 +41,8 @@ func (p *Provider) Shutdown(_ context.Context, server types.NamespacedName) erro
 
 // PowerOn boots the server's installed disk again with the settings it was installed with: same
 // CPUs, memory, MAC, tap and address; the seed keeps the instance-id, so cloud-init does not run
-// the installation again.
+// the installation again. The virtual CD, when one is inserted, is attached, and booted first when
+// the boot override says Cd (Once or Continuous); a Once override is used up by this boot.
 func (p *Provider) PowerOn(ctx context.Context, server types.NamespacedName) error {
 	defer p.lock(server)()
 	dir := p.VMDir(server)
@@ -71,6 +72,11 @@ func (p *Provider) PowerOn(ctx context.Context, server types.NamespacedName) err
 	if mac := recordedMAC(dir); mac != "" {
 		spec.MAC = mac
 	}
+	cd, bootCD, boot, err := p.bootDevices(ctx, server, dir)
+	if err != nil {
+		return err
+	}
+	spec.CD, spec.BootCD = cd, bootCD
 	if err := p.net.Ensure(); err != nil {
 		return fmt.Errorf("setting up the simulator network: %w", err)
 	}
@@ -80,6 +86,17 @@ func (p *Provider) PowerOn(ctx context.Context, server types.NamespacedName) err
 	if err := p.vms.Start(ctx, spec); err != nil {
 		return fmt.Errorf("starting the VM: %w", err)
 	}
-	p.cfg.Log.Info("VM powered on", "server", identity(server))
+	// Used up only once the VM started: a failed start leaves the override for the next try.
+	if boot.Enabled == controller.BootOnce {
+		boot.Enabled = controller.BootDisabled
+		if err := writeBoot(dir, boot); err != nil {
+			return fmt.Errorf("the VM started, but recording that its one-time boot override is used up failed: %w", err)
+		}
+	}
+	from := "disk"
+	if bootCD {
+		from = "cd"
+	}
+	p.cfg.Log.Info("VM powered on", "server", identity(server), "bootFrom", from, "cdAttached", cd != "")
 	return nil
 }

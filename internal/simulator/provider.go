@@ -2,8 +2,9 @@
 // a QEMU VM on this host, on a bridge with NAT, installed from a cloud image with cloud-init.
 //
 // Files by job: provider.go (Provider, New, Inspect, PowerOff), repave.go (the repave flow),
-// images.go (background image downloads), release.go (Release, ReleaseAll, Teardown), layout.go
-// (where things live on the host), status.go (step-by-step status).
+// images.go (background image downloads), power.go (PowerOn, Shutdown), media.go (boot override
+// and virtual CD), release.go (Release, ReleaseAll, Teardown), layout.go (where things live on the
+// host), status.go (step-by-step status).
 package simulator
 
 import (
@@ -56,6 +57,7 @@ type Config struct {
 type Provider struct {
 	cfg    Config
 	images *imagecache.Cache
+	media  *imagecache.Cache // virtual CDs (media.go)
 	ipam   *ipam.Pool
 	net    *hostnet.Network
 	vms    qemu.VMs
@@ -97,14 +99,14 @@ func New(cfg Config) (*Provider, error) {
 		return nil, err
 	}
 	layout := Layout{WorkDir: cfg.WorkDir}
-	for _, d := range []string{layout.ImagesDir(), layout.VMsDir(), layout.RunDir(), layout.IPAMDir()} {
+	for _, d := range []string{layout.ImagesDir(), layout.MediaDir(), layout.VMsDir(), layout.RunDir(), layout.IPAMDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("creating work directory: %w", err)
 		}
 	}
-	// VM directories hold seeds with user-data and consoles, the image cache whatever tenants'
-	// URLs served: keep them root-only (the cache makes its entries 0700/0600 on use).
-	for _, d := range []string{layout.VMsDir(), layout.ImagesDir()} {
+	// VM directories hold seeds with user-data and consoles, the image and media caches whatever
+	// tenants' URLs served: keep them root-only (the cache makes its entries 0700/0600 on use).
+	for _, d := range []string{layout.VMsDir(), layout.ImagesDir(), layout.MediaDir()} {
 		if err := os.Chmod(d, 0o700); err != nil {
 			return nil, fmt.Errorf("securing %s: %w", d, err)
 		}
@@ -115,6 +117,7 @@ func New(cfg Config) (*Provider, error) {
 	return &Provider{
 		cfg:     cfg,
 		images:  newImageCache(layout.ImagesDir(), cfg.Images, subnet),
+		media:   newMediaCache(layout.MediaDir(), cfg.Images, subnet),
 		ipam:    &ipam.Pool{Dir: layout.poolDir(cfg.Network.Bridge), First: cfg.FirstIP, Last: cfg.LastIP},
 		net:     network,
 		vms:     qemu.VMs{QEMU: cfg.QEMU},
@@ -174,6 +177,12 @@ func (p *Provider) Inspect(_ context.Context, server types.NamespacedName) (cont
 	}
 	if ip, ok, err := p.ipam.Lookup(identity(server)); err == nil && ok {
 		info.IPAddress = ip.String()
+	}
+	if info.Boot, err = readBoot(dir); err != nil {
+		return controller.ServerInfo{}, err
+	}
+	if info.Media, err = mediaInfo(dir); err != nil {
+		return controller.ServerInfo{}, err
 	}
 	return info, nil
 }

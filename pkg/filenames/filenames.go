@@ -5,6 +5,7 @@
 // A work directory (default DefaultWorkDir) holds:
 //
 //	images/<sha256 of URL>/         the image cache (see pkg/imagecache)
+//	media/<sha256 of URL>/          the virtual media (CD) cache, kept apart from the images
 //	vms/<namespace>/<server>/       one VM directory per Server: DiskFile, SeedFile, ConsoleFile, ...
 //	run/<hash of VM dir>.qmp        QMP sockets, outside the VM directories to stay short
 //	ipam/<bridge>/<address>         address claims (see pkg/ipam)
@@ -25,6 +26,11 @@ const (
 	RunDir = "run"
 	// IPAMDir holds the address claims, one subdirectory per bridge.
 	IPAMDir = "ipam"
+	// MediaDir caches the ISOs inserted as virtual CDs. It is a cache of its own, not ImagesDir:
+	// a cache removes an entry its check rejects, and the checks differ (a disk image is no CD,
+	// an ISO no disk), so one URL asked for as both must not evict the other's entry — least of
+	// all an OS image that VM disks use as their backing file.
+	MediaDir = "media"
 )
 
 // Files of a VM directory. The directory is the VM's whole state: a restarted controller finds
@@ -49,6 +55,12 @@ const (
 	// MACFile holds the MAC address of the VM's network interface, claimed before anything else
 	// of an installation, so that no two Servers on one host boot with the same MAC.
 	MACFile = "mac"
+	// BootFile holds the boot override a BMC set (target, once or continuous, mode) as JSON, so
+	// that it survives restarts; absent means no override.
+	BootFile = "boot.json"
+	// MediaFile holds the virtual CD (its URL, digest and cached path) as JSON while one is
+	// inserted; absent means an empty drive.
+	MediaFile = "media.json"
 )
 
 // QMPSocketSuffix ends the name of every QMP socket in RunDir.

@@ -593,8 +593,8 @@ func TestImageCacheFetchInvalidURL(t *testing.T) {
 			t.Parallel()
 			c := imgCache(t.TempDir())
 			_, err := c.Fetch(t.Context(), tc.url, "", nil)
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("err = %v, want it to mention %q", err, tc.want)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, ErrInvalidURL) {
+				t.Errorf("err = %v, want ErrInvalidURL mentioning %q", err, tc.want)
 			}
 			if des, _ := os.ReadDir(c.Dir); len(des) != 0 {
 				t.Errorf("cache dir has %d entries after a rejected URL", len(des))

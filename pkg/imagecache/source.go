@@ -49,28 +49,32 @@ type source struct {
 	url *url.URL
 }
 
+// ErrInvalidURL is returned (wrapped) for an image URL that is not http(s)://host/... or
+// file:///abs/path: a mistake in the request, as opposed to a source the policy refuses.
+var ErrInvalidURL = errors.New("invalid image URL")
+
 // parseImageURL accepts http, https and file:///abs/path URLs.
 func parseImageURL(rawURL string) (*url.URL, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("invalid image URL: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrInvalidURL, err)
 	}
 	switch u.Scheme {
 	case "http", "https":
 		if u.Host == "" {
-			return nil, fmt.Errorf("invalid image URL %s: no host", rawURL)
+			return nil, fmt.Errorf("%w %s: no host", ErrInvalidURL, rawURL)
 		}
 	case "file":
 		if u.Host != "" && u.Host != "localhost" {
-			return nil, fmt.Errorf("invalid image URL %s: file URLs cannot name a host; use file:///abs/path", rawURL)
+			return nil, fmt.Errorf("%w %s: file URLs cannot name a host; use file:///abs/path", ErrInvalidURL, rawURL)
 		}
 		if !filepath.IsAbs(u.Path) {
-			return nil, fmt.Errorf("invalid image URL %s: file URLs need an absolute path; use file:///abs/path", rawURL)
+			return nil, fmt.Errorf("%w %s: file URLs need an absolute path; use file:///abs/path", ErrInvalidURL, rawURL)
 		}
 	case "":
-		return nil, fmt.Errorf("invalid image URL %s: no scheme; use http://, https:// or file:///abs/path", rawURL)
+		return nil, fmt.Errorf("%w %s: no scheme; use http://, https:// or file:///abs/path", ErrInvalidURL, rawURL)
 	default:
-		return nil, fmt.Errorf("invalid image URL %s: unsupported scheme %q (want http, https or file)", rawURL, u.Scheme)
+		return nil, fmt.Errorf("%w %s: unsupported scheme %q (want http, https or file)", ErrInvalidURL, rawURL, u.Scheme)
 	}
 	return u, nil
 }

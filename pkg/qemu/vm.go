@@ -93,6 +93,12 @@ type VMSpec struct {
 	Tap string
 	// Accel must be resolved (kvm or tcg).
 	Accel Accel
+	// CD is the path of an image attached, read-only, as the VM's CD-ROM (virtual media); empty
+	// means no CD drive, and the command line is exactly what it was before virtual media existed.
+	CD string `json:",omitempty"`
+	// BootCD boots the CD before the disk (a boot override); otherwise the disk boots first and
+	// the CD is only there for the guest to read.
+	BootCD bool `json:",omitempty"`
 }
 
 // Cmdline returns QEMU's arguments for spec. It is a pure function so the command line can be
@@ -114,6 +120,23 @@ func Cmdline(spec VMSpec) []string {
 		// The seed on virtio too: minimal cloud kernels may have no ATA/CD-ROM drivers, and
 		// cloud-init finds the seed by its label on any block device.
 		"-drive", "file="+filepath.Join(spec.Dir, filenames.SeedFile)+",if=virtio,format=raw,readonly=on",
+	)
+	if spec.CD != "" {
+		// A real CD-ROM on the q35 machine's built-in AHCI controller, at the port QEMU's own
+		// -cdrom uses, so installers find it as a CD (ISO 9660, El Torito). Always raw: QEMU never
+		// probes the format of a file a tenant chose.
+		cd := "ide-cd,drive=cd0,bus=ide.2"
+		if spec.BootCD {
+			// A bootindex puts the CD first in SeaBIOS's boot order; devices without one (the
+			// disk) follow. Without it the firmware's default order boots the disk first.
+			cd += ",bootindex=0"
+		}
+		args = append(args,
+			"-drive", "if=none,id=cd0,file="+escapeOpt(spec.CD)+",format=raw,readonly=on,media=cdrom",
+			"-device", cd,
+		)
+	}
+	args = append(args,
 		"-netdev", "tap,id=net0,ifname="+spec.Tap+",script=no,downscript=no",
 		"-device", "virtio-net-pci,netdev=net0,mac="+spec.MAC,
 		"-device", "virtio-rng-pci",
@@ -126,6 +149,9 @@ func Cmdline(spec VMSpec) []string {
 	)
 	return args
 }
+
+// escapeOpt escapes a value for a QEMU option list, where a comma ends the value unless doubled.
+func escapeOpt(v string) string { return strings.ReplaceAll(v, ",", ",,") }
 
 // QMPSocketPath returns a short socket path for the VM in dir. VM directories can be long
 // (namespace and name are up to 63 characters each) and unix sockets are limited to 107 bytes, so
@@ -163,6 +189,11 @@ func (v VMs) Start(ctx context.Context, spec VMSpec) error {
 	for _, f := range []string{filenames.DiskFile, filenames.SeedFile} {
 		if _, err := os.Stat(filepath.Join(spec.Dir, f)); err != nil {
 			return fmt.Errorf("cannot start VM: %w", err)
+		}
+	}
+	if spec.CD != "" {
+		if _, err := os.Stat(spec.CD); err != nil {
+			return fmt.Errorf("cannot start VM with its virtual CD: %w", err)
 		}
 	}
 	if err := os.MkdirAll(filepath.Dir(spec.QMPSocket), 0o700); err != nil {

@@ -4,6 +4,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -11,14 +12,30 @@ import (
 var updateGolden = flag.Bool("update", false, "rewrite golden files")
 
 func TestCmdlineGolden(t *testing.T) {
-	for _, accel := range []Accel{AccelTCG, AccelKVM} {
-		t.Run(string(accel), func(t *testing.T) {
-			got := strings.Join(Cmdline(VMSpec{
-				Name: "dc-simulator.worker-1", Dir: "/var/lib/stargate/vms/dc-simulator/worker-1",
-				QMPSocket: "/var/lib/stargate/run/0123456789abcdef.qmp", CPUs: 2, MemoryMiB: 4096,
-				MAC: "52:54:00:12:34:56", Tap: "sg-0123456789ab", Accel: accel,
-			}), "\n") + "\n"
-			golden := filepath.Join("testdata", "cmdline-"+string(accel)+".golden")
+	base := VMSpec{
+		Name: "dc-simulator.worker-1", Dir: "/var/lib/stargate/vms/dc-simulator/worker-1",
+		QMPSocket: "/var/lib/stargate/run/0123456789abcdef.qmp", CPUs: 2, MemoryMiB: 4096,
+		MAC: "52:54:00:12:34:56", Tap: "sg-0123456789ab",
+	}
+	const iso = "/var/lib/stargate/media/0123456789abcdef/image"
+	for _, tc := range []struct {
+		golden string
+		accel  Accel
+		cd     string
+		bootCD bool
+	}{
+		// Without a CD the command line is the one VMs had before virtual media.
+		{golden: "tcg", accel: AccelTCG},
+		{golden: "kvm", accel: AccelKVM},
+		// A CD in the drive, the disk booting first; and a CD booted by an override.
+		{golden: "cd-tcg", accel: AccelTCG, cd: iso},
+		{golden: "cdboot-tcg", accel: AccelTCG, cd: iso, bootCD: true},
+	} {
+		t.Run(tc.golden, func(t *testing.T) {
+			spec := base
+			spec.Accel, spec.CD, spec.BootCD = tc.accel, tc.cd, tc.bootCD
+			got := strings.Join(Cmdline(spec), "\n") + "\n"
+			golden := filepath.Join("testdata", "cmdline-"+tc.golden+".golden")
 			if *updateGolden {
 				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
 					t.Fatal(err)
@@ -32,6 +49,16 @@ func TestCmdlineGolden(t *testing.T) {
 				t.Errorf("command line differs from %s:\n got:\n%s\nwant:\n%s", golden, got, want)
 			}
 		})
+	}
+}
+
+// A comma in the CD's path would end QEMU's file= value and start an option of the path's
+// choosing: it is doubled.
+func TestCmdlineCDPathCommaEscaped(t *testing.T) {
+	args := Cmdline(VMSpec{Dir: "/vm", CD: "/work,dir/media/x/image,format=qcow2", Accel: AccelTCG})
+	want := "if=none,id=cd0,file=/work,,dir/media/x/image,,format=qcow2,format=raw,readonly=on,media=cdrom"
+	if !slices.Contains(args, want) {
+		t.Errorf("no %q in %q", want, args)
 	}
 }
 
