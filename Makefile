@@ -64,7 +64,7 @@ lint: lint-go lint-shell ## Run golangci-lint (.golangci.yml) and shellcheck on 
 
 .PHONY: lint-go
 lint-go: ## Run golangci-lint (version pinned in hack/tools/lint/go.mod; first run builds it, ~2 min).
-	$(GOLANGCI_LINT) run ./...
+	$(GOLANGCI_LINT) run --allow-parallel-runners ./...
 
 # Every shell script git knows of (tracked or new, not ignored): *.sh and files with a sh/bash shebang.
 .PHONY: lint-shell
