@@ -141,6 +141,17 @@ func TestRepaveWithQEMU(t *testing.T) {
 			t.Errorf("repave-1: condition %s not True", cond)
 		}
 	}
+	// The guest reported its own boot: at least the kernel and every cloud-init stage.
+	steps := map[string]time.Duration{}
+	for _, step := range op1.Status.Timeline {
+		steps[step.Name] = step.Duration.Duration
+		t.Logf("  timeline %-20s %s", step.Name, step.Duration.Duration)
+	}
+	for _, name := range []string{"kernel", "cloud-init-local", "cloud-init-network", "cloud-init-config", "cloud-init-final"} {
+		if d, ok := steps[name]; !ok || d <= 0 {
+			t.Errorf("repave-1: timeline step %s missing or zero: %v", name, op1.Status.Timeline)
+		}
+	}
 	s := waitServer(func(st stargatev1.ServerStatus) bool { return st.State == stargatev1.ServerReady && st.IPAddress != "" })
 	firstIP, firstInstance := s.Status.IPAddress, s.Status.InstanceID
 	ping(firstIP)
