@@ -50,11 +50,17 @@ func TestGarbageOfDeletedServersIsCollected(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = p.Teardown() })
 	net, err := hostnet.New(cfg.Network)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { // the test binary's other tests share this network namespace
+		taps, _ := net.BridgeTaps()
+		for _, tap := range taps {
+			_ = net.DeleteTap(tap)
+		}
+		_ = p.Teardown()
+	})
 	layout := simulator.Layout{WorkDir: work}
 	kept := types.NamespacedName{Namespace: "team-a", Name: "kept"}
 	ghost := types.NamespacedName{Namespace: "team-a", Name: "ghost"}
