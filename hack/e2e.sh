@@ -19,6 +19,8 @@
 #      Ready again with a different UID (the old Node was replaced); one QEMU process and one tap.
 #   4. Delete the Server: within 2 minutes it is gone, with no QEMU process for the work dir, no sg-* tap,
 #      no VM files, no IP allocation and no QMP socket left.
+#   5. A namespace with three Servers repaving is deleted once two VMs run: the namespace goes, and no QEMU
+#      process, tap, VM file, IP allocation or QMP socket is left.
 #   Then a table of how long each step of each Operation took (condition lastTransitionTime - startTime).
 # On failure: the last 40 lines of the VM console, the simulator log tail and the Operations as YAML.
 # Always: the simulator, VMs and control plane are stopped, the namespace and temporary files removed.
@@ -90,7 +92,7 @@ kn() { k -n "${NAMESPACE}" "$@"; }
 qemu_pids() {
 	local p cmd
 	for p in /proc/[0-9]*; do
-		cmd="$(tr '\0' ' ' <"${p}/cmdline" 2>/dev/null)" || continue
+		cmd="$(tr '\0' ' ' 2>/dev/null <"${p}/cmdline")" 2>/dev/null || continue # the process may just have exited
 		[[ "${cmd}" == qemu-system* && "${cmd}" == *"${WORK_DIR}/"* ]] && printf '%s\n' "${p#/proc/}"
 	done
 	return 0
@@ -356,15 +358,12 @@ n="$(in_ns ip -o link show | grep -c ': sg-')" || true
 log "  repave-2: same IP ${IP}, new instance, Node replaced (uid ${first_uid} -> ${NODE_UID}), one VM, one tap"
 PASSED=$((PASSED + 1))
 
-# 3. Deleting the Server releases everything.
-log "deleting Server ${SERVER}"
-t="${SECONDS}"
-kn delete server "${SERVER}" --wait=false >/dev/null
-deadline=$((SECONDS + DELETE_TIMEOUT))
-while :; do
+# leftovers: fills the array `left` with what the simulator still holds on this host (QEMU processes,
+# taps, VM files, IP allocations, QMP sockets).
+leftovers() {
 	left=()
-	kn get server "${SERVER}" >/dev/null 2>&1 && left+=("Server object")
 	[[ -z "$(qemu_pids)" ]] || left+=("QEMU process $(qemu_pids | tr '\n' ' ')")
+	local taps vmfiles ipfiles sockets
 	taps="$(in_ns ip -o link show | awk -F': ' '$2 ~ /^sg-/ {print $2}' | cut -d@ -f1 | tr '\n' ' ')"
 	[[ -z "${taps}" ]] || left+=("taps ${taps}")
 	vmfiles="$(find "${VMS_DIR}" -mindepth 1 2>/dev/null | head -n 5 | tr '\n' ' ')"
@@ -373,6 +372,16 @@ while :; do
 	[[ -z "${ipfiles}" ]] || left+=("IP allocations ${ipfiles}")
 	sockets="$(find "${RUN_DIR}" -name '*.qmp' 2>/dev/null | tr '\n' ' ')"
 	[[ -z "${sockets}" ]] || left+=("QMP sockets ${sockets}")
+}
+
+# 3. Deleting the Server releases everything.
+log "deleting Server ${SERVER}"
+t="${SECONDS}"
+kn delete server "${SERVER}" --wait=false >/dev/null
+deadline=$((SECONDS + DELETE_TIMEOUT))
+while :; do
+	leftovers
+	kn get server "${SERVER}" >/dev/null 2>&1 && left+=("Server object")
 	k get node "${SERVER}" >/dev/null 2>&1 && left+=("Node ${SERVER}")
 	((${#left[@]} == 0)) && break
 	((SECONDS < deadline)) || die "${DELETE_TIMEOUT} s after deleting Server ${SERVER}, still left: ${left[*]}"
@@ -380,6 +389,53 @@ while :; do
 done
 phase_done delete "${t}"
 log "  Server deleted in $((SECONDS - t)) s: no QEMU process, tap, VM file, IP allocation, QMP socket or Node left"
+PASSED=$((PASSED + 1))
+
+# 4. A namespace deleted while its Servers install: the real namespace controller deletes them and
+# their Operations; the simulator releases every VM, tap, address and file.
+readonly DOOMED=e2e-doomed
+log "namespace ${DOOMED}: three Servers repaving, then the namespace is deleted"
+t="${SECONDS}"
+k create namespace "${DOOMED}" >/dev/null
+k -n "${DOOMED}" apply -f - >/dev/null <<EOF
+apiVersion: stargate.io/v1alpha1
+kind: ProvisioningProfile
+metadata: {name: hello}
+spec:
+  image: {url: "file://${IMAGE}"}
+  cloudInit: |
+    #cloud-config
+    runcmd: [[sh, -c, 'echo hello']]
+EOF
+for i in 1 2 3; do
+	k -n "${DOOMED}" apply -f - >/dev/null <<EOF
+apiVersion: stargate.io/v1alpha1
+kind: Server
+metadata: {name: doomed-${i}}
+spec: {cpus: 1, memory: 1Gi, disk: 4Gi}
+---
+apiVersion: stargate.io/v1alpha1
+kind: Operation
+metadata: {name: repave-doomed-${i}}
+spec: {operation: repave, serverRef: {name: doomed-${i}}, provisioningProfileRef: {name: hello}}
+EOF
+done
+deadline=$((SECONDS + 300))
+until (($(qemu_pids | wc -l) >= 2)); do # --max-parallel 2: two install, the third waits
+	((SECONDS < deadline)) || die "no two VMs of ${DOOMED} started within 300 s"
+	sleep 1
+done
+k delete namespace "${DOOMED}" --wait=false >/dev/null
+deadline=$((SECONDS + DELETE_TIMEOUT))
+while :; do
+	leftovers
+	k get namespace "${DOOMED}" >/dev/null 2>&1 && left+=("namespace ${DOOMED}")
+	((${#left[@]} == 0)) && break
+	((SECONDS < deadline)) || die "${DELETE_TIMEOUT} s after deleting namespace ${DOOMED}, still left: ${left[*]}"
+	sleep 1
+done
+phase_done delete-namespace "${t}"
+log "  namespace ${DOOMED} deleted mid-install: no QEMU process, tap, VM file, IP allocation or QMP socket left"
 PASSED=$((PASSED + 1))
 
 timing_table repave-1 repave-2
