@@ -20,7 +20,7 @@ import (
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 )
 
-// healthInterval is how often a Ready server's machine is checked.
+// healthInterval is how often a server's machine is checked.
 const healthInterval = 30 * time.Second
 
 // ServerReconciler of the owning host is the only writer of a Server's status, which it computes
@@ -107,7 +107,9 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if saved, err := r.saveStatus(ctx, server, desiredServerStatus(obs)); err != nil || !saved {
 		return ctrl.Result{RequeueAfter: conflictRetry}, err
 	}
-	if server.Status.State == stargatev1.ServerReady {
+	if obs.machine != nil && obs.machine.Exists {
+		// A machine can stop (or start) without any Kubernetes change: look again, so powerState
+		// and MachineStopped stay true.
 		return ctrl.Result{RequeueAfter: healthInterval}, nil
 	}
 	return ctrl.Result{}, nil
