@@ -85,6 +85,11 @@ type ProvisioningProfileSpec struct {
 	// JoinsCluster declares that the user-data joins the server to the management cluster as a
 	// Node named after the Server. A repave with this profile then succeeds only when that Node is
 	// Ready, and the stale Node of the previous installation is deleted before the new one joins.
+	// Node names are cluster-wide while Server names are per namespace, so Stargate deletes, or
+	// trusts as Ready, only a Node whose InternalIP is the Server's address. A repave fails before
+	// touching the server when a Node of that name exists that is not the Server's
+	// (NodeNameTaken), or when a Server of the same name in another namespace is installed, or
+	// being installed, with a joining profile (NodeNameConflict): give one of them another name.
 	// +optional
 	JoinsCluster bool `json:"joinsCluster,omitempty"`
 }
