@@ -3,6 +3,7 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -25,7 +26,9 @@ const diskSectorSize = 512
 // the working directory) together with its format as detected from its magic
 // bytes, so neither qemu-img nor QEMU ever probes the base. The overlay is
 // built under a temp name and renamed into place: a failure leaves the old
-// disk, never a half-made one.
+// disk, never a half-made one. Temp files of earlier calls for path whose process died (a crash
+// or SIGKILL during qemu-img create) are removed first: callers never create one path's disk
+// twice at once.
 // The file is 0600 because a booted disk may hold the guest's secrets.
 func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) error {
 	absBase, err := filepath.Abs(base)
@@ -41,9 +44,12 @@ func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) erro
 	size := max(sizeBytes, info.VirtualSize)
 	size = (size + diskSectorSize - 1) / diskSectorSize * diskSectorSize
 
+	if err := removeOverlayTemps(path); err != nil {
+		return fmt.Errorf("creating overlay %s: %w", path, err)
+	}
 	// CreateTemp makes the file 0600 before any byte is in it; qemu-img
 	// create reuses an existing file and keeps its mode.
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	tmp, err := os.CreateTemp(filepath.Dir(path), overlayTempPattern(path))
 	if err != nil {
 		return fmt.Errorf("creating overlay %s: %w", path, err)
 	}
@@ -68,6 +74,23 @@ func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) erro
 		return fmt.Errorf("creating overlay %s: %w", path, err)
 	}
 	done = true
+	return nil
+}
+
+// overlayTempPattern names the temp files CreateOverlay builds path's overlay in (os.CreateTemp).
+func overlayTempPattern(path string) string { return "." + filepath.Base(path) + ".tmp-*" }
+
+// removeOverlayTemps removes the temp files left by CreateOverlay calls for path that never finished.
+func removeOverlayTemps(path string) error {
+	stale, err := filepath.Glob(filepath.Join(filepath.Dir(path), overlayTempPattern(path)))
+	if err != nil {
+		return err
+	}
+	for _, f := range stale {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
 	return nil
 }
 

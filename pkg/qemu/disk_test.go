@@ -195,6 +195,31 @@ func TestCreateOverlayReplacesExisting(t *testing.T) {
 	}
 }
 
+// TestCreateOverlayRemovesStaleTemps: the temp file of a creation whose process was killed is
+// removed by the next creation of the same disk, and no other file is.
+func TestCreateOverlayRemovesStaleTemps(t *testing.T) {
+	t.Parallel()
+	diskTestNeedQemuImg(t)
+	dir := t.TempDir()
+	base := diskTestBase(t, dir, "raw", 4*diskTestMiB)
+	overlay := filepath.Join(dir, "disk.qcow2")
+	stale, other := filepath.Join(dir, ".disk.qcow2.tmp-123"), filepath.Join(dir, ".other.qcow2.tmp-123")
+	for _, f := range []string{stale, other} {
+		if err := os.WriteFile(f, []byte("half a disk"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := CreateOverlay(t.Context(), base, overlay, 8*diskTestMiB); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale temp file %s: %v, want it removed", stale, err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("another disk's temp file: %v, want it kept", err)
+	}
+}
+
 // TestCreateOverlayRelativeBase cannot run in parallel: it changes the
 // working directory.
 func TestCreateOverlayRelativeBase(t *testing.T) {
