@@ -48,6 +48,19 @@ func TestSIGKILLAtEveryStep(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a VM under TCG (minutes); skipped in -short mode")
 	}
+	t.Logf("fault suite wall time: %s", faultSuite(t).Round(time.Second))
+}
+
+// BenchmarkFaultSuite reports the fault suite's wall time (one guest boot, four kills) for
+// `make bench`.
+func BenchmarkFaultSuite(b *testing.B) {
+	for b.Loop() {
+		b.ReportMetric(faultSuite(b).Seconds(), "s-wall")
+	}
+}
+
+// faultSuite runs the SIGKILL windows described above and returns how long it took.
+func faultSuite(t testing.TB) time.Duration {
 	netnstest.Require(t)
 	image := guestImage(t)
 	realImg := testreq.Command(t, "qemu-img", "apt-get install -y qemu-utils")
@@ -270,7 +283,7 @@ func TestSIGKILLAtEveryStep(t *testing.T) {
 		t.Errorf("after the deletion: VM directories %v", vms)
 	}
 	sim.kill()
-	t.Logf("fault suite wall time: %s", time.Since(began).Round(time.Second))
+	return time.Since(began)
 }
 
 // simProcess is the simulator binary run as a child process, killed with SIGKILL and restarted.
