@@ -1,7 +1,5 @@
 package redfish
 
-import ()
-
 // link is a Redfish reference to another resource.
 type link struct {
 	ID string `json:"@odata.id"`
