@@ -16,6 +16,7 @@ import (
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/controller"
+	"stargate.io/stargate/internal/testreq"
 )
 
 // These tests drive the image step of a repave (Provider.image) with real files, a real image
@@ -137,7 +138,7 @@ func TestImageStepReasons(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			if tc.name == "qcow2 with a backing file" && !haveQemuImg {
-				t.Skip("qemu-img not on PATH (apt-get install qemu-utils)")
+				testreq.Need(t, "qemu-img", "apt-get install -y qemu-utils")
 			}
 			p := imgTestProvider(t, tc.pol)
 			start := time.Now()

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"stargate.io/stargate/internal/testreq"
 	"stargate.io/stargate/pkg/qemu"
 )
 
@@ -183,11 +184,11 @@ func TestHTTPHostAddressRefused(t *testing.T) {
 		}
 	}
 	if !host.IsValid() {
-		t.Skip("this host has no non-loopback IPv4 address")
+		testreq.Need(t, "a non-loopback IPv4 address on this host", "give the machine a network interface with an IPv4 address")
 	}
 	l, err := net.Listen("tcp", netip.AddrPortFrom(host, 0).String())
 	if err != nil {
-		t.Skipf("cannot listen on %s: %v", host, err)
+		testreq.Need(t, fmt.Sprintf("a listening socket on %s (%v)", host, err), "run the test where it may bind to the host's address")
 	}
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write(imgMBRDisk(4096)) }))
 	srv.Listener.Close()
@@ -222,7 +223,7 @@ func TestHTTPRedirectPolicy(t *testing.T) {
 	// The allowed server, on 127.0.0.2 (all of 127/8 is loopback on Linux).
 	l, err := net.Listen("tcp", "127.0.0.2:0")
 	if err != nil {
-		t.Skipf("cannot listen on 127.0.0.2: %v", err)
+		testreq.Need(t, fmt.Sprintf("a listening socket on 127.0.0.2 (%v)", err), "run the test where loopback covers 127/8 (Linux)")
 	}
 	var hops atomic.Int64
 	allowedSrv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -461,9 +462,7 @@ func verifyDisk(ctx context.Context, path string) error {
 // with a backing file are refused within seconds and leave no cache entry; real disks are cached.
 func TestOnlyDiskImagesAreCached(t *testing.T) {
 	t.Parallel()
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img not on PATH (apt-get install qemu-utils)")
-	}
+	testreq.Command(t, "qemu-img", "apt-get install -y qemu-utils")
 	dir := t.TempDir()
 	run := func(args ...string) {
 		if out, err := exec.Command("qemu-img", args...).CombinedOutput(); err != nil {
