@@ -214,14 +214,12 @@ func (b *Backend) change(ctx context.Context, id, user, reason, what string, do 
 	key := client.ObjectKeyFromObject(s)
 	unlock := b.Locks.Lock(key)
 	defer unlock()
-	var ops stargatev1.OperationList
-	if err := b.APIReader.List(ctx, &ops, client.InNamespace(s.Namespace), client.MatchingFields{"spec.serverRef.name": s.Name}); err != nil {
-		return fmt.Errorf("listing operations of server %s: %w", s.Name, err)
+	ops, err := controller.OperationsOf(ctx, b.APIReader, key)
+	if err != nil {
+		return err
 	}
-	for _, op := range ops.Items {
-		if op.Status.Phase == stargatev1.OperationRunning {
-			return fmt.Errorf("operation %s runs on this server: %w", op.Name, redfish.ErrConflict)
-		}
+	if op := controller.RunningOperation(ops); op != nil {
+		return fmt.Errorf("operation %s runs on this server: %w", op.Name, redfish.ErrConflict)
 	}
 	if err := do(key); err != nil {
 		return providerError(err)

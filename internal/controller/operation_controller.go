@@ -10,6 +10,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -260,4 +261,24 @@ func requestsFor(ops []stargatev1.Operation, keep func(*stargatev1.Operation) bo
 // controller restarts.
 func InstanceID(op *stargatev1.Operation) string {
 	return "stargate-" + string(op.UID)
+}
+
+// OperationsOf lists the Operations of one Server. With the manager's cached client it uses the
+// field index, with an uncached reader the CRD's selectable field: the same key either way.
+func OperationsOf(ctx context.Context, reader client.Reader, server types.NamespacedName) ([]stargatev1.Operation, error) {
+	var ops stargatev1.OperationList
+	if err := reader.List(ctx, &ops, client.InNamespace(server.Namespace), client.MatchingFields{serverRefIndex: server.Name}); err != nil {
+		return nil, fmt.Errorf("listing operations of server %s: %w", server.Name, err)
+	}
+	return ops.Items, nil
+}
+
+// RunningOperation returns the Operation running on a Server among its Operations, or nil.
+func RunningOperation(ops []stargatev1.Operation) *stargatev1.Operation {
+	for i := range ops {
+		if ops[i].Status.Phase == stargatev1.OperationRunning {
+			return &ops[i]
+		}
+	}
+	return nil
 }

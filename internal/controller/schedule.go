@@ -154,20 +154,20 @@ func gateCapacity(ctx context.Context, r *OperationReconciler, s *operationScope
 // the Server's Operations, and the lock is held until the Running status is saved, so two workers
 // never start two Operations on one Server.
 func gateClaim(ctx context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
-	var cached stargatev1.OperationList
-	if err := r.Client.List(ctx, &cached, client.InNamespace(s.op.Namespace), client.MatchingFields{serverRefIndex: s.server.Name}); err != nil {
-		return stop(ctrl.Result{}, fmt.Errorf("listing operations of server %s: %w", s.server.Name, err))
+	cached, err := OperationsOf(ctx, r.Client, s.serverKey())
+	if err != nil {
+		return stop(ctrl.Result{}, err)
 	}
-	if holder := nextInLine(cached.Items); holder != nil && holder.Name != s.op.Name {
+	if holder := nextInLine(cached); holder != nil && holder.Name != s.op.Name {
 		return waitForTurn(r, s, holder)
 	}
 	unlock := r.Options.Locks.Lock(s.serverKey())
 	s.afterSave = append(s.afterSave, unlock)
-	var live stargatev1.OperationList
-	if err := r.APIReader.List(ctx, &live, client.InNamespace(s.op.Namespace), client.MatchingFields{serverRefIndex: s.server.Name}); err != nil {
-		return stop(ctrl.Result{}, fmt.Errorf("listing operations of server %s: %w", s.server.Name, err))
+	live, err := OperationsOf(ctx, r.APIReader, s.serverKey())
+	if err != nil {
+		return stop(ctrl.Result{}, err)
 	}
-	if holder := nextInLine(live.Items); holder != nil && holder.Name != s.op.Name {
+	if holder := nextInLine(live); holder != nil && holder.Name != s.op.Name {
 		return waitForTurn(r, s, holder)
 	}
 	start := metav1.NewTime(s.now)

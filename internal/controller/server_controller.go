@@ -118,12 +118,12 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 // observe reads what the Server's status is computed from: its Operations and its machine.
 func (r *ServerReconciler) observe(ctx context.Context, server *stargatev1.Server) (serverObservation, error) {
 	obs := serverObservation{server: server, redfishURL: r.Options.RedfishURL}
-	var ops stargatev1.OperationList
-	if err := r.Client.List(ctx, &ops, client.InNamespace(server.Namespace), client.MatchingFields{serverRefIndex: server.Name}); err != nil {
-		return obs, fmt.Errorf("listing operations of server %s: %w", server.Name, err)
+	ops, err := OperationsOf(ctx, r.Client, client.ObjectKeyFromObject(server))
+	if err != nil {
+		return obs, err
 	}
-	obs.ops = ops.Items
-	if server.Status.State != "" || len(ops.Items) > 0 {
+	obs.ops = ops
+	if server.Status.State != "" || len(ops) > 0 {
 		info, err := r.Provider.Inspect(ctx, client.ObjectKeyFromObject(server))
 		if err != nil {
 			return obs, fmt.Errorf("inspecting server: %w", err)
@@ -136,14 +136,12 @@ func (r *ServerReconciler) observe(ctx context.Context, server *stargatev1.Serve
 // handOver gives up a Server that no longer matches this host's selector, once no Operation runs
 // on it: this host releases its machine and lets another host take it.
 func (r *ServerReconciler) handOver(ctx context.Context, server *stargatev1.Server) (ctrl.Result, error) {
-	var ops stargatev1.OperationList
-	if err := r.Client.List(ctx, &ops, client.InNamespace(server.Namespace), client.MatchingFields{serverRefIndex: server.Name}); err != nil {
-		return ctrl.Result{}, fmt.Errorf("listing operations of server %s: %w", server.Name, err)
+	ops, err := OperationsOf(ctx, r.Client, client.ObjectKeyFromObject(server))
+	if err != nil {
+		return ctrl.Result{}, err
 	}
-	for _, op := range ops.Items {
-		if op.Status.Phase == stargatev1.OperationRunning {
-			return ctrl.Result{RequeueAfter: healthInterval}, nil // the next reconcile hands over
-		}
+	if RunningOperation(ops) != nil {
+		return ctrl.Result{RequeueAfter: healthInterval}, nil // the next reconcile hands over
 	}
 	if err := r.release(ctx, server); err != nil {
 		return ctrl.Result{}, err
