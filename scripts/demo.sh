@@ -182,13 +182,15 @@ clean() {
 		"${REPO}/bin/simulator" --teardown --work-dir "${WORK_DIR}" || true
 		kind delete cluster --name "${CLUSTER_NAME:-stargate}" 2>/dev/null || true
 	fi
-	local vms ipam run images
+	local vms ipam run bakes images golden
 	vms="$(sim_path vms_dir)"
 	ipam="$(sim_path ipam_dir)"
 	run="$(sim_path run_dir)"
+	bakes="$(sim_path bakes_dir)"
 	images="$(sim_path images_dir)"
-	rm -rf "${vms}" "${ipam}" "${run}" "${WORK_DIR}/demo-cluster" "${OUT_DIR}"
-	log "clean (the image cache in ${images} is kept; remove it by hand to free space)"
+	golden="$(sim_path golden_dir)"
+	rm -rf "${vms}" "${ipam}" "${run}" "${bakes}" "${WORK_DIR}/demo-cluster" "${OUT_DIR}"
+	log "clean (the image caches in ${images} and ${golden} are kept; remove them by hand to free space)"
 }
 
 case "${1:-run}" in

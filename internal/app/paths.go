@@ -62,6 +62,8 @@ func Paths(args []string, out io.Writer) error {
 		{"run_dir", layout.RunDir()},
 		{"ipam_dir", layout.IPAMDir()},
 		{"media_dir", layout.MediaDir()},
+		{"golden_dir", layout.GoldenDir()},
+		{"bakes_dir", layout.BakesDir()},
 	}
 	if *server != "" {
 		// Kubernetes would refuse other names; refusing them here keeps "../x" out of paths.

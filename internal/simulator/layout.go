@@ -25,6 +25,12 @@ func (l Layout) ImagesDir() string { return filepath.Join(l.WorkDir, filenames.I
 // MediaDir holds the virtual media (CD) cache, apart from the image cache (see filenames.MediaDir).
 func (l Layout) MediaDir() string { return filepath.Join(l.WorkDir, filenames.MediaDir) }
 
+// GoldenDir holds the golden images, <key>.qcow2 (see filenames.GoldenDir).
+func (l Layout) GoldenDir() string { return filepath.Join(l.WorkDir, filenames.GoldenDir) }
+
+// BakesDir holds the directories of golden images being baked (see filenames.BakesDir).
+func (l Layout) BakesDir() string { return filepath.Join(l.WorkDir, filenames.BakesDir) }
+
 // VMsDir holds one directory per VM, <namespace>/<server>.
 func (l Layout) VMsDir() string { return filepath.Join(l.WorkDir, filenames.VMsDir) }
 

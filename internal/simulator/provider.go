@@ -99,14 +99,14 @@ func New(cfg Config) (*Provider, error) {
 		return nil, err
 	}
 	layout := Layout{WorkDir: cfg.WorkDir}
-	for _, d := range []string{layout.ImagesDir(), layout.MediaDir(), layout.VMsDir(), layout.RunDir(), layout.IPAMDir()} {
+	for _, d := range []string{layout.ImagesDir(), layout.MediaDir(), layout.GoldenDir(), layout.BakesDir(), layout.VMsDir(), layout.RunDir(), layout.IPAMDir()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("creating work directory: %w", err)
 		}
 	}
 	// VM directories hold seeds with user-data and consoles, the image and media caches whatever
 	// tenants' URLs served: keep them root-only (the cache makes its entries 0700/0600 on use).
-	for _, d := range []string{layout.VMsDir(), layout.ImagesDir(), layout.MediaDir()} {
+	for _, d := range []string{layout.VMsDir(), layout.ImagesDir(), layout.MediaDir(), layout.GoldenDir(), layout.BakesDir()} {
 		if err := os.Chmod(d, 0o700); err != nil {
 			return nil, fmt.Errorf("securing %s: %w", d, err)
 		}

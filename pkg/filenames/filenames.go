@@ -31,6 +31,13 @@ const (
 	// an ISO no disk), so one URL asked for as both must not evict the other's entry — least of
 	// all an OS image that VM disks use as their backing file.
 	MediaDir = "media"
+	// GoldenDir holds golden images, <key>.qcow2: OS images with a profile's installation baked
+	// in (see internal/simulator/golden.go). Like ImagesDir it survives teardown; each file is a
+	// standalone qcow2 (no backing file) whose mtime is its last use.
+	GoldenDir = "golden"
+	// BakesDir holds one directory per golden image being baked, <key>: the bake VM's disk,
+	// seed and console. A bake left by a crash is removed at startup and baked again on demand.
+	BakesDir = "bakes"
 )
 
 // Files of a VM directory. The directory is the VM's whole state: a restarted controller finds
