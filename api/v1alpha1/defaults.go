@@ -63,3 +63,12 @@ func (s *ProvisioningProfileSpec) ImageURL() string {
 	}
 	return s.Image.URL
 }
+
+// InstallationUserData is the profile's installation user-data (spec.installation.cloudInit), or
+// "" when it has none.
+func (s ProvisioningProfileSpec) InstallationUserData() string {
+	if s.Installation == nil {
+		return ""
+	}
+	return s.Installation.CloudInit
+}

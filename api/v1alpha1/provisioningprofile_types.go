@@ -82,6 +82,16 @@ type ProvisioningProfileSpec struct {
 	// +optional
 	Image ImageSource `json:"image,omitempty"`
 
+	// Installation is the part of the installation that is the same on every server of this
+	// profile (packages, files, services), apart from the per-instance user-data (cloudInit or
+	// cloudInitSecretRef: hostname, network, joining a cluster). When set, it is baked once into
+	// a golden image: a datacenter boots the OS image with it, lets cloud-init finish, cleans the
+	// instance state and keeps the disk; later repaves boot the golden image and run only the
+	// per-instance user-data. A golden image is reused while the OS image (by digest) and this
+	// field stay the same, by profiles of this namespace only; changing either bakes again.
+	// +optional
+	Installation *Installation `json:"installation,omitempty"`
+
 	// JoinsCluster declares that the user-data joins the server to the management cluster as a
 	// Node named after the Server. A repave with this profile then succeeds only when that Node is
 	// Ready, and the stale Node of the previous installation is deleted before the new one joins.
@@ -92,6 +102,20 @@ type ProvisioningProfileSpec struct {
 	// being installed, with a joining profile (NodeNameConflict): give one of them another name.
 	// +optional
 	JoinsCluster bool `json:"joinsCluster,omitempty"`
+}
+
+// Installation is the reusable part of a profile's installation.
+type Installation struct {
+	// CloudInit is the cloud-init user-data the golden image is baked with, in any format
+	// cloud-init accepts ("#cloud-config" must be valid YAML). It must not depend on the server
+	// (the bake VM has a throwaway hostname and address) and must not hold secrets: what it
+	// installs is kept in an image cached on the host. It must not power off or reboot the
+	// machine itself: the datacenter does that when cloud-init has finished. A bake that fails
+	// fails the Operations waiting for it with reason BakeFailed and the bake's console, and
+	// nothing is cached.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=262144
+	CloudInit string `json:"cloudInit"`
 }
 
 // ProvisioningProfileStatus is what a controller found when it checked the profile.

@@ -64,6 +64,19 @@ func ValidateUserData(data []byte) error {
 	return nil
 }
 
+// validateProfile checks a profile's user-data (read by the caller) and its installation part.
+func validateProfile(p *stargatev1.ProvisioningProfile, data []byte) error {
+	if err := ValidateUserData(data); err != nil {
+		return err
+	}
+	if p.Spec.Installation != nil {
+		if err := userdata.Validate([]byte(p.Spec.Installation.CloudInit)); err != nil {
+			return fmt.Errorf("spec.installation.cloudInit: %w", err)
+		}
+	}
+	return nil
+}
+
 // ProfileReconciler records on each ProvisioningProfile whether it is valid, so a broken profile
 // is visible before any Operation uses it.
 type ProfileReconciler struct {
@@ -85,7 +98,7 @@ func (r *ProfileReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	orig := p.DeepCopy()
 	data, err := userData(ctx, r.APIReader, p)
 	if err == nil {
-		err = ValidateUserData(data)
+		err = validateProfile(p, data)
 	}
 	cond := validCondition(err)
 	cond.ObservedGeneration = p.Generation

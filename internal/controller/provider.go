@@ -104,8 +104,12 @@ type RepaveRequest struct {
 	// ImageURL and ImageChecksum ("", "sha256:..." or "sha512:...") name the OS image.
 	ImageURL      string
 	ImageChecksum string
-	// UserData is the profile's cloud-init user-data.
+	// UserData is the profile's cloud-init user-data: the per-instance part when Installation is set.
 	UserData []byte
+	// Installation is the profile's reusable installation user-data (spec.installation), to bake
+	// into a golden image once and boot from then on; empty without one. A provider that cannot
+	// bake must still install it (the mock datacenter, which runs no guest, ignores it).
+	Installation []byte
 }
 
 // StepState is the state of one step of a repave.

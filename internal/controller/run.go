@@ -196,6 +196,7 @@ func repaveRequest(op *stargatev1.Operation, server *stargatev1.Server, profile 
 		ImageURL:      profile.Spec.ImageURL(),
 		ImageChecksum: profile.Spec.Image.Checksum,
 		UserData:      userData,
+		Installation:  []byte(profile.Spec.InstallationUserData()),
 	}
 }
 

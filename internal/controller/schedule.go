@@ -122,7 +122,7 @@ func gateUserData(ctx context.Context, r *OperationReconciler, s *operationScope
 		return r.waitOrFail(s, "SecretNotFound", err.Error())
 	}
 	if err == nil {
-		err = ValidateUserData(data)
+		err = validateProfile(s.profile, data)
 	}
 	if errors.Is(err, errSecretNotAllowed) {
 		s.fail("SecretNotAllowed", err.Error())
