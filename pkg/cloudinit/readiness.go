@@ -77,18 +77,50 @@ for dev in ("/dev/ttyS0", "/dev/console"):
 // ReadinessVendorData returns NoCloud vendor-data that reports cloud-init's result for instanceID
 // on the serial console.
 func ReadinessVendorData(instanceID string) []byte {
+	return reporterVendorData(instanceID, "")
+}
+
+// bakeFinish runs in a bake VM after the report: it leaves the disk as a fresh image — cloud-init
+// runs again on the next boot (new instance), the machine-id and random seed are made anew — and
+// powers off, which tells the host the disk is ready to keep. Host keys need no removal:
+// cloud-init replaces them for every new instance.
+const bakeFinish = `#!/bin/sh
+# Stargate: this VM baked a golden image (see pkg/cloudinit/readiness.go).
+cloud-init clean --logs
+rm -f /var/lib/dbus/machine-id /var/lib/systemd/random-seed
+: > /etc/machine-id
+sync
+systemctl poweroff
+`
+
+// BakeVendorData returns NoCloud vendor-data for a golden image bake: it reports cloud-init's
+// result for instanceID as ReadinessVendorData does, then cleans the instance state and powers
+// the machine off.
+func BakeVendorData(instanceID string) []byte {
+	return reporterVendorData(instanceID, bakeFinish)
+}
+
+// reporterVendorData is the vendor-data script: the reporter, then finish (a shell script) if set.
+func reporterVendorData(instanceID, finish string) []byte {
 	id, _ := json.Marshal(instanceID) // a JSON string is a valid Python string literal
 	program := fmt.Sprintf(reporterProgram, id, readyMarker)
+	command := "python3 /run/stargate-report.py"
 	var b bytes.Buffer
 	b.WriteString("#!/bin/sh\n")
 	b.WriteString("# Stargate: report on the serial console when cloud-init has finished (see pkg/cloudinit/readiness.go).\n")
 	b.WriteString("cat > /run/stargate-report.py <<'STARGATE_EOF'\n")
 	b.WriteString(program)
 	b.WriteString("STARGATE_EOF\n")
+	if finish != "" {
+		b.WriteString("cat > /run/stargate-finish.sh <<'STARGATE_EOF'\n")
+		b.WriteString(finish)
+		b.WriteString("STARGATE_EOF\n")
+		command = "sh -c 'python3 /run/stargate-report.py; exec sh /run/stargate-finish.sh'"
+	}
 	b.WriteString("if command -v systemd-run >/dev/null 2>&1; then\n")
-	b.WriteString("  exec systemd-run --no-block --collect --unit=stargate-report python3 /run/stargate-report.py\n")
+	b.WriteString("  exec systemd-run --no-block --collect --unit=stargate-report " + command + "\n")
 	b.WriteString("fi\n")
-	b.WriteString("nohup python3 /run/stargate-report.py >/dev/null 2>&1 &\n")
+	b.WriteString("nohup " + command + " >/dev/null 2>&1 &\n")
 	return b.Bytes()
 }
 

@@ -60,3 +60,29 @@ func TestReporterProgramCompiles(t *testing.T) {
 		t.Error("the reporter does not report the timeline")
 	}
 }
+
+// Both vendor-data scripts are shell that every guest runs: they must parse, and only the bake's
+// cleans the instance and powers off.
+func TestVendorDataScriptsParse(t *testing.T) {
+	sh := testreq.Command(t, "sh", "apt-get install -y dash")
+	for name, vd := range map[string][]byte{"readiness": ReadinessVendorData("i-1"), "bake": BakeVendorData("bake-1")} {
+		script := filepath.Join(t.TempDir(), name+".sh")
+		if err := os.WriteFile(script, vd, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(sh, "-n", script).CombinedOutput(); err != nil {
+			t.Errorf("%s vendor-data does not parse: %v\n%s", name, err, out)
+		}
+		bakes := bytes.Contains(vd, []byte("cloud-init clean --logs")) && bytes.Contains(vd, []byte("systemctl poweroff"))
+		if bakes != (name == "bake") {
+			t.Errorf("%s vendor-data: cleans and powers off = %v", name, bakes)
+		}
+		if !bytes.Contains(vd, []byte(`"`+map[string]string{"readiness": "i-1", "bake": "bake-1"}[name]+`"`)) {
+			t.Errorf("%s vendor-data does not report its instance-id", name)
+		}
+	}
+	// The finish script is written by a quoted here-document and run after the report.
+	if !bytes.Contains(BakeVendorData("b"), []byte("python3 /run/stargate-report.py; exec sh /run/stargate-finish.sh")) {
+		t.Error("the bake does not finish after the report")
+	}
+}

@@ -108,3 +108,47 @@ func execQemuImg(ctx context.Context, args ...string) ([]byte, error) {
 	}
 	return stdout.Bytes(), nil
 }
+
+// Flatten writes the disk at src, with everything its backing chain holds, to dst as one
+// self-contained qcow2 image (no backing file), as a golden image must be: VM disks then overlay
+// it alone. It is written under a temp name and renamed into place, 0600; a failure leaves no dst.
+// Unallocated areas stay sparse; nothing is compressed, so guests read it at full speed.
+func Flatten(ctx context.Context, src, dst string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("flattening %s: %w", src, err)
+	}
+	tmpName := tmp.Name()
+	tmp.Close()
+	done := false
+	defer func() {
+		if !done {
+			os.Remove(tmpName)
+		}
+	}()
+	// -f qcow2: src is an overlay this host made, never probed; -n is not used, so qemu-img
+	// creates the target (in the temp file's place) with the source's virtual size.
+	if _, err := execQemuImg(ctx, "convert", "-q", "-f", "qcow2", "-O", "qcow2", src, tmpName); err != nil {
+		return fmt.Errorf("flattening %s: %w", src, err)
+	}
+	if err := os.Chmod(tmpName, 0o600); err != nil {
+		return fmt.Errorf("flattening %s: %w", src, err)
+	}
+	if _, err := InspectBaseImage(ctx, tmpName); err != nil {
+		return fmt.Errorf("flattened %s: %w", src, err)
+	}
+	f, err := os.Open(tmpName)
+	if err != nil {
+		return fmt.Errorf("flattening %s: %w", src, err)
+	}
+	err = f.Sync()
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("flattening %s: %w", src, err)
+	}
+	if err := os.Rename(tmpName, dst); err != nil {
+		return fmt.Errorf("flattening %s: %w", src, err)
+	}
+	done = true
+	return nil
+}

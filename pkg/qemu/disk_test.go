@@ -274,3 +274,53 @@ func TestCreateOverlayErrors(t *testing.T) {
 		})
 	}
 }
+
+// A flattened overlay is one self-contained image holding the base's and the overlay's data.
+func TestFlatten(t *testing.T) {
+	t.Parallel()
+	diskTestNeedQemuImg(t)
+	dir := t.TempDir()
+	base := diskTestBase(t, dir, "raw", 8*diskTestMiB)
+	diskTestWriteAt(t, base, 4096, []byte("from the base"))
+	overlay := filepath.Join(dir, "overlay.qcow2")
+	if err := CreateOverlay(t.Context(), base, overlay, 16*diskTestMiB); err != nil {
+		t.Fatal(err)
+	}
+	// Data written through the overlay, as a bake VM writes its installation.
+	diskTestRun(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 12M 64k", overlay)
+	golden := filepath.Join(dir, "golden.qcow2")
+	if err := Flatten(t.Context(), overlay, golden); err != nil {
+		t.Fatal(err)
+	}
+	info := diskTestQemuImgInfo(t, golden)
+	if info.Format != "qcow2" || info.BackingFilename != "" || info.VirtualSize != 16*diskTestMiB {
+		t.Errorf("golden info %+v, want a 16 MiB qcow2 without backing file", info)
+	}
+	if _, err := InspectBaseImage(t.Context(), golden); err != nil {
+		t.Errorf("a golden image must be usable as a base: %v", err)
+	}
+	raw := filepath.Join(dir, "golden.raw")
+	diskTestRun(t, "qemu-img", "convert", "-f", "qcow2", "-O", "raw", golden, raw)
+	b, err := os.ReadFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b[4096:4096+13]) != "from the base" || b[12<<20] != 0x5a || b[12<<20+65535] != 0x5a {
+		t.Error("the golden image lacks the base's or the overlay's data")
+	}
+	if fi, err := os.Stat(golden); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("golden image mode: %v %v", fi, err)
+	}
+	// A failure leaves nothing behind.
+	if err := Flatten(t.Context(), filepath.Join(dir, "missing.qcow2"), filepath.Join(dir, "g2.qcow2")); err == nil {
+		t.Error("flattening a missing disk succeeded")
+	}
+	if m, _ := filepath.Glob(filepath.Join(dir, ".g2*")); len(m) > 0 || fileExists(filepath.Join(dir, "g2.qcow2")) {
+		t.Errorf("a failed flatten left %v", m)
+	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
