@@ -1,7 +1,6 @@
 package simulator
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -69,20 +68,11 @@ func newCache(dir string, pol ImagePolicy, vmNet netip.Prefix, verify func(conte
 	return c
 }
 
-// errNobodyWaits cancels a download no repave asked about for the idle timeout.
-var errNobodyWaits = errors.New("no repave asked for the download any more")
-
 // imageFetch is a download running in the background, shared by every repave of the same image.
 type imageFetch struct {
-	done        atomic.Bool
+	backgroundJob
 	bytes, size atomic.Int64
-	started     time.Time
-	asked       atomic.Int64 // UnixNano of the last time a repave asked about it
 	image       imagecache.Image
-	err         error
-	// askers are the instance-ids of the repaves that asked while it ran: only they are told
-	// it failed; any other repave starts a new download. Guarded by Provider.mu.
-	askers map[string]bool
 }
 
 // image is a repave's image step. It returns the cached image's path once it is there, or ""
@@ -108,66 +98,22 @@ func (p *Provider) image(ctx context.Context, st *status, req controller.RepaveR
 	return img.Path
 }
 
-// fetchImage returns the background download of an image for the repave of instanceID,
-// starting one when there is none, or when the last one failed before this repave asked (the
-// URL may be fixed by now, the server back): a failure is reported only to the repaves that
-// waited for it.
+// fetchImage returns the background download of an image for the repave of instanceID (see
+// joinJob: a failure is reported only to the repaves that waited for it).
 func (p *Provider) fetchImage(url, checksum, instanceID string) *imageFetch {
-	key := url + "\x00" + checksum
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	f, ok := p.fetches[key]
-	if ok && (!f.done.Load() || f.askers[instanceID]) {
-		f.askers[instanceID] = true
-		f.asked.Store(time.Now().UnixNano())
+	newFetch := func() *imageFetch {
+		f := &imageFetch{}
+		f.size.Store(-1)
 		return f
 	}
-	f = &imageFetch{started: time.Now(), askers: map[string]bool{instanceID: true}}
-	f.size.Store(-1)
-	f.asked.Store(time.Now().UnixNano())
-	p.fetches[key] = f
-	ctx, cancel := context.WithCancelCause(context.Background())
-	idle := cmp.Or(p.cfg.Images.IdleTimeout, DefaultImageIdleTimeout)
-	go p.watchFetch(key, f, idle, cancel)
-	go func() {
+	return joinJob(p, p.fetches, url+"\x00"+checksum, instanceID, newFetch, func(ctx context.Context, f *imageFetch) error {
 		img, err := p.images.Fetch(ctx, url, checksum, func(done, total int64) {
 			f.bytes.Store(done)
 			f.size.Store(total)
 		})
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		f.image, f.err = img, err
-		f.done.Store(true)
-		cancel(nil)
-		// A success is in the cache now, where the next repave finds it (checked on use); only
-		// a failure is kept, for the repaves that wait for its verdict.
-		if err == nil && p.fetches[key] == f {
-			delete(p.fetches, key)
-		}
-	}()
-	return f
-}
-
-// watchFetch cancels a download no repave asked about for idle (its Operations failed, were
-// deleted, or the controller moved on), so a stalled or unwanted download does not run on.
-// It is forgotten too: whoever asks next starts afresh.
-func (p *Provider) watchFetch(key string, f *imageFetch, idle time.Duration, cancel context.CancelCauseFunc) {
-	tick := time.NewTicker(max(idle/4, 10*time.Millisecond))
-	defer tick.Stop()
-	for range tick.C {
-		if f.done.Load() {
-			return
-		}
-		if time.Since(time.Unix(0, f.asked.Load())) > idle {
-			p.mu.Lock()
-			if p.fetches[key] == f {
-				delete(p.fetches, key)
-			}
-			p.mu.Unlock()
-			cancel(errNobodyWaits)
-			return
-		}
-	}
+		f.image = img
+		return err
+	})
 }
 
 // downloadMessage is ImageReady's message while an image downloads: bytes, percentage and the

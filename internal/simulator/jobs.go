@@ -1,0 +1,91 @@
+package simulator
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+)
+
+// errNobodyWaits cancels a job (a download, a bake) no repave asked about for the idle timeout.
+var errNobodyWaits = errors.New("no repave asked for it any more")
+
+// backgroundJob is slow work — an image download, a golden image bake — shared by every repave
+// that needs the same result, and reported to them by polling: Repave must return quickly.
+type backgroundJob struct {
+	done    atomic.Bool
+	started time.Time
+	asked   atomic.Int64 // UnixNano of the last time a repave asked about it
+	err     error        // the verdict, set before done
+	// askers are the instance-ids of the repaves that asked while it ran: only they are told it
+	// failed; any other repave starts it anew (the cause may be fixed by now). Guarded by
+	// Provider.mu.
+	askers map[string]bool
+}
+
+func (j *backgroundJob) base() *backgroundJob { return j }
+
+// job is a backgroundJob with its own results (the kinds embed backgroundJob).
+type job interface{ base() *backgroundJob }
+
+// joinJob returns the job under key for the repave of instanceID: the running one, or the failed
+// one whose verdict this repave waited for; otherwise a new one, made by newJob and run by run in
+// the background. A job that succeeded is forgotten (its result is in a cache now, where the next
+// repave finds it); a failure is kept for the repaves that waited for it. A job no repave asked
+// about for the idle timeout is cancelled (its Operations failed, were deleted, or the controller
+// moved on) and forgotten.
+func joinJob[J job](p *Provider, jobs map[string]J, key, instanceID string, newJob func() J, run func(context.Context, J) error) J {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	j, ok := jobs[key]
+	if ok && (!j.base().done.Load() || j.base().askers[instanceID]) {
+		j.base().askers[instanceID] = true
+		j.base().asked.Store(time.Now().UnixNano())
+		return j
+	}
+	j = newJob()
+	b := j.base()
+	b.started = time.Now()
+	b.askers = map[string]bool{instanceID: true}
+	b.asked.Store(time.Now().UnixNano())
+	jobs[key] = j
+	ctx, cancel := context.WithCancelCause(context.Background())
+	idle := cmp.Or(p.cfg.Images.IdleTimeout, DefaultImageIdleTimeout)
+	forget := func() {
+		if cur, ok := jobs[key]; ok && cur.base() == b {
+			delete(jobs, key)
+		}
+	}
+	go watchIdle(p, b, idle, forget, cancel)
+	go func() {
+		err := run(ctx, j)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		b.err = err
+		b.done.Store(true)
+		cancel(nil)
+		if err == nil {
+			forget()
+		}
+	}()
+	return j
+}
+
+// watchIdle cancels (and forgets, under p.mu) a job no repave asked about for idle.
+func watchIdle(p *Provider, j *backgroundJob, idle time.Duration, forget func(), cancel context.CancelCauseFunc) {
+	tick := time.NewTicker(max(idle/4, 10*time.Millisecond))
+	defer tick.Stop()
+	for range tick.C {
+		if j.done.Load() {
+			return
+		}
+		if time.Since(time.Unix(0, j.asked.Load())) > idle {
+			p.mu.Lock()
+			forget()
+			p.mu.Unlock()
+			cancel(errNobodyWaits)
+			return
+		}
+	}
+}
