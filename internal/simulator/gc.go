@@ -56,6 +56,9 @@ func (p *Provider) CollectGarbage(ctx context.Context, exists func(context.Conte
 		return !ok, err
 	}
 	var errs []error
+	if err := p.removeBakes(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	kept := map[string]bool{} // taps of the VM directories that stay
 	namespaces, _ := os.ReadDir(p.layout.VMsDir())
 	for _, n := range namespaces {

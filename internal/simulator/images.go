@@ -75,27 +75,27 @@ type imageFetch struct {
 	image       imagecache.Image
 }
 
-// image is a repave's image step. It returns the cached image's path once it is there, or ""
+// image is a repave's image step. It returns the cached image once it is there, or a zero Image
 // with ImageReady in progress (downloading in the background) or failed.
-func (p *Provider) image(ctx context.Context, st *status, req controller.RepaveRequest) string {
+func (p *Provider) image(ctx context.Context, st *status, req controller.RepaveRequest) imagecache.Image {
 	img, ok, err := p.images.Lookup(ctx, req.ImageURL, req.ImageChecksum)
 	if err == nil && !ok {
 		f := p.fetchImage(req.ImageURL, req.ImageChecksum, req.InstanceID)
 		if !f.done.Load() {
 			st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Downloading",
 				downloadMessage(req.ImageURL, f.bytes.Load(), f.size.Load(), time.Since(f.started)))
-			return ""
+			return imagecache.Image{}
 		}
 		img, err = f.image, f.err
 	}
 	if err != nil {
 		reason, hint := imageFailureReason(err, req.ImageURL)
 		st.failStep(stargatev1.ConditionImageReady, reason, fmt.Sprintf("Fetching the OS image failed: %v%s", err, hint))
-		return ""
+		return imagecache.Image{}
 	}
 	st.set(stargatev1.ConditionImageReady, controller.StepDone, "Cached",
 		fmt.Sprintf("Image %s cached (%s, %s)", req.ImageURL, img.Digest, formatBytes(img.Size)))
-	return img.Path
+	return img
 }
 
 // fetchImage returns the background download of an image for the repave of instanceID (see

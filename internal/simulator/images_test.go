@@ -42,7 +42,7 @@ func imgTestStep(t *testing.T, p *Provider, instance, url, checksum string) (con
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		st := newStatus()
-		path := p.image(t.Context(), st, req)
+		path := p.image(t.Context(), st, req).Path
 		step := imgTestImageStep(st)
 		if step.State != controller.StepInProgress {
 			return step, path

@@ -66,6 +66,7 @@ type Provider struct {
 	mu      sync.Mutex
 	locks   map[types.NamespacedName]*sync.Mutex
 	fetches map[string]*imageFetch
+	bakes   map[string]*bakeJob
 }
 
 var _ controller.Provider = (*Provider)(nil)
@@ -124,6 +125,7 @@ func New(cfg Config) (*Provider, error) {
 		layout:  layout,
 		locks:   map[types.NamespacedName]*sync.Mutex{},
 		fetches: map[string]*imageFetch{},
+		bakes:   map[string]*bakeJob{},
 	}, nil
 }
 

@@ -50,7 +50,7 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	var base string
 	if installed {
 		st.set(stargatev1.ConditionImageReady, controller.StepDone, "Cached", fmt.Sprintf("Image %s in use by this installation", req.ImageURL))
-	} else if base = p.image(ctx, st, req); base == "" {
+	} else if base = p.bootImage(ctx, st, req); base == "" {
 		return st.finish(), nil
 	}
 
@@ -82,6 +82,17 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	st.set(stargatev1.ConditionCloudInitReady, controller.StepDone, "Written", "NoCloud seed written for instance "+req.InstanceID)
 	st.set(stargatev1.ConditionNetworkReady, controller.StepDone, "Attached", fmt.Sprintf("Tap %s on bridge %s, address %s, MAC %s", tap, p.cfg.Network.Bridge, ip, mac))
 	return p.observeGuest(st, req, dir), nil
+}
+
+// bootImage is the image a new installation's disk overlays: the cached OS image, or, for a
+// profile with an installation, its golden image (baked first if need be). "" while it is not
+// ready yet, or when it failed (ImageReady says which).
+func (p *Provider) bootImage(ctx context.Context, st *status, req controller.RepaveRequest) string {
+	img := p.image(ctx, st, req)
+	if img.Path == "" || len(req.Installation) == 0 {
+		return img.Path
+	}
+	return p.golden(ctx, st, req, img)
 }
 
 // installation is what one install needs, decided by Repave before anything on the host changes.
