@@ -179,30 +179,41 @@ func assertWorkerProfile(t *testing.T, path string) {
 	if !p.Spec.JoinsCluster {
 		t.Error("joinsCluster is not set: the repave would succeed before the node joined")
 	}
-	if !strings.HasPrefix(p.Spec.CloudInit, "#cloud-config\n") {
-		t.Fatal("cloudInit is not a #cloud-config document")
+	if p.Spec.Installation == nil {
+		t.Fatal("no spec.installation: every repave would install the packages again instead of booting a golden image")
 	}
-	var cc map[string]any
-	if err := yaml.Unmarshal([]byte(p.Spec.CloudInit), &cc); err != nil {
-		t.Fatalf("cloudInit is not valid YAML: %v", err)
+	install, join := p.Spec.Installation.CloudInit, p.Spec.CloudInit
+	for name, doc := range map[string]string{"installation.cloudInit": install, "cloudInit": join} {
+		if !strings.HasPrefix(doc, "#cloud-config\n") {
+			t.Fatalf("%s is not a #cloud-config document", name)
+		}
+		var cc map[string]any
+		if err := yaml.Unmarshal([]byte(doc), &cc); err != nil {
+			t.Fatalf("%s is not valid YAML: %v", name, err)
+		}
+		if name == "installation.cloudInit" && cc["package_update"] != true {
+			t.Error("packages are not updated (package_update)")
+		}
 	}
-	if cc["package_update"] != true {
-		t.Error("packages are not updated (package_update)")
+	// The installation is shared by every worker (and cached on the host): nothing per server or secret.
+	for _, secret := range []string{"__TOKEN__", "__CA_CERT_HASH__", "kubeadm, join"} {
+		if strings.Contains(install, secret) {
+			t.Errorf("the installation holds %q: it belongs in the per-instance cloudInit", secret)
+		}
 	}
-	all := p.Spec.CloudInit
-	for step, want := range map[string]string{
-		"installs containerd":              "- containerd",
-		"systemd cgroup driver":            "SystemdCgroup = true",
-		"installs kubelet/kubeadm/kubectl": "install, -y, kubelet, kubeadm, kubectl",
-		"loads overlay":                    "[modprobe, overlay]",
-		"loads br_netfilter":               "[modprobe, br_netfilter]",
-		"persists the modules":             "/etc/modules-load.d/",
-		"sets the sysctls":                 "net.bridge.bridge-nf-call-iptables = 1",
-		"disables swap":                    "[swapoff, -a]",
-		"joins the cluster":                "[kubeadm, join,",
+	for step, c := range map[string]struct{ in, want string }{
+		"installs containerd":              {install, "- containerd"},
+		"systemd cgroup driver":            {install, "SystemdCgroup = true"},
+		"installs kubelet/kubeadm/kubectl": {install, "install, -y, kubelet, kubeadm, kubectl"},
+		"persists the modules":             {install, "/etc/modules-load.d/"},
+		"sets the sysctls":                 {install, "net.bridge.bridge-nf-call-iptables = 1"},
+		"loads overlay":                    {join, "[modprobe, overlay]"},
+		"loads br_netfilter":               {join, "[modprobe, br_netfilter]"},
+		"disables swap":                    {join, "[swapoff, -a]"},
+		"joins the cluster":                {join, "[kubeadm, join,"},
 	} {
-		if !strings.Contains(all, want) {
-			t.Errorf("the worker profile does not %s (no %q)", step, want)
+		if !strings.Contains(c.in, c.want) {
+			t.Errorf("the worker profile does not %s (no %q)", step, c.want)
 		}
 	}
 }

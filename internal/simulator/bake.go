@@ -43,6 +43,7 @@ func (p *Provider) bake(ctx context.Context, b *bakeJob, key string, req control
 			err = errors.Join(err, fmt.Errorf("cleaning up the bake: %w", cerr))
 		}
 	}()
+	p.bakesStarted.Add(1)
 	p.cfg.Log.Info("baking a golden image", "key", short(key), "image", req.ImageURL, "for", identity(req.Server))
 	if err := p.cleanBake(ctx, b.dir); err != nil { // an earlier attempt's leftovers
 		return err

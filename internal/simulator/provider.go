@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -67,6 +68,8 @@ type Provider struct {
 	locks   map[types.NamespacedName]*sync.Mutex
 	fetches map[string]*imageFetch
 	bakes   map[string]*bakeJob
+	// bakesStarted counts bakes, for tests (concurrent repaves must share one).
+	bakesStarted atomic.Int64
 }
 
 var _ controller.Provider = (*Provider)(nil)

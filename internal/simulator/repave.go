@@ -49,7 +49,11 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	// (after a controller restart the running installation needs no image check).
 	var base string
 	if installed {
-		st.set(stargatev1.ConditionImageReady, controller.StepDone, "Cached", fmt.Sprintf("Image %s in use by this installation", req.ImageURL))
+		reason, msg := "Cached", fmt.Sprintf("Image %s in use by this installation", req.ImageURL)
+		if recorded, err := os.ReadFile(filepath.Join(dir, filenames.BootImageFile)); err == nil {
+			reason, msg, _ = strings.Cut(string(recorded), "\n")
+		}
+		st.set(stargatev1.ConditionImageReady, controller.StepDone, reason, msg)
 	} else if base = p.bootImage(ctx, st, req); base == "" {
 		return st.finish(), nil
 	}
@@ -159,6 +163,11 @@ func (p *Provider) install(ctx context.Context, st *status, in installation) err
 	if err := p.vms.Start(ctx, spec); err != nil {
 		st.failStep(stargatev1.ConditionVMRunning, "QEMUFailed", err.Error())
 		return nil
+	}
+	if img := st.step(stargatev1.ConditionImageReady); img.State == controller.StepDone {
+		if err := os.WriteFile(filepath.Join(dir, filenames.BootImageFile), []byte(img.Reason+"\n"+img.Message), 0o600); err != nil {
+			return fmt.Errorf("recording the boot image: %w", err)
+		}
 	}
 	if err := os.WriteFile(filepath.Join(dir, filenames.InstanceIDFile), []byte(req.InstanceID+"\n"), 0o600); err != nil {
 		return fmt.Errorf("recording instance-id: %w", err)

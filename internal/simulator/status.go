@@ -27,6 +27,16 @@ func (s *status) set(typ string, state controller.StepState, reason, msg string)
 	}
 }
 
+// step returns the step of type typ.
+func (s *status) step(typ string) controller.Step {
+	for _, st := range s.Steps {
+		if st.Type == typ {
+			return st
+		}
+	}
+	return controller.Step{}
+}
+
 // failStep marks a step failed and the repave with it.
 func (s *status) failStep(typ, reason, msg string) {
 	s.set(typ, controller.StepFailed, reason, msg)

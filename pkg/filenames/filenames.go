@@ -49,6 +49,9 @@ const (
 	SeedFile = "seed.iso"
 	// ConsoleFile is the serial console log of the current boot.
 	ConsoleFile = "console.log"
+	// BootImageFile says which image the disk overlays (the OS image, or a golden image baked from
+	// it), as the repave's ImageReady message said: a restarted controller reports it again.
+	BootImageFile = "boot-image"
 	// PIDFile is QEMU's pidfile.
 	PIDFile = "qemu.pid"
 	// InstanceIDFile holds the instance-id of the installation on the disk. It is written last,
