@@ -126,11 +126,15 @@ test: deps lint verify-tidy verify-generated vet $(if $(KUBEBUILDER_ASSETS),,env
 e2e: deps build kube-binaries guest-image ## Offline end-to-end proof (root, ~4 min warm): a TCG VM joins the local cluster, is repaved again, then deleted.
 	STARGATE_GUEST_IMAGE="$$(hack/guest-image/build.sh)" KUBE_BIN_DIR="$(KUBE_BIN_DIR)" hack/e2e.sh
 
+.PHONY: bench-join
+bench-join: deps build kube-binaries guest-image ## Join benchmark (root, ~6 min warm): the e2e, plus the worker profile without its golden image; prints "BENCH join".
+	E2E_BENCH_JOIN=1 STARGATE_GUEST_IMAGE="$$(hack/guest-image/build.sh)" KUBE_BIN_DIR="$(KUBE_BIN_DIR)" hack/e2e.sh
+
 .PHONY: test-short
 test-short: $(if $(KUBEBUILDER_ASSETS),,envtest-assets) ## Run the fast tests only (no VM boots, no scale test).
 	KUBEBUILDER_ASSETS="$(or $(KUBEBUILDER_ASSETS),$(KUBE_BIN_DIR))" go test -short ./...
 
 .PHONY: bench
-bench: $(if $(KUBEBUILDER_ASSETS),,envtest-assets) $(if $(IS_ROOT),guest-image) ## Run the benchmarks (as root including real VM boots, one each).
+bench: $(if $(KUBEBUILDER_ASSETS),,envtest-assets) $(if $(IS_ROOT),guest-image bench-join) ## Run the benchmarks (as root including real VM boots, one each, and bench-join).
 	$(if $(IS_ROOT),STARGATE_GUEST_IMAGE="$${STARGATE_GUEST_IMAGE:-$$(hack/guest-image/build.sh)}") \
 	KUBEBUILDER_ASSETS="$(or $(KUBEBUILDER_ASSETS),$(KUBE_BIN_DIR))" go test -timeout 60m -run '^$$' -bench . -benchmem ./...

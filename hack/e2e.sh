@@ -14,9 +14,11 @@
 #   1. local cluster up; Stargate CRDs; simulator started; namespace, Server worker-1 (2 CPUs, 2Gi, 10Gi disk),
 #      the rendered k8s-worker-local profile.
 #   2. Operation repave-1: Succeeded (condition Succeeded=True); Server Ready with an IP that answers ping;
-#      Node worker-1 exists, is Ready and has that IP as InternalIP.
+#      Node worker-1 exists, is Ready and has that IP as InternalIP; the profile's installation was baked into a
+#      golden image (ImageReady GoldenImage, "baked in").
 #   3. Operation repave-2 of the same Server: Succeeded; same IP (answers ping), new instance-id; Node worker-1
-#      Ready again with a different UID (the old Node was replaced); one QEMU process and one tap.
+#      Ready again with a different UID (the old Node was replaced); one QEMU process and one tap; the golden
+#      image reused, not baked again.
 #   4. Delete the Server: within 2 minutes it is gone, with no QEMU process for the work dir, no sg-* tap,
 #      no VM files, no IP allocation and no QMP socket left.
 #   5. A namespace with three Servers repaving is deleted once two VMs run: the namespace goes, and no QEMU
@@ -196,8 +198,8 @@ remove_stale_namespaces() {
 # unless it Succeeded, or when the simulator exits meanwhile.
 wait_op() { wait_operation "${NAMESPACE}" "$1" "${OP_TIMEOUT}" "${SIM_PID}"; }
 
-create_operation() {
-	local name="$1"
+create_operation() { # create_operation NAME [PROFILE]
+	local name="$1" profile="${2:-k8s-worker-local}"
 	kn apply -f - >/dev/null <<EOF
 apiVersion: stargate.io/v1alpha1
 kind: Operation
@@ -207,7 +209,7 @@ metadata:
 spec:
   operation: repave
   serverRef: {name: ${SERVER}}
-  provisioningProfileRef: {name: k8s-worker-local}
+  provisioningProfileRef: {name: ${profile}}
   timeout: 20m
 EOF
 }
@@ -235,6 +237,21 @@ assert_installed() {
 	cidr="$(node_field .spec.podCIDR)"
 	[[ -n "${cidr}" ]] || die "after ${op}: Node ${SERVER} has no podCIDR"
 	log "  ${op}: Server ${SERVER} Ready at ${IP} (answers ping); Node ${SERVER} Ready, uid ${NODE_UID}, podCIDR ${cidr}"
+}
+
+# assert_image OP REASON BAKED: the Operation's ImageReady reason is REASON, and its message says
+# "baked in" (this repave waited for the bake) when BAKED is yes.
+assert_image() {
+	local op="$1" want="$2" baked="$3" reason msg
+	reason="$(kn get operation "${op}" -o 'jsonpath={.status.conditions[?(@.type=="ImageReady")].reason}')"
+	msg="$(kn get operation "${op}" -o 'jsonpath={.status.conditions[?(@.type=="ImageReady")].message}')"
+	[[ "${reason}" == "${want}" ]] || die "${op}: ImageReady reason '${reason}', want ${want}: ${msg}"
+	if [[ "${baked}" == yes ]]; then
+		[[ "${msg}" == *"baked in"* ]] || die "${op}: ImageReady does not say it baked the golden image: ${msg}"
+	else
+		[[ "${msg}" != *"baked in"* ]] || die "${op}: baked again instead of reusing the golden image: ${msg}"
+	fi
+	log "  ${op}: ImageReady ${reason}: ${msg}"
 }
 
 # record OP: keep what the timing table needs beyond the Operation's own conditions (the Node and the
@@ -335,6 +352,8 @@ create_operation repave-1
 wait_op repave-1
 phase_done repave-1 "${t}"
 assert_installed repave-1
+# The profile's installation is baked into a golden image by the first repave, reused by the second.
+assert_image repave-1 GoldenImage yes
 record repave-1
 PASSED=$((PASSED + 1))
 first_ip="${IP}" first_uid="${NODE_UID}" first_instance="${INSTANCE}"
@@ -346,6 +365,7 @@ create_operation repave-2
 wait_op repave-2
 phase_done repave-2 "${t}"
 assert_installed repave-2
+assert_image repave-2 GoldenImage no
 record repave-2
 [[ "${IP}" == "${first_ip}" ]] || die "repave-2 changed the Server's IP from ${first_ip} to ${IP}"
 [[ "${INSTANCE}" != "${first_instance}" ]] || die "repave-2 kept the instance-id ${INSTANCE}: not a fresh install"
@@ -357,6 +377,43 @@ n="$(in_ns ip -o link show | grep -c ': sg-')" || true
 ((n == 1)) || die "after repave-2: ${n} sg-* taps, want 1"
 log "  repave-2: same IP ${IP}, new instance, Node replaced (uid ${first_uid} -> ${NODE_UID}), one VM, one tap"
 PASSED=$((PASSED + 1))
+
+# The join benchmark (make bench: E2E_BENCH_JOIN=1): the same profile without a golden image — its
+# installation merged into the per-instance user-data, so every repave installs everything — against
+# repave-2, which booted the golden image. Both durations are the Operation's, created → Succeeded.
+if [[ "${E2E_BENCH_JOIN:-}" == 1 ]]; then
+	python3 - "${TMP}/profile.yaml" >"${TMP}/profile-plain.yaml" <<'PY'
+import sys, yaml
+p = yaml.safe_load(open(sys.argv[1]))
+inst = yaml.safe_load(p["spec"].pop("installation")["cloudInit"])
+own = yaml.safe_load(p["spec"]["cloudInit"])
+for k, v in inst.items():  # lists: the installation's first; anything else: the per-instance part wins
+    own[k] = v + own.get(k, []) if isinstance(v, list) else own.get(k, v)
+p["metadata"]["name"] += "-plain"
+p["spec"]["cloudInit"] = "#cloud-config\n" + yaml.safe_dump(own, sort_keys=False, width=1000)
+yaml.safe_dump(p, sys.stdout, sort_keys=False, width=1000)
+PY
+	kn apply -f "${TMP}/profile-plain.yaml" >/dev/null
+	log "bench: repave-plain, the same profile without a golden image"
+	t="${SECONDS}"
+	create_operation repave-plain k8s-worker-local-plain
+	wait_op repave-plain
+	phase_done repave-plain "${t}"
+	assert_installed repave-plain
+	assert_image repave-plain Cached no
+	record repave-plain
+	op_seconds() { # op_seconds OP: created → completed, in seconds
+		local c d
+		c="$(kn get operation "$1" -o 'jsonpath={.metadata.creationTimestamp}')"
+		d="$(kn get operation "$1" -o 'jsonpath={.status.completionTime}')"
+		echo $(($(date -d "${d}" +%s) - $(date -d "${c}" +%s)))
+	}
+	golden_s="$(op_seconds repave-2)" plain_s="$(op_seconds repave-plain)"
+	for op in repave-1 repave-2 repave-plain; do
+		log "  ${op} timeline: $(kn get operation "${op}" -o 'jsonpath={range .status.timeline[*]}{.name}={.duration} {end}')"
+	done
+	log "BENCH join: golden ${golden_s} s, without golden ${plain_s} s, ratio $(python3 -c "print(round(${golden_s}/${plain_s}, 2))") (goal <= 0.6)"
+fi
 
 # leftovers: fills the array `left` with what the simulator still holds on this host (QEMU processes,
 # taps, VM files, IP allocations, QMP sockets).

@@ -56,11 +56,29 @@ func (p *Provider) golden(ctx context.Context, st *status, req controller.Repave
 	key := goldenKey(base.Digest, req.Server.Namespace, req.Installation)
 	path := p.goldenPath(key)
 	if p.useGolden(path) {
-		st.set(stargatev1.ConditionImageReady, controller.StepDone, "GoldenImage", goldenMessage(key, req, base))
+		msg := goldenMessage(key, req, base)
+		p.mu.Lock()
+		if took, waited := p.bakedFor[req.InstanceID]; waited {
+			msg += fmt.Sprintf(", baked in %s", took.Round(time.Second))
+			delete(p.bakedFor, req.InstanceID)
+		}
+		p.mu.Unlock()
+		st.set(stargatev1.ConditionImageReady, controller.StepDone, "GoldenImage", msg)
 		return path
 	}
 	b := joinJob(p, p.bakes, key, req.InstanceID, func() *bakeJob { return &bakeJob{dir: filepath.Join(p.layout.BakesDir(), key)} },
-		func(ctx context.Context, b *bakeJob) error { return p.bake(ctx, b, key, req, base) })
+		func(ctx context.Context, b *bakeJob) error {
+			err := p.bake(ctx, b, key, req, base)
+			if err == nil {
+				// The repaves that waited say so once they boot the golden image (the job is forgotten).
+				p.mu.Lock()
+				for id := range b.askers {
+					p.bakedFor[id] = time.Since(b.started)
+				}
+				p.mu.Unlock()
+			}
+			return err
+		})
 	switch {
 	case !b.done.Load():
 		st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Baking", bakeMessage(b, key))

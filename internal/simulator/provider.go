@@ -68,6 +68,9 @@ type Provider struct {
 	locks   map[types.NamespacedName]*sync.Mutex
 	fetches map[string]*imageFetch
 	bakes   map[string]*bakeJob
+	// bakedFor is how long the bake took that each waiting repave (by instance-id) waited for,
+	// until it reports it.
+	bakedFor map[string]time.Duration
 	// bakesStarted counts bakes, for tests (concurrent repaves must share one).
 	bakesStarted atomic.Int64
 }
@@ -119,16 +122,17 @@ func New(cfg Config) (*Provider, error) {
 		return nil, fmt.Errorf("setting up the simulator network: %w", err)
 	}
 	return &Provider{
-		cfg:     cfg,
-		images:  newImageCache(layout.ImagesDir(), cfg.Images, subnet),
-		media:   newMediaCache(layout.MediaDir(), cfg.Images, subnet),
-		ipam:    &ipam.Pool{Dir: layout.poolDir(cfg.Network.Bridge), First: cfg.FirstIP, Last: cfg.LastIP},
-		net:     network,
-		vms:     qemu.VMs{QEMU: cfg.QEMU},
-		layout:  layout,
-		locks:   map[types.NamespacedName]*sync.Mutex{},
-		fetches: map[string]*imageFetch{},
-		bakes:   map[string]*bakeJob{},
+		cfg:      cfg,
+		images:   newImageCache(layout.ImagesDir(), cfg.Images, subnet),
+		media:    newMediaCache(layout.MediaDir(), cfg.Images, subnet),
+		ipam:     &ipam.Pool{Dir: layout.poolDir(cfg.Network.Bridge), First: cfg.FirstIP, Last: cfg.LastIP},
+		net:      network,
+		vms:      qemu.VMs{QEMU: cfg.QEMU},
+		layout:   layout,
+		locks:    map[types.NamespacedName]*sync.Mutex{},
+		fetches:  map[string]*imageFetch{},
+		bakes:    map[string]*bakeJob{},
+		bakedFor: map[string]time.Duration{},
 	}, nil
 }
 
