@@ -87,6 +87,22 @@ func TestGarbageOfDeletedServersIsCollected(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A bake a crash interrupted: its directory, tap and address go; its golden image is baked again.
+	bakeKey := strings.Repeat("ab", 32)
+	bakeDir := filepath.Join(layout.BakesDir(), bakeKey)
+	if err := os.MkdirAll(bakeDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(bakeDir, filenames.DiskFile), []byte("disk"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bakeOwner := "bake:" + bakeKey[:16]
+	if err := net.EnsureTap(hostnet.TapName(bakeOwner)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Allocate(bakeOwner); err != nil {
+		t.Fatal(err)
+	}
 	exists := func(_ context.Context, s types.NamespacedName) (bool, error) { return s == kept, nil }
 	inScope := func(ns string) bool { return ns == "team-a" }
 	if err := p.CollectGarbage(context.Background(), exists, inScope); err != nil {
@@ -96,6 +112,9 @@ func TestGarbageOfDeletedServersIsCollected(t *testing.T) {
 		if _, err := os.Stat(layout.VMDir(s)); (err == nil) != want {
 			t.Errorf("VM directory of %s exists=%v, want %v", s, err == nil, want)
 		}
+	}
+	if _, err := os.Stat(bakeDir); !os.IsNotExist(err) {
+		t.Errorf("the interrupted bake's directory is still there: %v", err)
 	}
 	taps, err := net.BridgeTaps()
 	if err != nil {
