@@ -3,7 +3,9 @@
 // against the requested checksum (and by the caller's Verify) and renamed into place from a temp
 // file under a per-entry file lock, so a cached image is complete, verified and never written
 // again. On every use an entry is checked again (present, same size and mtime as recorded, else
-// re-hashed; Verify), and refetched when it is gone or damaged.
+// re-hashed; Verify), and refetched when it is gone or damaged. Every use records its time, so
+// that a caller can bound the cache's size: Entries lists the entries with their last use and
+// size, Remove removes one under its lock (entries.go).
 //
 // URLs are untrusted: file URLs are served only from directories the operator allows, http(s)
 // never reaches loopback, link-local, multicast or this host's own addresses unless allowed (the
@@ -21,6 +23,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"net/netip"
 	"path/filepath"
@@ -263,6 +266,9 @@ func (c *Cache) lookup(ctx context.Context, req fetchRequest) (Image, bool, erro
 		return img, ok, err
 	}
 	if err := fixEntryModes(req.entry); err != nil {
+		if errors.Is(err, fs.ErrNotExist) { // removed meanwhile (Remove): a miss
+			return Image{}, false, nil
+		}
 		return Image{}, false, err
 	}
 	if c.Verify != nil {
@@ -270,5 +276,6 @@ func (c *Cache) lookup(ctx context.Context, req fetchRequest) (Image, bool, erro
 			return Image{}, false, nil
 		}
 	}
+	touchEntry(req.entry)
 	return img, true, nil
 }

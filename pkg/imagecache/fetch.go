@@ -129,6 +129,7 @@ func (c *Cache) fetchLocked(ctx context.Context, req fetchRequest, report Progre
 				err = fmt.Errorf("image cache entry %s is incomplete after repair", entry)
 			}
 			if err == nil {
+				touchEntry(entry)
 				report(img.Size, img.Size)
 			}
 			return img, err
@@ -146,5 +147,8 @@ func (c *Cache) fetchLocked(ctx context.Context, req fetchRequest, report Progre
 	if err := cleanImageEntry(entry); err != nil {
 		return Image{}, err
 	}
-	return c.download(ctx, req, report)
+	if img, err = c.download(ctx, req, report); err == nil {
+		touchEntry(entry)
+	}
+	return img, err
 }
