@@ -45,7 +45,8 @@ func LockWorkDir(workDir string) (release func(), err error) {
 // (with their QEMU processes, found by pidfile), QMP sockets, IP allocations and taps on this
 // host's bridge — and logs each removal. It runs at startup, before any reconcile: a crash or
 // SIGKILL may have come between a Server's deletion and its release. inScope limits it to the
-// namespaces this host watches (a Server outside them cannot be looked up).
+// namespaces this host watches (a Server outside them cannot be looked up). Last, it prunes the
+// image cache (prune).
 func (p *Provider) CollectGarbage(ctx context.Context, exists func(context.Context, types.NamespacedName) (bool, error),
 	inScope func(namespace string) bool) error {
 	gone := func(server types.NamespacedName) (bool, error) {
@@ -113,6 +114,9 @@ func (p *Provider) CollectGarbage(ctx context.Context, exists func(context.Conte
 			}
 		}
 	}
+	// The images of the VMs released above may be unused now: bring the image cache under
+	// --image-cache-size (prune keeps whatever the remaining disks use).
+	p.prune()
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("collecting garbage: %w", err)
 	}

@@ -112,6 +112,11 @@ func (p *Provider) fetchImage(url, checksum, instanceID string) *imageFetch {
 			f.size.Store(total)
 		})
 		f.image = img
+		if err == nil && !img.CacheHit {
+			// A new image counts towards --image-cache-size. It is kept while pruning: the
+			// repaves waiting for it have not pinned it yet, and would only fetch it again.
+			p.prune(img.Path)
+		}
 		return err
 	})
 }

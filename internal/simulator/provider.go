@@ -50,6 +50,10 @@ type Config struct {
 	// Images says which image URLs this host fetches and within which limits; the zero value
 	// fetches http(s) from public addresses only, with the imagecache defaults.
 	Images ImagePolicy
+	// ImageCacheSize bounds the disk space of the cached OS images and golden images together
+	// (--image-cache-size): over it, the least recently used are removed, but never one in use
+	// (see prune). 0, the default, means no limit.
+	ImageCacheSize int64
 	// Log receives what an operator of the host wants to know: VMs started, servers released.
 	Log logr.Logger
 }
@@ -73,6 +77,8 @@ type Provider struct {
 	bakedFor map[string]time.Duration
 	// bakesStarted counts bakes, for tests (concurrent repaves must share one).
 	bakesStarted atomic.Int64
+
+	pins imagePins // images prune must keep (prune.go)
 }
 
 var _ controller.Provider = (*Provider)(nil)
