@@ -43,6 +43,9 @@ func (o *Options) bindImageFlags(fs *flag.FlagSet) {
 		"addresses or CIDRs http(s) image URLs may reach although refused by default: loopback, link-local, multicast, this host's own addresses"+
 			" and the VM network (repeat or comma-separate; default: none)")
 	fs.StringVar(&o.MaxImageSize, "max-image-size", "20Gi", "largest OS image downloaded; a larger one fails with ImageTooLarge")
+	fs.StringVar(&o.ImageCacheSize, "image-cache-size", "0",
+		"disk space the cached OS images and golden images may take together, e.g. 50Gi; over it, the least recently used are removed,"+
+			" never one a VM or bake uses (0: no limit)")
 	fs.DurationVar(&o.ImageConnectTimeout, "image-connect-timeout", imagecache.DefaultConnectTimeout,
 		"image downloads: timeout of the TCP connect and of the TLS handshake")
 	fs.DurationVar(&o.ImageHeaderTimeout, "image-header-timeout", imagecache.DefaultHeaderTimeout, "image downloads: timeout for the response headers")
@@ -97,4 +100,16 @@ func imagePolicy(o Options) (simulator.ImagePolicy, error) {
 		}
 	}
 	return pol, nil
+}
+
+// imageCacheSize checks --image-cache-size: a size (0, the default, means no limit).
+func imageCacheSize(o Options) (int64, error) {
+	if o.ImageCacheSize == "" {
+		return 0, nil
+	}
+	n, err := parseQuantity(o.ImageCacheSize)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("--image-cache-size %q: want a size such as 50Gi (0: no limit)", o.ImageCacheSize)
+	}
+	return n, nil
 }

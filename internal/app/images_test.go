@@ -72,3 +72,23 @@ func TestImagePolicyFlagsRejected(t *testing.T) {
 		}
 	}
 }
+
+// TestImageCacheSizeFlag: --image-cache-size takes a Kubernetes quantity, 0 (the default) for
+// no limit; a negative or unreadable one is refused, naming the flag.
+func TestImageCacheSizeFlag(t *testing.T) {
+	for arg, want := range map[string]int64{"": 0, "0": 0, "20Gi": 20 << 30, "500M": 500e6, "1Ti": 1 << 40} {
+		args := []string{"--image-cache-size", arg}
+		if arg == "" {
+			args = nil // the default
+		}
+		if got, err := imageCacheSize(parseOptions(t, args...)); err != nil || got != want {
+			t.Errorf("--image-cache-size %q = %d, %v; want %d", arg, got, err, want)
+		}
+	}
+	for _, arg := range []string{"-1Gi", "lots", "20 GiB", "1.5.5"} {
+		_, err := imageCacheSize(parseOptions(t, "--image-cache-size", arg))
+		if err == nil || !strings.Contains(err.Error(), "--image-cache-size") || !strings.Contains(err.Error(), "50Gi") {
+			t.Errorf("--image-cache-size %q: err = %v, want it to name the flag and an example", arg, err)
+		}
+	}
+}

@@ -70,6 +70,7 @@ type Options struct {
 	ImageDirs           []string
 	AllowImageHosts     []string
 	MaxImageSize        string
+	ImageCacheSize      string
 	ImageConnectTimeout time.Duration
 	ImageHeaderTimeout  time.Duration
 	ImageStallTimeout   time.Duration
@@ -299,7 +300,11 @@ func newSimulator(o Options, log interface{ Info(string, ...any) }) (*simulator.
 	if cfg.Images, err = imagePolicy(o); err != nil {
 		return nil, err
 	}
-	log.Info("image sources", "fileDirs", cfg.Images.FileDirs, "allowedHosts", cfg.Images.AllowHosts, "maxImageSize", o.MaxImageSize)
+	if cfg.ImageCacheSize, err = imageCacheSize(o); err != nil {
+		return nil, err
+	}
+	log.Info("image sources", "fileDirs", cfg.Images.FileDirs, "allowedHosts", cfg.Images.AllowHosts, "maxImageSize", o.MaxImageSize,
+		"imageCacheSize", o.ImageCacheSize)
 	log.Info("simulator host", "accel", accel, "bridge", o.Bridge, "gateway", gw, "workDir", o.WorkDir)
 	return simulator.New(cfg)
 }
