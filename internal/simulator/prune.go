@@ -119,8 +119,11 @@ func (p *Provider) prune(keep ...string) {
 			continue
 		}
 		removed, err := p.removeImage(im)
-		if err != nil {
+		switch {
+		case err != nil:
 			log.Error(err, "image cache: removing an image failed", "path", im.path)
+		case !removed: // a Fetch holds it, or it was used since listed: in use after all
+			inUse += im.size
 		}
 		if removed {
 			total -= im.size
