@@ -43,6 +43,9 @@ func (p *Provider) bake(ctx context.Context, b *bakeJob, key string, req control
 			err = errors.Join(err, fmt.Errorf("cleaning up the bake: %w", cerr))
 		}
 	}()
+	// The OS image and the golden image being made stay while the bake needs them.
+	defer p.pinImage(base.Path)()
+	defer p.pinImage(p.goldenPath(key))()
 	p.bakesStarted.Add(1)
 	p.cfg.Log.Info("baking a golden image", "key", short(key), "image", req.ImageURL, "for", identity(req.Server))
 	if err := p.cleanBake(ctx, b.dir); err != nil { // an earlier attempt's leftovers

@@ -70,6 +70,7 @@ func (p *Provider) golden(ctx context.Context, st *status, req controller.Repave
 		func(ctx context.Context, b *bakeJob) error {
 			err := p.bake(ctx, b, key, req, base)
 			if err == nil {
+				p.prune(path) // the new image counts; it stays until its repaves pinned it
 				// The repaves that waited say so once they boot the golden image (the job is forgotten).
 				p.mu.Lock()
 				for id := range b.askers {

@@ -56,6 +56,15 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 		st.set(stargatev1.ConditionImageReady, controller.StepDone, reason, msg)
 	} else if base = p.bootImage(ctx, st, req); base == "" {
 		return st.finish(), nil
+	} else {
+		// Pinned until the disk overlays it, so --image-cache-size's pruning cannot remove it
+		// first; a prune that ran between the lookup and the pin removed it: look it up again.
+		defer p.pinImage(base)()
+		if _, err := os.Stat(base); err != nil {
+			st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Pruned",
+				"The image was removed from the host's cache (--image-cache-size) as this repave was about to use it: fetching it again")
+			return st.finish(), nil
+		}
 	}
 
 	qmp, err := p.layout.QMPSocket(dir)
