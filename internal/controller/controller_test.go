@@ -359,48 +359,39 @@ func TestProfileCreatedLateIsPickedUp(t *testing.T) {
 	h.waitPhase("op1", stargatev1.OperationSucceeded, 30*time.Second)
 }
 
+// A profile whose user-data, or installation (the golden image part), is not what cloud-init can
+// use fails the repave before the server is touched, and is marked invalid.
 func TestInvalidProfileFailsBeforeTouchingTheServer(t *testing.T) {
-	h := newHarness(t, 10*time.Millisecond, controller.Options{})
-	h.create(server("s1"))
-	h.create(profile("bad", "#cloud-config\npackages: [curl\n"))
-	h.create(repave("op1", "s1", "bad"))
-	op := h.waitPhase("op1", stargatev1.OperationFailed, 15*time.Second)
-	if !strings.Contains(op.Status.Message, "not valid YAML") {
-		t.Errorf("message %q does not explain the YAML error", op.Status.Message)
+	const brokenYAML = "#cloud-config\npackages: [curl\n"
+	installation := profile("bad-install", okUserData)
+	installation.Spec.Installation = &stargatev1.Installation{CloudInit: brokenYAML}
+	for _, tc := range []struct {
+		profile *stargatev1.ProvisioningProfile
+		says    string
+	}{
+		{profile("bad", brokenYAML), "user-data: "},
+		{installation, "spec.installation.cloudInit: "},
+	} {
+		t.Run(tc.profile.Name, func(t *testing.T) {
+			h := newHarness(t, 10*time.Millisecond, controller.Options{})
+			h.create(server("s1"))
+			h.create(tc.profile)
+			h.create(repave("op1", "s1", tc.profile.Name))
+			op := h.waitPhase("op1", stargatev1.OperationFailed, 15*time.Second)
+			if !strings.Contains(op.Status.Message, tc.says) || !strings.Contains(op.Status.Message, "not valid YAML") {
+				t.Errorf("message %q does not explain the YAML error in %q", op.Status.Message, tc.says)
+			}
+			if n := h.dc.Repaves(h.ns, "s1"); n != 0 {
+				t.Errorf("server repaved %d times, want 0", n)
+			}
+			eventually(t, 10*time.Second, func() (bool, string) {
+				p := &stargatev1.ProvisioningProfile{}
+				_ = env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: tc.profile.Name}, p)
+				c := meta.FindStatusCondition(p.Status.Conditions, stargatev1.ConditionValid)
+				return c != nil && c.Status == metav1.ConditionFalse && strings.Contains(c.Message, tc.says), fmt.Sprint(p.Status)
+			})
+		})
 	}
-	if n := h.dc.Repaves(h.ns, "s1"); n != 0 {
-		t.Errorf("server repaved %d times, want 0", n)
-	}
-	eventually(t, 10*time.Second, func() (bool, string) {
-		p := &stargatev1.ProvisioningProfile{}
-		_ = env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: "bad"}, p)
-		c := meta.FindStatusCondition(p.Status.Conditions, stargatev1.ConditionValid)
-		return c != nil && c.Status == metav1.ConditionFalse && strings.Contains(c.Message, "YAML"), fmt.Sprint(p.Status)
-	})
-}
-
-// An installation (the golden image part of a profile) is checked like the user-data: a broken
-// one fails the repave before the server is touched and marks the profile invalid.
-func TestInvalidInstallationFailsBeforeTouchingTheServer(t *testing.T) {
-	h := newHarness(t, 10*time.Millisecond, controller.Options{})
-	h.create(server("s1"))
-	p := profile("bad-install", okUserData)
-	p.Spec.Installation = &stargatev1.Installation{CloudInit: "#cloud-config\npackages: [curl\n"}
-	h.create(p)
-	h.create(repave("op1", "s1", "bad-install"))
-	op := h.waitPhase("op1", stargatev1.OperationFailed, 15*time.Second)
-	if !strings.Contains(op.Status.Message, "spec.installation.cloudInit") || !strings.Contains(op.Status.Message, "not valid YAML") {
-		t.Errorf("message %q does not name the installation's YAML error", op.Status.Message)
-	}
-	if n := h.dc.Repaves(h.ns, "s1"); n != 0 {
-		t.Errorf("server repaved %d times, want 0", n)
-	}
-	eventually(t, 10*time.Second, func() (bool, string) {
-		p := &stargatev1.ProvisioningProfile{}
-		_ = env.Client.Get(context.Background(), client.ObjectKey{Namespace: h.ns, Name: "bad-install"}, p)
-		c := meta.FindStatusCondition(p.Status.Conditions, stargatev1.ConditionValid)
-		return c != nil && c.Status == metav1.ConditionFalse && strings.Contains(c.Message, "spec.installation.cloudInit"), fmt.Sprint(p.Status)
-	})
 }
 
 func TestInjectedFailureIsReported(t *testing.T) {

@@ -96,6 +96,10 @@ func TestGarbageOfDeletedServersIsCollected(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(bakeDir, filenames.DiskFile), []byte("disk"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	flattening := filepath.Join(layout.GoldenDir(), "."+bakeKey+".qcow2.tmp-123")
+	if err := os.WriteFile(flattening, []byte("half a golden image"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	bakeOwner := "bake:" + bakeKey[:16]
 	if err := net.EnsureTap(hostnet.TapName(bakeOwner)); err != nil {
 		t.Fatal(err)
@@ -113,8 +117,10 @@ func TestGarbageOfDeletedServersIsCollected(t *testing.T) {
 			t.Errorf("VM directory of %s exists=%v, want %v", s, err == nil, want)
 		}
 	}
-	if _, err := os.Stat(bakeDir); !os.IsNotExist(err) {
-		t.Errorf("the interrupted bake's directory is still there: %v", err)
+	for _, left := range []string{bakeDir, flattening} {
+		if _, err := os.Stat(left); !os.IsNotExist(err) {
+			t.Errorf("the interrupted bake's %s is still there: %v", left, err)
+		}
 	}
 	taps, err := net.BridgeTaps()
 	if err != nil {

@@ -138,6 +138,11 @@ func (p *Provider) removeBakes(ctx context.Context) error {
 		p.cfg.Log.Info("garbage: removing a bake that did not finish", "dir", dir)
 		errs = append(errs, p.cleanBake(ctx, dir))
 	}
+	// A golden image being flattened when the crash came (qemu.Flatten's temp files).
+	temps, _ := filepath.Glob(filepath.Join(p.layout.GoldenDir(), ".*.tmp-*"))
+	for _, tmp := range temps {
+		errs = append(errs, os.Remove(tmp))
+	}
 	allocations, err := p.ipam.Allocations()
 	errs = append(errs, err)
 	for _, owner := range allocations {

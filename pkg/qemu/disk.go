@@ -47,11 +47,25 @@ func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) erro
 	if err := removeOverlayTemps(path); err != nil {
 		return fmt.Errorf("creating overlay %s: %w", path, err)
 	}
-	// CreateTemp makes the file 0600 before any byte is in it; qemu-img
-	// create reuses an existing file and keeps its mode.
-	tmp, err := os.CreateTemp(filepath.Dir(path), overlayTempPattern(path))
+	err = writeImage(path, func(tmp string) error {
+		_, err := execQemuImg(ctx, "create", "-q", "-f", "qcow2", "-F", info.Format, "-b", absBase, tmp, strconv.FormatInt(size, 10))
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("creating overlay %s: %w", path, err)
+	}
+	return nil
+}
+
+// writeImage makes the image at path by write, which writes it to the temp file it is given (named
+// by overlayTempPattern), then makes it 0600 and renames it into place: a failure leaves no file
+// at path and no temp file. CreateTemp makes the file 0600 before any byte is in it; qemu-img
+// reuses an existing file and keeps its mode, and the chmod is explicit in case a directory's
+// default ACL or qemu-img widened it.
+func writeImage(path string, write func(tmp string) error) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), overlayTempPattern(path))
+	if err != nil {
+		return err
 	}
 	tmpName := tmp.Name()
 	tmp.Close()
@@ -61,17 +75,14 @@ func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) erro
 			os.Remove(tmpName)
 		}
 	}()
-
-	if _, err := execQemuImg(ctx, "create", "-q", "-f", "qcow2", "-F", info.Format, "-b", absBase,
-		tmpName, strconv.FormatInt(size, 10)); err != nil {
-		return fmt.Errorf("creating overlay %s: %w", path, err)
+	if err := write(tmpName); err != nil {
+		return err
 	}
-	// Explicit, in case the directory's default ACL or qemu-img widened it.
 	if err := os.Chmod(tmpName, 0o600); err != nil {
-		return fmt.Errorf("creating overlay %s: %w", path, err)
+		return err
 	}
 	if err := os.Rename(tmpName, path); err != nil {
-		return fmt.Errorf("creating overlay %s: %w", path, err)
+		return err
 	}
 	done = true
 	return nil
@@ -114,41 +125,24 @@ func execQemuImg(ctx context.Context, args ...string) ([]byte, error) {
 // it alone. It is written under a temp name and renamed into place, 0600; a failure leaves no dst.
 // Unallocated areas stay sparse; nothing is compressed, so guests read it at full speed.
 func Flatten(ctx context.Context, src, dst string) error {
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("flattening %s: %w", src, err)
-	}
-	tmpName := tmp.Name()
-	tmp.Close()
-	done := false
-	defer func() {
-		if !done {
-			os.Remove(tmpName)
+	err := writeImage(dst, func(tmp string) error {
+		// -f qcow2: src is an overlay this host made, never probed. qemu-img creates the target
+		// (in the temp file's place) with the source's virtual size.
+		if _, err := execQemuImg(ctx, "convert", "-q", "-f", "qcow2", "-O", "qcow2", src, tmp); err != nil {
+			return err
 		}
-	}()
-	// -f qcow2: src is an overlay this host made, never probed; -n is not used, so qemu-img
-	// creates the target (in the temp file's place) with the source's virtual size.
-	if _, err := execQemuImg(ctx, "convert", "-q", "-f", "qcow2", "-O", "qcow2", src, tmpName); err != nil {
-		return fmt.Errorf("flattening %s: %w", src, err)
-	}
-	if err := os.Chmod(tmpName, 0o600); err != nil {
-		return fmt.Errorf("flattening %s: %w", src, err)
-	}
-	if _, err := InspectBaseImage(ctx, tmpName); err != nil {
-		return fmt.Errorf("flattened %s: %w", src, err)
-	}
-	f, err := os.Open(tmpName)
+		if _, err := InspectBaseImage(ctx, tmp); err != nil {
+			return err
+		}
+		f, err := os.Open(tmp)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return f.Sync() // on disk before the rename makes it a golden image
+	})
 	if err != nil {
-		return fmt.Errorf("flattening %s: %w", src, err)
+		return fmt.Errorf("flattening %s into %s: %w", src, dst, err)
 	}
-	err = f.Sync()
-	f.Close()
-	if err != nil {
-		return fmt.Errorf("flattening %s: %w", src, err)
-	}
-	if err := os.Rename(tmpName, dst); err != nil {
-		return fmt.Errorf("flattening %s: %w", src, err)
-	}
-	done = true
 	return nil
 }
