@@ -29,13 +29,16 @@ import (
 // TestSIGKILLAtEveryStep kills the real simulator binary with SIGKILL inside each window of an
 // installation and of a Server's deletion, restarts it on the same work directory with the same
 // flags, and checks that it finishes the job and leaves exactly one QEMU process, tap, IP claim and
-// VM directory for the Server (none after the deletion).
+// VM directory for the Server (none after the deletion), and no golden image bake.
 //
 // The installation windows are hit for sure by wrapper scripts for qemu-img and
 // qemu-system-x86_64 first on the simulator's PATH: while a pause file names a step, the wrapper of
 // that step writes a "reached" file and waits for a "release" file. One Operation goes through
-// every window in the order the installation meets them, so the guest boots once, at the end:
+// every window in the order the installation meets them, so the guest boots once, at the end
+// (its profile has an installation, so a golden image is baked first, twice):
 //
+//	(e) a bake VM running (its directory, tap and address made): paused after qemu-system-x86_64
+//	    daemonized the bake VM; the restarted simulator stops it, removes the bake and bakes again;
 //	(c) IP claimed and tap created, disk not yet begun: paused in `qemu-img info` of the base image
 //	    that starts the disk's creation, armed only once the tap exists;
 //	(a) during the disk's creation: paused in `qemu-img create` (its temp file exists);
@@ -173,15 +176,33 @@ func faultSuite(t testing.TB) time.Duration {
 		Spec: stargatev1.ServerSpec{CPUs: 2, Memory: &mem, Disk: &disk}}))
 	must(c.Create(ctx, &stargatev1.ProvisioningProfile{ObjectMeta: metav1.ObjectMeta{Name: "hello", Namespace: kns},
 		Spec: stargatev1.ProvisioningProfileSpec{Image: stargatev1.ImageSource{URL: "file://" + image},
-			CloudInit: "#cloud-config\nruncmd:\n  - [sh, -c, 'echo STARGATE-SIGKILL > /dev/ttyS0']\n"}}))
+			Installation: &stargatev1.Installation{CloudInit: "#cloud-config\nruncmd:\n  - [sh, -c, 'echo baked > /etc/stargate-baked']\n"},
+			CloudInit:    "#cloud-config\nruncmd:\n  - [sh, -c, 'echo STARGATE-SIGKILL $(cat /etc/stargate-baked) > /dev/ttyS0']\n"}}))
+	bakesDir, goldenDir := paths["bakes_dir"], paths["golden_dir"]
 
-	// (c) After the IP claim and the tap, before the disk.
-	arm("img-info", "/sys/class/net/"+paths["tap"])
+	// (e) A golden image bake running: its VM booting, its directory, tap and address made.
+	arm("qemu-start", "")
 	sim.start()
 	op := &stargatev1.Operation{ObjectMeta: metav1.ObjectMeta{Name: "repave-1", Namespace: kns}, Spec: stargatev1.OperationSpec{
 		Operation: stargatev1.OperationRepave, ServerRef: stargatev1.LocalObjectReference{Name: srvName},
 		ProvisioningProfileRef: &stargatev1.LocalObjectReference{Name: "hello"}}}
 	must(c.Create(ctx, op))
+	killInWindow("e (golden image bake VM running)", func() {
+		if n := len(qemuPIDs(t, work, realQEMU)); n != 1 {
+			t.Errorf("window e: %d QEMU processes, want the bake VM", n)
+		}
+		if bakes := dirNames(t, bakesDir); len(bakes) != 1 {
+			t.Errorf("window e: bakes %v, want one", bakes)
+		}
+		if ips := dirNames(t, ipamDir); len(ips) != 1 {
+			t.Errorf("window e: IP claims %v, want the bake VM's", ips)
+		}
+		expectFiles("e", map[string]bool{paths["vm_dir"]: false})
+	})
+
+	// (c) After the IP claim and the tap, before the disk (the restarted simulator baked again).
+	arm("img-info", "/sys/class/net/"+paths["tap"])
+	sim.start()
 	killInWindow("c (IP claimed, tap made, no disk yet)", func() {
 		if ips := dirNames(t, ipamDir); len(ips) != 1 {
 			t.Errorf("IP claims %v, want one", ips)
@@ -243,6 +264,12 @@ func faultSuite(t testing.TB) time.Duration {
 	}
 	if tmps := overlayTemps(paths["vm_dir"]); len(tmps) != 0 {
 		t.Errorf("disk temp files left in the VM directory: %v", tmps)
+	}
+	if bakes, golden := dirNames(t, bakesDir), dirNames(t, goldenDir); len(bakes) != 0 || len(golden) != 1 {
+		t.Errorf("after repave-1: bakes %v (want none), golden images %v (want one)", bakes, golden)
+	}
+	if console, _ := os.ReadFile(paths["console"]); !strings.Contains(string(console), "STARGATE-SIGKILL baked") {
+		t.Error("after repave-1: the guest did not boot the golden image (no STARGATE-SIGKILL baked on its console)")
 	}
 
 	// (d) During the Server's deletion. Release asks the guest over QMP to power off first; the
