@@ -197,7 +197,7 @@ func faultSuite(t testing.TB) time.Duration {
 		if ips := dirNames(t, ipamDir); len(ips) != 1 {
 			t.Errorf("window e: IP claims %v, want the bake VM's", ips)
 		}
-		expectFiles("e", map[string]bool{paths["vm_dir"]: false})
+		expectFiles("e", map[string]bool{paths["disk"]: false, paths["instance_id"]: false})
 	})
 
 	// (c) After the IP claim and the tap, before the disk (the restarted simulator baked again).
