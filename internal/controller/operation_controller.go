@@ -204,7 +204,12 @@ func (r *OperationReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		func(o client.Object) []string { return []string{o.(*stargatev1.Operation).Spec.ServerRef.Name} }); err != nil {
 		return fmt.Errorf("indexing operations by server: %w", err)
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr)
+	if n, ok := r.Provider.(Notifier); ok {
+		// A provider that notices a finished guest by itself wakes its Operation at once.
+		b = b.WatchesRawSource(r.changesSource(n))
+	}
+	return b.
 		Named("operation").
 		For(&stargatev1.Operation{}, builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{},
 			predicate.AnnotationChangedPredicate{}, deletingPredicate()))).

@@ -4,11 +4,19 @@ import (
 	"fmt"
 
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 )
 
 // Setup registers Stargate's reconcilers with a manager, all using provider.
 func Setup(mgr ctrl.Manager, provider Provider, opts Options, metrics *Metrics) error {
 	opts.defaults()
+	// A provider with background work of its own (the simulator's console watchers) runs, and
+	// stops, with the manager.
+	if run, ok := provider.(manager.Runnable); ok {
+		if err := mgr.Add(run); err != nil {
+			return fmt.Errorf("adding the provider's background work: %w", err)
+		}
+	}
 	recorder := mgr.GetEventRecorder("stargate-simulator")
 	operations := &OperationReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder,
 		Provider: provider, Options: opts, Metrics: metrics}

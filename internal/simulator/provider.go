@@ -4,7 +4,8 @@
 // Files by job: provider.go (Provider, New, Inspect, PowerOff), repave.go (the repave flow),
 // images.go (background image downloads), power.go (PowerOn, Shutdown), media.go (boot override
 // and virtual CD), release.go (Release, ReleaseAll, Teardown), layout.go (where things live on the
-// host), status.go (step-by-step status).
+// host), status.go (step-by-step status), watch.go (console watchers that tell the controller
+// when a guest finished).
 package simulator
 
 import (
@@ -67,6 +68,7 @@ type Provider struct {
 	net    *hostnet.Network
 	vms    qemu.VMs
 	layout Layout
+	watch  *watchers // console watchers (watch.go)
 
 	mu      sync.Mutex
 	locks   map[types.NamespacedName]*sync.Mutex
@@ -135,6 +137,7 @@ func New(cfg Config) (*Provider, error) {
 		net:      network,
 		vms:      qemu.VMs{QEMU: cfg.QEMU},
 		layout:   layout,
+		watch:    newWatchers(consoleWatchInterval),
 		locks:    map[types.NamespacedName]*sync.Mutex{},
 		fetches:  map[string]*imageFetch{},
 		bakes:    map[string]*bakeJob{},
@@ -205,6 +208,7 @@ func (p *Provider) Inspect(_ context.Context, server types.NamespacedName) (cont
 // PowerOff kills the server's VM, keeping its disk and console for inspection.
 func (p *Provider) PowerOff(ctx context.Context, server types.NamespacedName) error {
 	defer p.lock(server)()
+	p.unwatch(server)
 	dir := p.VMDir(server)
 	qmp, err := p.layout.QMPSocket(dir)
 	if err != nil {

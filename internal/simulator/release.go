@@ -16,6 +16,7 @@ import (
 // Release stops the VM and removes its tap, IP address, disk, seed, console and socket.
 func (p *Provider) Release(ctx context.Context, server types.NamespacedName) error {
 	defer p.lock(server)()
+	p.unwatch(server)
 	dir := p.VMDir(server)
 	qmp, err := p.layout.QMPSocket(dir)
 	if err != nil {

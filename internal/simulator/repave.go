@@ -94,7 +94,7 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	}
 	st.set(stargatev1.ConditionCloudInitReady, controller.StepDone, "Written", "NoCloud seed written for instance "+req.InstanceID)
 	st.set(stargatev1.ConditionNetworkReady, controller.StepDone, "Attached", fmt.Sprintf("Tap %s on bridge %s, address %s, MAC %s", tap, p.cfg.Network.Bridge, ip, mac))
-	return p.observeGuest(st, req, dir), nil
+	return p.watched(req, dir, p.observeGuest(st, req, dir)), nil
 }
 
 // bootImage is the image a new installation's disk overlays: the cached OS image, or, for a
