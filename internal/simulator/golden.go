@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/controller"
 	"stargate.io/stargate/pkg/cloudinit"
@@ -48,6 +50,8 @@ func (p *Provider) goldenPath(key string) string {
 type bakeJob struct {
 	backgroundJob
 	dir string // the bake's directory (disk, seed, console), gone once it ended
+	// servers are those whose repaves wait for it, told at once when it ends. Guarded by Provider.mu.
+	servers map[types.NamespacedName]bool
 }
 
 // golden is the image step of a repave whose profile has an installation: the golden image's
@@ -66,20 +70,33 @@ func (p *Provider) golden(ctx context.Context, st *status, req controller.Repave
 		st.set(stargatev1.ConditionImageReady, controller.StepDone, "GoldenImage", msg)
 		return path
 	}
-	b := joinJob(p, p.bakes, key, req.InstanceID, func() *bakeJob { return &bakeJob{dir: filepath.Join(p.layout.BakesDir(), key)} },
-		func(ctx context.Context, b *bakeJob) error {
-			err := p.bake(ctx, b, key, req, base)
-			if err == nil {
-				p.prune(path) // the new image counts; it stays until its repaves pinned it
-				// The repaves that waited say so once they boot the golden image (the job is forgotten).
-				p.mu.Lock()
-				for id := range b.askers {
-					p.bakedFor[id] = time.Since(b.started)
-				}
-				p.mu.Unlock()
+	newBake := func() *bakeJob {
+		b := &bakeJob{dir: filepath.Join(p.layout.BakesDir(), key), servers: map[types.NamespacedName]bool{}}
+		b.ended = func() {
+			for server := range b.servers {
+				p.watch.notify(server) // their next step now, not at the next poll
 			}
-			return err
-		})
+		}
+		return b
+	}
+	b := joinJob(p, p.bakes, key, req.InstanceID, newBake, func(ctx context.Context, b *bakeJob) error {
+		err := p.bake(ctx, b, key, req, base)
+		if err == nil {
+			p.prune(path) // the new image counts; it stays until its repaves pinned it
+		}
+		if err == nil {
+			// The repaves that waited say so once they boot the golden image (the job is forgotten).
+			p.mu.Lock()
+			for id := range b.askers {
+				p.bakedFor[id] = time.Since(b.started)
+			}
+			p.mu.Unlock()
+		}
+		return err
+	})
+	p.mu.Lock()
+	b.servers[req.Server] = true
+	p.mu.Unlock()
 	switch {
 	case !b.done.Load():
 		st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Baking", bakeMessage(b, key))

@@ -22,6 +22,9 @@ type backgroundJob struct {
 	// failed; any other repave starts it anew (the cause may be fixed by now). Guarded by
 	// Provider.mu.
 	askers map[string]bool
+	// ended, when set, runs once the verdict is in (under Provider.mu): to tell the waiting
+	// repaves at once instead of at their next poll.
+	ended func()
 }
 
 func (j *backgroundJob) base() *backgroundJob { return j }
@@ -65,6 +68,9 @@ func joinJob[J job](p *Provider, jobs map[string]J, key, instanceID string, newJ
 		b.err = err
 		b.done.Store(true)
 		cancel(nil)
+		if b.ended != nil {
+			b.ended()
+		}
 		if err == nil {
 			forget()
 		}

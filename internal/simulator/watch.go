@@ -105,10 +105,7 @@ func (w *watchers) start(server types.NamespacedName, instanceID, console string
 		defer close(cw.done)
 		defer cancel()
 		if followConsole(ctx, console, instanceID, w.interval, running) {
-			select {
-			case w.changes <- server:
-			default: // never block the provider: the poll catches up
-			}
+			w.notify(server)
 		}
 		w.mu.Lock()
 		if w.byServer[server] == cw {
@@ -116,6 +113,17 @@ func (w *watchers) start(server types.NamespacedName, instanceID, console string
 		}
 		w.mu.Unlock()
 	}()
+}
+
+// notify tells the controller that something changed for servers, without ever blocking the
+// provider: when the buffer is full, the poll catches up.
+func (w *watchers) notify(servers ...types.NamespacedName) {
+	for _, server := range servers {
+		select {
+		case w.changes <- server:
+		default:
+		}
+	}
 }
 
 func (w *watchers) stop(server types.NamespacedName) {

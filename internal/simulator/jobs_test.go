@@ -1,0 +1,60 @@
+package simulator
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Repaves that need the same job share one run; a failure is told to those that waited, and only
+// to them; a success is forgotten; ended runs once the verdict is in.
+func TestJoinJob(t *testing.T) {
+	p := &Provider{}
+	jobs := map[string]*bakeJob{}
+	var runs atomic.Int32
+	ended := make(chan bool, 4)
+	newJob := func() *bakeJob {
+		b := &bakeJob{}
+		b.ended = func() { ended <- b.done.Load() }
+		return b
+	}
+	release := make(chan struct{})
+	failing := func(context.Context, *bakeJob) error {
+		runs.Add(1)
+		<-release
+		return errors.New("broken installation")
+	}
+	first := joinJob(p, jobs, "key", "i-1", newJob, failing)
+	if second := joinJob(p, jobs, "key", "i-2", newJob, failing); second != first {
+		t.Fatal("a second repave of the same key started another job")
+	}
+	close(release)
+	if done := <-ended; !done {
+		t.Error("ended ran before the job was done")
+	}
+	if again := joinJob(p, jobs, "key", "i-2", newJob, failing); again != first || again.err == nil {
+		t.Errorf("a repave that waited does not get the failure: %+v", again)
+	}
+	succeeding := func(context.Context, *bakeJob) error { runs.Add(1); return nil }
+	fresh := joinJob(p, jobs, "key", "i-3", newJob, succeeding)
+	if fresh == first {
+		t.Fatal("a repave that did not wait for the failure got it instead of a new try")
+	}
+	<-ended
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		p.mu.Lock()
+		_, kept := jobs["key"]
+		p.mu.Unlock()
+		if !kept {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a successful job is still remembered")
+		}
+	}
+	if n := runs.Load(); n != 2 {
+		t.Errorf("%d runs, want 2", n)
+	}
+}
