@@ -1,9 +1,12 @@
 package simulator
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -30,6 +33,13 @@ const (
 	bakePowerOffTimeout = 2 * time.Minute
 	// bakePoll is how often a bake's console and VM are checked.
 	bakePoll = time.Second
+	// DefaultBakeTimeout bounds a bake, whoever waits for it: an installation that never
+	// finishes must not hold a VM, an address and disk space for good.
+	DefaultBakeTimeout = time.Hour
+	// bakeConsoleMax is the most console a bake may write: a guest flooding it is stopped.
+	bakeConsoleMax = 64 << 20
+	// consoleTailBytes is how much of a console's end is read to find its last lines and markers.
+	consoleTailBytes = 256 << 10
 )
 
 // bake boots the OS image with the installation, waits for cloud-init to finish and the guest to
@@ -43,9 +53,15 @@ func (p *Provider) bake(ctx context.Context, b *bakeJob, key string, req control
 			err = errors.Join(err, fmt.Errorf("cleaning up the bake: %w", cerr))
 		}
 	}()
-	// The OS image and the golden image being made stay while the bake needs them.
+	// The OS image and the golden image being made stay while the bake needs them; a prune
+	// that ran before the pin may have removed the OS image: it is fetched again.
 	defer p.pinImage(base.Path)()
 	defer p.pinImage(p.goldenPath(key))()
+	if _, err := os.Stat(base.Path); err != nil {
+		return fmt.Errorf("the OS image was removed from the host's cache (--image-cache-size) as the bake began: %w", errRetry)
+	}
+	ctx, cancel := context.WithTimeout(ctx, cmp.Or(p.cfg.BakeTimeout, DefaultBakeTimeout))
+	defer cancel()
 	p.bakesStarted.Add(1)
 	p.cfg.Log.Info("baking a golden image", "key", short(key), "image", req.ImageURL, "for", identity(req.Server))
 	if err := p.cleanBake(ctx, b.dir); err != nil { // an earlier attempt's leftovers
@@ -90,7 +106,7 @@ func (p *Provider) bake(ctx context.Context, b *bakeJob, key string, req control
 		return err
 	}
 	spec := qemu.VMSpec{Name: "bake." + short(key), Dir: b.dir, QMPSocket: qmp, CPUs: req.CPUs, MemoryMiB: req.MemoryMiB,
-		MAC: mac, Tap: tap, Accel: p.cfg.Accel}
+		MAC: mac, Tap: tap, Accel: p.cfg.Accel, NoReboot: true}
 	if err := p.vms.Start(ctx, spec); err != nil {
 		return err
 	}
@@ -100,11 +116,13 @@ func (p *Provider) bake(ctx context.Context, b *bakeJob, key string, req control
 	if err := qemu.Flatten(ctx, disk, p.goldenPath(key)); err != nil {
 		return err
 	}
+	p.prune() // the new image counts, and stays: it is pinned until this returns
 	p.cfg.Log.Info("golden image baked", "key", short(key), "took", time.Since(b.started).Round(time.Second))
 	return nil
 }
 
-// awaitBake waits until the bake VM in dir finished cloud-init without errors and powered off.
+// awaitBake waits until the bake VM in dir finished cloud-init without errors, cleaned its
+// instance state and powered off.
 func (p *Provider) awaitBake(ctx context.Context, dir, instanceID string) error {
 	consolePath := filepath.Join(dir, filenames.ConsoleFile)
 	started := time.Now()
@@ -114,20 +132,27 @@ func (p *Provider) awaitBake(ctx context.Context, dir, instanceID string) error 
 	for {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("bake cancelled: %w", context.Cause(ctx))
+			return fmt.Errorf("bake stopped after %s: %w%s", time.Since(started).Round(time.Second), context.Cause(ctx),
+				consoleDiagnosis(readConsoleEnd(consolePath), "bake VM"))
 		case <-tick.C:
 		}
-		console, _ := os.ReadFile(consolePath)
+		console := readConsoleEnd(consolePath)
 		result := cloudinit.ParseGuestResult(console, instanceID)
+		cleaned := bytes.Contains(console, []byte(cloudinit.BakedMarker(instanceID)))
 		vm, err := p.vms.Status(dir)
 		if err != nil {
 			return err
 		}
 		switch {
+		case fileSize(consolePath) > bakeConsoleMax:
+			return fmt.Errorf("the bake VM wrote more than %s to its serial console: stopped%s", formatBytes(bakeConsoleMax), consoleDiagnosis(console, "bake VM"))
 		case result.Done && len(result.Errors) > 0:
 			return fmt.Errorf("cloud-init finished with errors: %s%s", strings.Join(result.Errors, "; "), consoleDiagnosis(console, "bake VM"))
-		case result.Done && !vm.Running:
+		case result.Done && !vm.Running && cleaned:
 			return nil
+		case result.Done && !vm.Running:
+			return fmt.Errorf("the bake VM powered off after cloud-init finished but before its instance state was cleaned "+
+				"(an installation must not power off or reboot the machine itself)%s", consoleDiagnosis(console, "bake VM"))
 		case result.Done && finished.IsZero():
 			finished = time.Now()
 		case result.Done && time.Since(finished) > bakePowerOffTimeout:
@@ -136,11 +161,37 @@ func (p *Provider) awaitBake(ctx context.Context, dir, instanceID string) error 
 		case !vm.Running:
 			return fmt.Errorf("the bake VM exited %s after starting, before cloud-init finished "+
 				"(an installation must not power off or reboot the machine itself)%s", time.Since(started).Round(time.Second), consoleDiagnosis(console, "bake VM"))
-		case time.Since(started) > p.cfg.BootTimeout && !strings.Contains(string(console), "cloud-init"):
+		case time.Since(started) > p.cfg.BootTimeout && !bytes.Contains(console, []byte("cloud-init")):
 			return fmt.Errorf("the bake VM showed no sign of cloud-init within %s of starting (boot watchdog)%s",
 				p.cfg.BootTimeout, consoleDiagnosis(console, "bake VM"))
 		}
 	}
+}
+
+// readConsoleEnd is the last consoleTailBytes of a console: where its last lines and markers are,
+// whatever the guest wrote before.
+func readConsoleEnd(path string) []byte {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	if size := fileSize(path); size > consoleTailBytes {
+		if _, err := f.Seek(size-consoleTailBytes, io.SeekStart); err != nil {
+			return nil
+		}
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, consoleTailBytes))
+	return b
+}
+
+// fileSize is the size of the file at path, or 0.
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
 }
 
 // cleanBake stops the bake VM of dir and removes the directory, its QMP socket, tap and address.

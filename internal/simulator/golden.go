@@ -52,6 +52,8 @@ type bakeJob struct {
 	dir string // the bake's directory (disk, seed, console), gone once it ended
 	// servers are those whose repaves wait for it, told at once when it ends. Guarded by Provider.mu.
 	servers map[types.NamespacedName]bool
+	// took is how long it ran, set when it ended. Guarded by Provider.mu.
+	took time.Duration
 }
 
 // golden is the image step of a repave whose profile has an installation: the golden image's
@@ -59,7 +61,11 @@ type bakeJob struct {
 func (p *Provider) golden(ctx context.Context, st *status, req controller.RepaveRequest, base imagecache.Image) string {
 	key := goldenKey(base.Digest, req.Server.Namespace, req.Installation)
 	path := p.goldenPath(key)
-	if p.useGolden(path) {
+	p.mu.Lock()
+	running, ok := p.bakes[key]
+	baking := ok && !running.done.Load() // its image may be in place already, its cleanup not done
+	p.mu.Unlock()
+	if !baking && p.useGolden(path) {
 		msg := goldenMessage(key, req, base)
 		p.mu.Lock()
 		if took, waited := p.bakedFor[req.InstanceID]; waited {
@@ -72,7 +78,14 @@ func (p *Provider) golden(ctx context.Context, st *status, req controller.Repave
 	}
 	newBake := func() *bakeJob {
 		b := &bakeJob{dir: filepath.Join(p.layout.BakesDir(), key), servers: map[types.NamespacedName]bool{}}
-		b.ended = func() {
+		b.ended = func() { // under p.mu, as the verdict is recorded
+			b.took = time.Since(b.started)
+			if b.err == nil {
+				// The repaves that waited say so once they boot the golden image (the job is forgotten).
+				for id := range b.askers {
+					p.bakedFor[id] = b.took
+				}
+			}
 			for server := range b.servers {
 				p.watch.notify(server) // their next step now, not at the next poll
 			}
@@ -80,30 +93,22 @@ func (p *Provider) golden(ctx context.Context, st *status, req controller.Repave
 		return b
 	}
 	b := joinJob(p, p.bakes, key, req.InstanceID, newBake, func(ctx context.Context, b *bakeJob) error {
-		err := p.bake(ctx, b, key, req, base)
-		if err == nil {
-			p.prune(path) // the new image counts; it stays until its repaves pinned it
-		}
-		if err == nil {
-			// The repaves that waited say so once they boot the golden image (the job is forgotten).
-			p.mu.Lock()
-			for id := range b.askers {
-				p.bakedFor[id] = time.Since(b.started)
-			}
-			p.mu.Unlock()
-		}
-		return err
+		return p.bake(ctx, b, key, req, base)
 	})
 	p.mu.Lock()
 	b.servers[req.Server] = true
+	took := b.took
 	p.mu.Unlock()
 	switch {
-	case !b.done.Load():
+	case !b.done.Load() || b.abandoned.Load():
 		st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Baking", bakeMessage(b, key))
+		return ""
+	case errors.Is(b.err, errRetry):
+		st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Baking", fmt.Sprintf("Baking golden image %s again: %v", short(key), b.err))
 		return ""
 	case b.err != nil:
 		st.failStep(stargatev1.ConditionImageReady, "BakeFailed", fmt.Sprintf("Baking the profile's installation (spec.installation) into "+
-			"golden image %s failed after %s; nothing was cached, the next repave bakes again: %v", short(key), time.Since(b.started).Round(time.Second), b.err))
+			"golden image %s failed after %s; nothing was cached, the next repave bakes again: %v", short(key), took.Round(time.Second), b.err))
 		return ""
 	case !p.useGolden(path):
 		// Baked, then removed (by hand, or the cache's size limit) before this repave used it.
@@ -111,7 +116,7 @@ func (p *Provider) golden(ctx context.Context, st *status, req controller.Repave
 		return ""
 	}
 	st.set(stargatev1.ConditionImageReady, controller.StepDone, "GoldenImage", goldenMessage(key, req, base)+
-		fmt.Sprintf(", baked in %s", time.Since(b.started).Round(time.Second)))
+		fmt.Sprintf(", baked in %s", took.Round(time.Second)))
 	return path
 }
 
@@ -129,7 +134,7 @@ func goldenMessage(key string, req controller.RepaveRequest, base imagecache.Ima
 
 // bakeMessage is ImageReady's message while a bake runs: how long, and the bake VM's console.
 func bakeMessage(b *bakeJob, key string) string {
-	console, _ := os.ReadFile(filepath.Join(b.dir, filenames.ConsoleFile))
+	console := readConsoleEnd(filepath.Join(b.dir, filenames.ConsoleFile))
 	msg := fmt.Sprintf("Baking the profile's installation into golden image %s (bake VM up %s)", short(key), time.Since(b.started).Round(time.Second))
 	if line := lastLine(console); line != "" {
 		msg += "; console: " + line

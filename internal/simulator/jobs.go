@@ -11,6 +11,10 @@ import (
 // errNobodyWaits cancels a job (a download, a bake) no repave asked about for the idle timeout.
 var errNobodyWaits = errors.New("no repave asked for it any more")
 
+// errRetry marks a job's failure that is not a verdict (what it needed went away meanwhile): the
+// job is forgotten like a success, and the next repave starts it anew.
+var errRetry = errors.New("to be tried again")
+
 // backgroundJob is slow work — an image download, a golden image bake — shared by every repave
 // that needs the same result, and reported to them by polling: Repave must return quickly.
 type backgroundJob struct {
@@ -25,6 +29,9 @@ type backgroundJob struct {
 	// ended, when set, runs once the verdict is in (under Provider.mu): to tell the waiting
 	// repaves at once instead of at their next poll.
 	ended func()
+	// abandoned is set when the job was cancelled because nobody asked: it is forgotten once its
+	// run has ended (and cleaned up), and no repave joins it meanwhile.
+	abandoned atomic.Bool
 }
 
 func (j *backgroundJob) base() *backgroundJob { return j }
@@ -37,11 +44,14 @@ type job interface{ base() *backgroundJob }
 // the background. A job that succeeded is forgotten (its result is in a cache now, where the next
 // repave finds it); a failure is kept for the repaves that waited for it. A job no repave asked
 // about for the idle timeout is cancelled (its Operations failed, were deleted, or the controller
-// moved on) and forgotten.
+// moved on) and forgotten once its run ended; one that failed with errRetry is forgotten too.
 func joinJob[J job](p *Provider, jobs map[string]J, key, instanceID string, newJob func() J, run func(context.Context, J) error) J {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	j, ok := jobs[key]
+	if ok && j.base().abandoned.Load() {
+		return j // still cleaning up after its cancel: the repave waits, then starts anew
+	}
 	if ok && (!j.base().done.Load() || j.base().askers[instanceID]) {
 		j.base().askers[instanceID] = true
 		j.base().asked.Store(time.Now().UnixNano())
@@ -60,7 +70,7 @@ func joinJob[J job](p *Provider, jobs map[string]J, key, instanceID string, newJ
 			delete(jobs, key)
 		}
 	}
-	go watchIdle(p, b, idle, forget, cancel)
+	go watchIdle(b, idle, cancel)
 	go func() {
 		err := run(ctx, j)
 		p.mu.Lock()
@@ -71,15 +81,15 @@ func joinJob[J job](p *Provider, jobs map[string]J, key, instanceID string, newJ
 		if b.ended != nil {
 			b.ended()
 		}
-		if err == nil {
+		if err == nil || b.abandoned.Load() || errors.Is(err, errRetry) {
 			forget()
 		}
 	}()
 	return j
 }
 
-// watchIdle cancels (and forgets, under p.mu) a job no repave asked about for idle.
-func watchIdle(p *Provider, j *backgroundJob, idle time.Duration, forget func(), cancel context.CancelCauseFunc) {
+// watchIdle cancels a job no repave asked about for idle; it is forgotten when its run ended.
+func watchIdle(j *backgroundJob, idle time.Duration, cancel context.CancelCauseFunc) {
 	tick := time.NewTicker(max(idle/4, 10*time.Millisecond))
 	defer tick.Stop()
 	for range tick.C {
@@ -87,9 +97,7 @@ func watchIdle(p *Provider, j *backgroundJob, idle time.Duration, forget func(),
 			return
 		}
 		if time.Since(time.Unix(0, j.asked.Load())) > idle {
-			p.mu.Lock()
-			forget()
-			p.mu.Unlock()
+			j.abandoned.Store(true)
 			cancel(errNobodyWaits)
 			return
 		}

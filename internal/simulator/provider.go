@@ -48,6 +48,8 @@ type Config struct {
 	// BootTimeout: a guest that shows no sign of cloud-init on its console this long after QEMU
 	// started is declared hung (default 5m).
 	BootTimeout time.Duration
+	// BakeTimeout bounds a golden image bake; 0 means DefaultBakeTimeout.
+	BakeTimeout time.Duration
 	// Images says which image URLs this host fetches and within which limits; the zero value
 	// fetches http(s) from public addresses only, with the imagecache defaults.
 	Images ImagePolicy

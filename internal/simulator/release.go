@@ -45,7 +45,7 @@ func (p *Provider) Release(ctx context.Context, server types.NamespacedName) err
 // Teardown removes the bridge and NAT rules (VMs must be released first).
 func (p *Provider) Teardown() error { return p.net.Teardown() }
 
-// ReleaseAll releases every VM found in the work directory, then removes the bridge and NAT
+// ReleaseAll releases every VM found in the work directory and stops every bake, then removes the bridge and NAT
 // rules: what `simulator --teardown` does to leave a host as it found it.
 func (p *Provider) ReleaseAll(ctx context.Context) error {
 	namespaces, _ := os.ReadDir(p.layout.VMsDir())
@@ -57,6 +57,9 @@ func (p *Provider) ReleaseAll(ctx context.Context) error {
 				errs = append(errs, err)
 			}
 		}
+	}
+	if err := p.removeBakes(ctx); err != nil {
+		errs = append(errs, err)
 	}
 	if err := p.Teardown(); err != nil {
 		errs = append(errs, err)

@@ -62,7 +62,7 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 		defer p.pinImage(base)()
 		if _, err := os.Stat(base); err != nil {
 			st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Pruned",
-				"The image was removed from the host's cache (--image-cache-size) as this repave was about to use it: fetching it again")
+				"The image was removed from the host's cache (--image-cache-size) as this repave was about to use it: fetching (or baking) it again")
 			return st.finish(), nil
 		}
 	}

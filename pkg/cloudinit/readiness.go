@@ -84,20 +84,28 @@ func ReadinessVendorData(instanceID string) []byte {
 // runs again on the next boot (new instance), the machine-id and random seed are made anew — and
 // powers off, which tells the host the disk is ready to keep. Host keys need no removal:
 // cloud-init replaces them for every new instance.
+// After the clean it prints BakedMarker's line: a bake VM that powers off without it was not
+// cleaned (its installation powered it off, say), and its disk must not be kept.
 const bakeFinish = `#!/bin/sh
 # Stargate: this VM baked a golden image (see pkg/cloudinit/readiness.go).
+set -e
 cloud-init clean --logs
 rm -f /var/lib/dbus/machine-id /var/lib/systemd/random-seed
 : > /etc/machine-id
 sync
+echo "%s" > /dev/ttyS0
 systemctl poweroff
 `
+
+// BakedMarker is the line a bake VM prints on its serial console once its instance state is
+// cleaned and on disk, just before it powers off.
+func BakedMarker(instanceID string) string { return "STARGATE-BAKED " + instanceID }
 
 // BakeVendorData returns NoCloud vendor-data for a golden image bake: it reports cloud-init's
 // result for instanceID as ReadinessVendorData does, then cleans the instance state and powers
 // the machine off.
 func BakeVendorData(instanceID string) []byte {
-	return reporterVendorData(instanceID, bakeFinish)
+	return reporterVendorData(instanceID, fmt.Sprintf(bakeFinish, BakedMarker(instanceID)))
 }
 
 // reporterVendorData is the vendor-data script: the reporter, then finish (a shell script) if set.

@@ -99,6 +99,8 @@ type VMSpec struct {
 	// BootCD boots the CD before the disk (a boot override); otherwise the disk boots first and
 	// the CD is only there for the guest to read.
 	BootCD bool `json:",omitempty"`
+	// NoReboot makes a reboot of the guest exit QEMU instead (a bake VM must not boot twice).
+	NoReboot bool `json:",omitempty"`
 }
 
 // Cmdline returns QEMU's arguments for spec. It is a pure function so the command line can be
@@ -147,6 +149,9 @@ func Cmdline(spec VMSpec) []string {
 		// Detached: the VM outlives the controller, which finds it again by pidfile and socket.
 		"-daemonize",
 	)
+	if spec.NoReboot {
+		args = append(args, "-no-reboot")
+	}
 	return args
 }
 

@@ -19,10 +19,11 @@ func TestCmdlineGolden(t *testing.T) {
 	}
 	const iso = "/var/lib/stargate/media/0123456789abcdef/image"
 	for _, tc := range []struct {
-		golden string
-		accel  Accel
-		cd     string
-		bootCD bool
+		golden   string
+		accel    Accel
+		cd       string
+		bootCD   bool
+		noReboot bool
 	}{
 		// Without a CD the command line is the one VMs had before virtual media.
 		{golden: "tcg", accel: AccelTCG},
@@ -30,10 +31,12 @@ func TestCmdlineGolden(t *testing.T) {
 		// A CD in the drive, the disk booting first; and a CD booted by an override.
 		{golden: "cd-tcg", accel: AccelTCG, cd: iso},
 		{golden: "cdboot-tcg", accel: AccelTCG, cd: iso, bootCD: true},
+		// A golden image bake VM: a reboot ends it.
+		{golden: "noreboot-tcg", accel: AccelTCG, noReboot: true},
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
 			spec := base
-			spec.Accel, spec.CD, spec.BootCD = tc.accel, tc.cd, tc.bootCD
+			spec.Accel, spec.CD, spec.BootCD, spec.NoReboot = tc.accel, tc.cd, tc.bootCD, tc.noReboot
 			got := strings.Join(Cmdline(spec), "\n") + "\n"
 			golden := filepath.Join("testdata", "cmdline-"+tc.golden+".golden")
 			if *updateGolden {
