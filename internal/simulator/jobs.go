@@ -70,7 +70,7 @@ func joinJob[J job](p *Provider, jobs map[string]J, key, instanceID string, newJ
 			delete(jobs, key)
 		}
 	}
-	go watchIdle(b, idle, cancel)
+	go watchIdle(p, b, idle, forget, cancel)
 	go func() {
 		err := run(ctx, j)
 		p.mu.Lock()
@@ -88,15 +88,23 @@ func joinJob[J job](p *Provider, jobs map[string]J, key, instanceID string, newJ
 	return j
 }
 
-// watchIdle cancels a job no repave asked about for idle; it is forgotten when its run ended.
-func watchIdle(j *backgroundJob, idle time.Duration, cancel context.CancelCauseFunc) {
+// watchIdle cancels a job no repave asked about for idle (it is forgotten when its run ended),
+// and forgets a failed one no repave asked about for idle: its verdict was told or is moot.
+func watchIdle(p *Provider, j *backgroundJob, idle time.Duration, forget func(), cancel context.CancelCauseFunc) {
 	tick := time.NewTicker(max(idle/4, 10*time.Millisecond))
 	defer tick.Stop()
 	for range tick.C {
-		if j.done.Load() {
+		quiet := time.Since(time.Unix(0, j.asked.Load())) > idle
+		switch {
+		case j.done.Load() && j.err == nil: // forgotten as it ended
 			return
-		}
-		if time.Since(time.Unix(0, j.asked.Load())) > idle {
+		case j.done.Load() && quiet:
+			p.mu.Lock()
+			forget()
+			p.mu.Unlock()
+			return
+		case j.done.Load():
+		case quiet:
 			j.abandoned.Store(true)
 			cancel(errNobodyWaits)
 			return

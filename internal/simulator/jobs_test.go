@@ -58,3 +58,26 @@ func TestJoinJob(t *testing.T) {
 		t.Errorf("%d runs, want 2", n)
 	}
 }
+
+// A failure is kept for those who waited, then forgotten once nobody asked for the idle timeout.
+func TestFailedJobForgottenWhenIdle(t *testing.T) {
+	p := &Provider{cfg: Config{Images: ImagePolicy{IdleTimeout: 50 * time.Millisecond}}}
+	jobs := map[string]*bakeJob{}
+	j := joinJob(p, jobs, "key", "i-1", func() *bakeJob { return &bakeJob{} },
+		func(context.Context, *bakeJob) error { return errors.New("broken") })
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		p.mu.Lock()
+		_, kept := jobs["key"]
+		p.mu.Unlock()
+		if !kept {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a failed job nobody asks about is remembered for ever")
+		}
+	}
+	if !j.done.Load() || j.err == nil {
+		t.Errorf("the job was forgotten before its verdict: %+v", j)
+	}
+}
+

@@ -156,6 +156,13 @@ func (p *Provider) install(ctx context.Context, st *status, in installation) err
 		return nil
 	}
 	if err := qemu.CreateOverlay(ctx, in.base, filepath.Join(dir, filenames.DiskFile), req.DiskBytes); err != nil {
+		if errors.Is(err, qemu.ErrUnsupportedImage) && filepath.Dir(in.base) == p.layout.GoldenDir() {
+			// Damaged since it was baked (by hand, a full disk): not kept, so the next repave bakes it again.
+			_ = os.Remove(in.base)
+			st.failStep(stargatev1.ConditionImageReady, "GoldenImageDamaged", fmt.Sprintf("The golden image %s cannot be booted (%v): "+
+				"it was removed, and the next repave bakes it again", in.base, err))
+			return nil
+		}
 		if errors.Is(err, qemu.ErrUnsupportedImage) { // checked when cached: only if changed since
 			reason, hint := imageFailureReason(err, req.ImageURL)
 			st.failStep(stargatev1.ConditionImageReady, reason, fmt.Sprintf("The OS image cannot be booted: %v%s", err, hint))
