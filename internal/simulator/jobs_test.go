@@ -80,4 +80,3 @@ func TestFailedJobForgottenWhenIdle(t *testing.T) {
 		t.Errorf("the job was forgotten before its verdict: %+v", j)
 	}
 }
-
