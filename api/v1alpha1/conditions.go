@@ -8,7 +8,9 @@ const (
 	ConditionSucceeded = "Succeeded"
 	// ConditionScheduled is True once the Operation holds its Server and host capacity and may run.
 	ConditionScheduled = "Scheduled"
-	// ConditionImageReady is True once the OS image is downloaded, verified and cached.
+	// ConditionImageReady is True once the OS image is downloaded, verified and cached — and, for a
+	// profile with spec.installation, its golden image baked (reasons Baking, GoldenImage,
+	// BakeFailed).
 	ConditionImageReady = "ImageReady"
 	// ConditionCloudInitReady is True once the cloud-init data source is built for this install.
 	ConditionCloudInitReady = "CloudInitReady"

@@ -43,17 +43,7 @@ func TestJoinJob(t *testing.T) {
 		t.Fatal("a repave that did not wait for the failure got it instead of a new try")
 	}
 	<-ended
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
-		p.mu.Lock()
-		_, kept := jobs["key"]
-		p.mu.Unlock()
-		if !kept {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("a successful job is still remembered")
-		}
-	}
+	waitForgotten(t, p, jobs, "key", "a successful job is still remembered")
 	if n := runs.Load(); n != 2 {
 		t.Errorf("%d runs, want 2", n)
 	}
@@ -65,18 +55,24 @@ func TestFailedJobForgottenWhenIdle(t *testing.T) {
 	jobs := map[string]*bakeJob{}
 	j := joinJob(p, jobs, "key", "i-1", func() *bakeJob { return &bakeJob{} },
 		func(context.Context, *bakeJob) error { return errors.New("broken") })
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		p.mu.Lock()
-		_, kept := jobs["key"]
-		p.mu.Unlock()
-		if !kept {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("a failed job nobody asks about is remembered for ever")
-		}
-	}
+	waitForgotten(t, p, jobs, "key", "a failed job nobody asks about is remembered for ever")
 	if !j.done.Load() || j.err == nil {
 		t.Errorf("the job was forgotten before its verdict: %+v", j)
+	}
+}
+
+// waitForgotten waits until jobs holds nothing under key, or fails with why.
+func waitForgotten(t *testing.T, p *Provider, jobs map[string]*bakeJob, key, why string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		p.mu.Lock()
+		_, kept := jobs[key]
+		p.mu.Unlock()
+		if !kept {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(why)
+		}
 	}
 }
