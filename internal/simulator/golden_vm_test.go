@@ -212,7 +212,23 @@ func TestGoldenImagesWithQEMU(t *testing.T) {
 	if all, _ := pool.Allocations(); len(all) != 2 {
 		t.Errorf("addresses %v, want the two Servers' only", all)
 	}
+	// Deleting the Servers releases their VMs, taps and addresses (the package's other tests share
+	// this network namespace: nothing may be left for them).
 	for _, s := range []string{"g1", "g2"} {
 		must(c.Delete(ctx, &stargatev1.Server{ObjectMeta: metav1.ObjectMeta{Name: s, Namespace: ns}}))
+	}
+	for _, s := range []string{"g1", "g2"} {
+		for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
+			err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: s}, &stargatev1.Server{})
+			if err != nil && client.IgnoreNotFound(err) == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("Server %s not deleted within 2m: %v", s, err)
+			}
+		}
+	}
+	if taps, _ := hostnet.Taps(); len(taps) != 0 {
+		t.Errorf("taps %v left after the Servers were deleted", taps)
 	}
 }
