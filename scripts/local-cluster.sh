@@ -180,9 +180,12 @@ stop() {
 wait_until() {
 	local name="$1" secs="$2" what="$3"
 	shift 3
-	local deadline=$((SECONDS + secs))
+	local deadline=$((SECONDS + secs)) pid
+	pid="$(<"$(pidfile "${name}")")"
 	until "$@" >/dev/null 2>&1; do
-		if ! pid_of "${name}" >/dev/null; then
+		# By its pid alone, not pid_of: until the started child has exec'd, its command line is still
+		# this script's (on a busy host the first check can come that early).
+		if ! running "${pid}"; then
 			tail -n 30 "${LOG_DIR}/${name}.log" >&2 || true
 			die "${name} exited while waiting for ${what}; its log: ${LOG_DIR}/${name}.log"
 		fi
