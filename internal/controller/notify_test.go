@@ -19,12 +19,14 @@ import (
 type notifyingProvider struct {
 	*mockdc.Provider
 	open    *atomic.Bool
+	calls   *atomic.Int64 // Repave calls, to see the controller settle
 	changes chan types.NamespacedName
 }
 
 func (p notifyingProvider) Changes() <-chan types.NamespacedName { return p.changes }
 
 func (p notifyingProvider) Repave(ctx context.Context, req controller.RepaveRequest) (controller.RepaveStatus, error) {
+	p.calls.Add(1)
 	st, err := p.Provider.Repave(ctx, req)
 	if err == nil && st.Done && !p.open.Load() {
 		st.Done = false
@@ -38,14 +40,20 @@ func (p notifyingProvider) Repave(ctx context.Context, req controller.RepaveRequ
 func TestNotifierWakesTheRunningOperation(t *testing.T) {
 	h := newHarness(t, 10*time.Millisecond, controller.Options{PollInterval: time.Hour})
 	h.stop() // the same controller, with a notifying provider
-	p := notifyingProvider{Provider: &mockdc.Provider{BaseURL: h.dcURL}, open: &atomic.Bool{}, changes: make(chan types.NamespacedName, 4)}
+	p := notifyingProvider{Provider: &mockdc.Provider{BaseURL: h.dcURL}, open: &atomic.Bool{}, calls: &atomic.Int64{}, changes: make(chan types.NamespacedName, 4)}
 	h.start(p)
 	h.create(server("s1"))
 	h.create(profile("p", okUserData))
 	h.create(repave("op1", "s1", "p"))
 	h.waitPhase("op1", stargatev1.OperationRunning, 10*time.Second)
-	// Every step of the mock is done by now: only the gate holds the repave.
-	time.Sleep(20 * 10 * time.Millisecond)
+	// Every step of the mock is done by now: only the gate holds the repave. The gate opens once
+	// the controller has settled (no Repave call for a second: the reconciles its own status
+	// updates cause are over), so that nothing but a notification can wake the Operation.
+	for last, quiet := p.calls.Load(), time.Now(); time.Since(quiet) < time.Second; time.Sleep(50 * time.Millisecond) {
+		if n := p.calls.Load(); n != last {
+			last, quiet = n, time.Now()
+		}
+	}
 	p.open.Store(true)
 	// A Server that runs nothing, and one that does not exist, are no one's business.
 	p.changes <- types.NamespacedName{Namespace: h.ns, Name: "nobody"}
