@@ -7,7 +7,8 @@
 //
 // As root, Main creates a fresh namespace, re-executes the test binary inside it with
 // `ip netns exec` (so every thread and child process is in it, avoiding Go's thread/namespace
-// traps), and deletes the namespace afterwards. Tests then call Require to run only there.
+// traps), and deletes the namespace afterwards. Tests then call Require to run only there, or
+// RanIsolated to run in a namespace of their own, side by side with other isolated tests (VM tests).
 // Without root, tests run in place and Require skips with the reason — or fails, in CI (see
 // package testreq).
 package netnstest
@@ -98,11 +99,13 @@ func killNamespacePids(name string) {
 	}
 }
 
-// removeStaleNamespaces deletes namespaces left by test runs that died (their PID is gone).
+// removeStaleNamespaces deletes namespaces left by test runs that died (their PID is gone): the
+// package's (<prefix><pid>) and isolated tests' (<prefix><pid>-<n>).
 func removeStaleNamespaces() {
 	entries, _ := os.ReadDir("/run/netns")
 	for _, e := range entries {
-		pid, err := strconv.Atoi(strings.TrimPrefix(e.Name(), prefix))
+		owner, _, _ := strings.Cut(strings.TrimPrefix(e.Name(), prefix), "-")
+		pid, err := strconv.Atoi(owner)
 		if !strings.HasPrefix(e.Name(), prefix) || err != nil {
 			continue
 		}

@@ -34,7 +34,9 @@ func TestGoldenImagesWithQEMU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs under TCG (minutes); skipped in -short mode")
 	}
-	netnstest.Require(t)
+	if netnstest.RanIsolated(t) {
+		return // it ran in a network namespace of its own: output and verdict above
+	}
 	image := guestImage(t)
 	h := newSimHarness(t, "sggold-br0")
 	ctx := context.Background()

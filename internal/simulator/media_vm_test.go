@@ -37,7 +37,9 @@ func TestBootFromVirtualMediaWithQEMU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a VM under TCG; skipped in -short mode")
 	}
-	netnstest.Require(t)
+	if netnstest.RanIsolated(t) {
+		return // it ran in a network namespace of its own: output and verdict above
+	}
 	const isoPkgs = "sudo apt-get install -y grub-pc-bin grub-common xorriso"
 	testreq.Command(t, "grub-mkrescue", isoPkgs)
 	testreq.Command(t, "xorriso", isoPkgs)

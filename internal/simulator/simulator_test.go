@@ -48,7 +48,9 @@ func TestRepaveWithQEMU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a VM under TCG (minutes); skipped in -short mode")
 	}
-	netnstest.Require(t)
+	if netnstest.RanIsolated(t) {
+		return // it ran in a network namespace of its own: output and verdict above
+	}
 	image := guestImage(t)
 	h := newSimHarness(t, "sgsim-br0")
 	env, work := h.env, h.cfg.WorkDir
