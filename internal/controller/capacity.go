@@ -54,20 +54,62 @@ func (c *capacity) admit(key types.NamespacedName, mem int64) (bool, string) {
 	if _, ok := c.held[key]; ok {
 		return true, ""
 	}
-	used := int64(0)
-	for _, m := range c.held {
-		used += m
+	used := c.usedLocked()
+	background := ""
+	if n := c.backgroundLocked(); n > 0 {
+		background = fmt.Sprintf(" (%d of them the host's own background VMs, e.g. golden image bakes)", n)
 	}
 	if c.maxParallel > 0 && len(c.held) >= c.maxParallel {
-		return false, fmt.Sprintf("Waiting for host capacity: %d of %d parallel repaves running", len(c.held), c.maxParallel)
+		return false, fmt.Sprintf("Waiting for host capacity: %d of %d parallel repaves running%s", len(c.held), c.maxParallel, background)
 	}
 	if c.maxMemory > 0 && used+mem > c.maxMemory {
-		return false, fmt.Sprintf("Waiting for host capacity: repaves in progress use %d MiB of %d MiB memory, this one needs %d MiB",
-			used>>20, c.maxMemory>>20, mem>>20)
+		return false, fmt.Sprintf("Waiting for host capacity: repaves in progress use %d MiB of %d MiB memory%s, this one needs %d MiB",
+			used>>20, c.maxMemory>>20, background, mem>>20)
 	}
 	c.held[key] = mem
 	c.changed()
 	return true, ""
+}
+
+// tryHold reserves memory for a provider's background work under key (a HostCapacity), if the
+// budget has room now. Before the running Operations are counted (warmUp) it never has.
+func (c *capacity) tryHold(key string, mem int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := backgroundKey(key)
+	if _, ok := c.held[k]; ok {
+		return true
+	}
+	if !c.warm || (c.maxParallel > 0 && len(c.held) >= c.maxParallel) || (c.maxMemory > 0 && c.usedLocked()+mem > c.maxMemory) {
+		return false
+	}
+	c.held[k] = mem
+	c.changed()
+	return true
+}
+
+// backgroundKey holds a provider's background work in the same map as Operations: an empty
+// namespace, which no Operation has.
+func backgroundKey(key string) types.NamespacedName { return types.NamespacedName{Name: key} }
+
+// usedLocked is the memory held; c.mu is held.
+func (c *capacity) usedLocked() int64 {
+	used := int64(0)
+	for _, m := range c.held {
+		used += m
+	}
+	return used
+}
+
+// background is how many holders are a provider's background work; c.mu is held.
+func (c *capacity) backgroundLocked() int {
+	n := 0
+	for k := range c.held {
+		if k.Namespace == "" {
+			n++
+		}
+	}
+	return n
 }
 
 // hold records a running Operation (idempotent).

@@ -53,6 +53,22 @@ type Provider interface {
 	Release(ctx context.Context, server types.NamespacedName) error
 }
 
+// HostCapacity is the host's budget for work at once (--max-parallel, --max-memory), lent to a
+// provider for VMs of its own, so that they count like the Operations' (see CapacitySharer).
+type HostCapacity interface {
+	// TryHold reserves memoryBytes under key if the budget has room now, and reports whether it
+	// did. Holding a key that holds already succeeds.
+	TryHold(key string, memoryBytes int64) bool
+	// Release returns what key holds; releasing a key that holds nothing is not an error.
+	Release(key string)
+}
+
+// CapacitySharer is an optional interface of a Provider that runs machines of its own, outside any
+// Operation (the simulator's golden image bakes): Setup gives it the host's capacity.
+type CapacitySharer interface {
+	ShareCapacity(HostCapacity)
+}
+
 // ErrNotInstalled is returned by PowerOn for a server with no installation to boot.
 var ErrNotInstalled = errors.New("the server has no installation to boot: repave it first")
 

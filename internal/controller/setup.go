@@ -23,6 +23,9 @@ func Setup(mgr ctrl.Manager, provider Provider, opts Options, metrics *Metrics) 
 	if err := operations.SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up operation controller: %w", err)
 	}
+	if sharer, ok := provider.(CapacitySharer); ok {
+		sharer.ShareCapacity(lentCapacity{operations.capacity})
+	}
 	if err := (&ServerReconciler{Client: mgr.GetClient(), Recorder: recorder, Provider: provider, Options: opts}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up server controller: %w", err)
 	}
@@ -31,3 +34,11 @@ func Setup(mgr ctrl.Manager, provider Provider, opts Options, metrics *Metrics) 
 	}
 	return nil
 }
+
+// lentCapacity is the Operation controller's capacity as a provider sees it.
+type lentCapacity struct{ c *capacity }
+
+func (l lentCapacity) TryHold(key string, memoryBytes int64) bool {
+	return l.c.tryHold(key, memoryBytes)
+}
+func (l lentCapacity) Release(key string) { l.c.release(backgroundKey(key)) }

@@ -11,13 +11,12 @@ import (
 	"strings"
 	"time"
 
-	"k8s.io/apimachinery/pkg/types"
-
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/controller"
 	"stargate.io/stargate/pkg/cloudinit"
 	"stargate.io/stargate/pkg/filenames"
 	"stargate.io/stargate/pkg/imagecache"
+	"stargate.io/stargate/pkg/qemu"
 )
 
 // Golden images. A profile's installation (spec.installation) is the same on every server, so it
@@ -46,78 +45,104 @@ func (p *Provider) goldenPath(key string) string {
 	return filepath.Join(p.layout.GoldenDir(), key+".qcow2")
 }
 
-// bakeJob is a bake running in the background, shared by every repave that needs its golden image.
+// bakeJob is a bake running in the background. Nobody waits for it: the repave that started it
+// installs the stock way, and the repaves after it boot its golden image.
 type bakeJob struct {
-	backgroundJob
-	dir string // the bake's directory (disk, seed, console), gone once it ended
-	// servers are those whose repaves wait for it, told at once when it ends. Guarded by Provider.mu.
-	servers map[types.NamespacedName]bool
-	// took is how long it ran, set when it ended. Guarded by Provider.mu.
-	took time.Duration
+	started time.Time
+	dir     string // the bake's directory (disk, seed, console), gone once it ended
 }
 
-// golden is the image step of a repave whose profile has an installation: the golden image's
-// path once baked, or "" with ImageReady in progress (baking) or failed.
-func (p *Provider) golden(ctx context.Context, st *status, req controller.RepaveRequest, base imagecache.Image) string {
+// bakeFailure is a bake's failed verdict, kept so that repaves of a broken installation do not
+// bake it again and again (they say why instead), until bakeRetryDelay passed.
+type bakeFailure struct {
+	at  time.Time
+	err error
+}
+
+// bakeRetryDelay is how long after a failed bake the next repave of its key bakes it again.
+const bakeRetryDelay = 10 * time.Minute
+
+// bootPlan is what a new installation boots: the image its disk overlays and the user-data.
+type bootPlan struct {
+	image    string
+	userData []byte
+}
+
+// golden is the image step of a repave whose profile has an installation. With its golden image in
+// place, the repave boots it and runs only the per-instance user-data. Otherwise it never waits
+// for a bake: it boots the OS image with the installation and the per-instance user-data together
+// (the stock way), and the golden image is baked in the background, when the host has capacity for
+// it, for the repaves after it. ImageReady says which, and why no golden image is used.
+func (p *Provider) golden(ctx context.Context, st *status, req controller.RepaveRequest, base imagecache.Image) bootPlan {
 	key := goldenKey(base.Digest, req.Server.Namespace, req.Installation)
 	path := p.goldenPath(key)
 	p.mu.Lock()
-	running, ok := p.bakes[key]
-	baking := ok && !running.done.Load() // its image may be in place already, its cleanup not done
+	_, baking := p.bakes[key] // its image may be in place already, its cleanup not done
 	p.mu.Unlock()
+	var damaged string
 	if !baking && p.useGolden(path) {
-		msg := goldenMessage(key, req, base)
-		p.mu.Lock()
-		if took, waited := p.bakedFor[req.InstanceID]; waited {
-			msg += fmt.Sprintf(", baked in %s", took.Round(time.Second))
-			delete(p.bakedFor, req.InstanceID)
+		_, err := qemu.InspectBaseImage(ctx, path)
+		if err == nil {
+			st.set(stargatev1.ConditionImageReady, controller.StepDone, "GoldenImage", goldenMessage(key, req, base))
+			return bootPlan{image: path, userData: req.UserData}
 		}
-		p.mu.Unlock()
-		st.set(stargatev1.ConditionImageReady, controller.StepDone, "GoldenImage", msg)
-		return path
-	}
-	newBake := func() *bakeJob {
-		b := &bakeJob{dir: filepath.Join(p.layout.BakesDir(), key), servers: map[types.NamespacedName]bool{}}
-		b.ended = func() { // under p.mu, as the verdict is recorded
-			b.took = time.Since(b.started)
-			if b.err == nil {
-				// The repaves that waited say so once they boot the golden image (the job is forgotten).
-				for id := range b.askers {
-					p.bakedFor[id] = b.took
-				}
-			}
-			for server := range b.servers {
-				p.watch.notify(server) // their next step now, not at the next poll
-			}
+		// Damaged since it was baked (by hand, a full disk): not kept; baked again below.
+		p.cfg.Log.Info("removing a damaged golden image", "key", short(key), "error", err.Error())
+		if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
 		}
-		return b
+		damaged = fmt.Sprintf("GoldenImageDamaged: golden image %s could not be booted (%v) and was removed; ", short(key), err)
 	}
-	b := joinJob(p, p.bakes, key, req.InstanceID, newBake, func(ctx context.Context, b *bakeJob) error {
-		return p.bake(ctx, b, key, req, base)
-	})
+	userData, err := cloudinit.CombineUserData(req.Installation, req.UserData)
+	if err != nil {
+		st.failStep(stargatev1.ConditionCloudInitReady, "SeedFailed", fmt.Sprintf("Combining spec.installation with the per-instance user-data failed: %v", err))
+		return bootPlan{}
+	}
+	img := st.step(stargatev1.ConditionImageReady)
+	st.set(stargatev1.ConditionImageReady, controller.StepDone, img.Reason, img.Message+"; "+damaged+"this repave runs the profile's installation "+
+		"itself (no golden image yet): "+p.startBake(key, req, base))
+	return bootPlan{image: base.Path, userData: userData}
+}
+
+// startBake starts the bake of key in the background unless it runs already, failed a short while
+// ago, or the host has no capacity for it now, and says which, for ImageReady's message.
+func (p *Provider) startBake(key string, req controller.RepaveRequest, base imagecache.Image) string {
 	p.mu.Lock()
-	b.servers[req.Server] = true
-	took := b.took
-	p.mu.Unlock()
-	switch {
-	case !b.done.Load() || b.abandoned.Load():
-		st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Baking", bakeMessage(b, key))
-		return ""
-	case errors.Is(b.err, errRetry):
-		st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Baking", fmt.Sprintf("Baking golden image %s again: %v", short(key), b.err))
-		return ""
-	case b.err != nil:
-		st.failStep(stargatev1.ConditionImageReady, "BakeFailed", fmt.Sprintf("Baking the profile's installation (spec.installation) into "+
-			"golden image %s failed after %s; nothing was cached, the next repave bakes again: %v", short(key), took.Round(time.Second), b.err))
-		return ""
-	case !p.useGolden(path):
-		// Baked, then removed (by hand, or the cache's size limit) before this repave used it.
-		st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Baking", "The golden image "+short(key)+" is gone: baking it again")
-		return ""
+	defer p.mu.Unlock()
+	if b, ok := p.bakes[key]; ok {
+		return bakeMessage(b, key)
 	}
-	st.set(stargatev1.ConditionImageReady, controller.StepDone, "GoldenImage", goldenMessage(key, req, base)+
-		fmt.Sprintf(", baked in %s", took.Round(time.Second)))
-	return path
+	if f, ok := p.bakeFailures[key]; ok && time.Since(f.at) < bakeRetryDelay {
+		return fmt.Sprintf("the bake of golden image %s failed %s ago, and is tried again by a repave after %s (nothing was cached): %v",
+			short(key), time.Since(f.at).Round(time.Second), f.at.Add(bakeRetryDelay).Format(time.TimeOnly), f.err)
+	}
+	owner := bakeOwnerPrefix + short(key)
+	if p.capacity != nil && !p.capacity.TryHold(owner, req.MemoryMiB<<20) {
+		return fmt.Sprintf("golden image %s is not baked now: the host has no spare capacity (--max-parallel, --max-memory); a later repave bakes it", short(key))
+	}
+	b := &bakeJob{started: time.Now(), dir: filepath.Join(p.layout.BakesDir(), key)}
+	p.bakes[key] = b
+	p.bakesStarted.Add(1)
+	p.bakeWG.Add(1)
+	go func() {
+		defer p.bakeWG.Done()
+		ctx := p.watch.ctx // the provider's: a bake stops with the manager
+		err := p.bake(ctx, b, key, req, base)
+		if p.capacity != nil {
+			p.capacity.Release(owner)
+		}
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		delete(p.bakes, key)
+		switch {
+		case err == nil, errors.Is(err, errRetry), ctx.Err() != nil:
+			delete(p.bakeFailures, key)
+		default:
+			p.bakeFailures[key] = bakeFailure{at: time.Now(), err: err}
+			p.cfg.Log.Info("golden image bake failed; nothing was cached", "key", short(key), "for", identity(req.Server), "error", err.Error())
+		}
+	}()
+	return fmt.Sprintf("golden image %s is being baked in the background now, for the repaves after this one", short(key))
 }
 
 // useGolden reports whether the golden image at path is there, and marks it used now (its mtime
@@ -132,10 +157,10 @@ func goldenMessage(key string, req controller.RepaveRequest, base imagecache.Ima
 	return fmt.Sprintf("Golden image %s: the profile's installation baked on %s (%s)", short(key), req.ImageURL, base.Digest)
 }
 
-// bakeMessage is ImageReady's message while a bake runs: how long, and the bake VM's console.
+// bakeMessage says how long a bake runs, and its console's last line.
 func bakeMessage(b *bakeJob, key string) string {
 	console := readConsoleEnd(filepath.Join(b.dir, filenames.ConsoleFile))
-	msg := fmt.Sprintf("Baking the profile's installation into golden image %s (bake VM up %s)", short(key), time.Since(b.started).Round(time.Second))
+	msg := fmt.Sprintf("golden image %s is being baked in the background (bake VM up %s)", short(key), time.Since(b.started).Round(time.Second))
 	if line := lastLine(console); line != "" {
 		msg += "; console: " + line
 	}

@@ -1,6 +1,16 @@
 package simulator
 
-import "testing"
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+
+	"stargate.io/stargate/internal/controller"
+	"stargate.io/stargate/pkg/imagecache"
+)
 
 // A golden image's key changes with everything that changes what the bake makes, and with the
 // namespace (no tenant boots another's bake); it never depends on how the parts split.
@@ -19,5 +29,31 @@ func TestGoldenKey(t *testing.T) {
 		if other == base {
 			t.Errorf("%s: same key %s", name, base)
 		}
+	}
+}
+
+// refusingCapacity is a host with no capacity left.
+type refusingCapacity struct{ asked int }
+
+func (c *refusingCapacity) TryHold(string, int64) bool { c.asked++; return false }
+func (c *refusingCapacity) Release(string)             {}
+
+// A bake starts only when the host has capacity, and not again soon after it failed; either way
+// the repave is told why it installs the stock way, and nothing is started.
+func TestStartBakeRefusals(t *testing.T) {
+	key := goldenKey("sha256:aa", "team-a", []byte("#cloud-config\n{}\n"))
+	req := controller.RepaveRequest{Server: types.NamespacedName{Namespace: "team-a", Name: "s"}, MemoryMiB: 1024}
+	full := &refusingCapacity{}
+	p := &Provider{layout: Layout{WorkDir: t.TempDir()}, watch: newWatchers(time.Second), capacity: full,
+		bakes: map[string]*bakeJob{}, bakeFailures: map[string]bakeFailure{}}
+	if msg := p.startBake(key, req, imagecache.Image{}); !strings.Contains(msg, "no spare capacity") || full.asked != 1 {
+		t.Errorf("no capacity: %q (capacity asked %d times)", msg, full.asked)
+	}
+	p.bakeFailures[key] = bakeFailure{at: time.Now().Add(-time.Minute), err: errors.New("cloud-init finished with errors: runcmd")}
+	if msg := p.startBake(key, req, imagecache.Image{}); !strings.Contains(msg, "failed 1m0s ago") || !strings.Contains(msg, "runcmd") || full.asked != 1 {
+		t.Errorf("after a failure: %q (capacity asked %d times)", msg, full.asked)
+	}
+	if n := p.bakesStarted.Load(); n != 0 || len(p.bakes) != 0 {
+		t.Errorf("%d bakes started", n)
 	}
 }

@@ -26,10 +26,13 @@ import (
 // the installation ran on this disk, and the identity cloud-init made for this instance.
 var goldenReport = regexp.MustCompile(`STARGATE-GOLDEN host=(\S+) golden=(\S+) runs=(\d+) machine-id=(\S+)`)
 
-// TestGoldenImagesWithQEMU bakes golden images with real VMs (TCG): two repaves at once share one
-// bake and boot its image with their own identity; a later repave reuses it without baking; a
-// broken installation fails its repave with the bake's console and caches nothing; a changed
-// installation bakes again. Bakes leave no VM, directory, tap or address behind.
+// TestGoldenImagesWithQEMU bakes golden images with real VMs (TCG). A repave never waits for a
+// bake: two repaves at once with no golden image install the profile themselves (its installation,
+// then their per-instance user-data) and share one background bake; a later repave boots its
+// image, with its own identity, and runs only the per-instance user-data; a broken installation
+// fails its repave with the guest's console, and its bake caches nothing; a damaged golden image
+// is removed, the repave installs the stock way and the image is baked again; a changed
+// installation bakes anew. Bakes leave no VM, directory, tap or address behind.
 func TestGoldenImagesWithQEMU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs under TCG (minutes); skipped in -short mode")
@@ -65,6 +68,7 @@ func TestGoldenImagesWithQEMU(t *testing.T) {
 				Installation: &stargatev1.Installation{CloudInit: inst}, CloudInit: perInstance}}
 	}
 	must(c.Create(ctx, profile("golden", installation("baked-A", countRun))))
+	must(c.Create(ctx, profile("changed", installation("baked-B", countRun))))
 	must(c.Create(ctx, profile("broken-bake", installation("never", `[sh, -c, 'echo STARGATE-BAKE-BROKEN; exit 7']`))))
 
 	start := func(name, server, prof string) {
@@ -74,48 +78,28 @@ func TestGoldenImagesWithQEMU(t *testing.T) {
 			ProvisioningProfileRef: &stargatev1.LocalObjectReference{Name: prof}}}))
 	}
 	// wait waits for Operations running at the same time to finish, with the phases wanted, and
-	// returns them and whether each one's ImageReady was ever seen Baking.
-	type result struct {
-		op     *stargatev1.Operation
-		baking bool
-	}
-	wait := func(want map[string]stargatev1.OperationPhase) map[string]*result {
+	// returns them with their ImageReady condition.
+	wait := func(want map[string]stargatev1.OperationPhase) map[string]*stargatev1.Operation {
 		t.Helper()
-		got := map[string]*result{}
+		got := map[string]*stargatev1.Operation{}
 		for name := range want {
-			got[name] = &result{op: &stargatev1.Operation{}}
-		}
-		for deadline := time.Now().Add(15 * time.Minute); ; time.Sleep(time.Second) {
-			final := 0
-			for name, r := range got {
-				if r.op.Status.Phase.IsFinal() {
-					final++
-					continue
-				}
-				must(c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, r.op))
-				if cond := meta.FindStatusCondition(r.op.Status.Conditions, stargatev1.ConditionImageReady); cond != nil && cond.Reason == "Baking" {
-					r.baking = true
-				}
-			}
-			if final == len(got) {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("not finished after 15m: %v", want)
-			}
-		}
-		for name, r := range got {
-			img := meta.FindStatusCondition(r.op.Status.Conditions, stargatev1.ConditionImageReady)
-			t.Logf("%s: %s after %s; ImageReady %s: %s", name, r.op.Status.Phase, r.op.Status.CompletionTime.Sub(r.op.CreationTimestamp.Time).Round(time.Second),
+			op := &stargatev1.Operation{}
+			waitFor(t, name+" to finish", 15*time.Minute, func() bool {
+				must(c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, op))
+				return op.Status.Phase.IsFinal()
+			})
+			img := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionImageReady)
+			t.Logf("%s: %s after %s; ImageReady %s: %s", name, op.Status.Phase, op.Status.CompletionTime.Sub(op.CreationTimestamp.Time).Round(time.Second),
 				img.Reason, firstLine(img.Message))
-			for _, step := range r.op.Status.Timeline {
-				t.Logf("  timeline %-20s %s", step.Name, step.Duration.Duration)
+			if op.Status.Phase != want[name] {
+				t.Fatalf("%s: phase %s, want %s: %s", name, op.Status.Phase, want[name], op.Status.Message)
 			}
-			if r.op.Status.Phase != want[name] {
-				t.Fatalf("%s: phase %s, want %s: %s", name, r.op.Status.Phase, want[name], r.op.Status.Message)
-			}
+			got[name] = op
 		}
 		return got
+	}
+	imageReady := func(op *stargatev1.Operation) *metav1.Condition {
+		return meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionImageReady)
 	}
 	report := func(server string) []string {
 		t.Helper()
@@ -130,51 +114,64 @@ func TestGoldenImagesWithQEMU(t *testing.T) {
 		files, _ := filepath.Glob(filepath.Join(h.cfg.WorkDir, filenames.GoldenDir, "*.qcow2"))
 		return files
 	}
-
-	// 1. Two repaves need the same golden image at once: one bake, both boot it as themselves.
-	start("g1-a", "g1", "golden")
-	start("g2-a", "g2", "golden")
-	first := wait(map[string]stargatev1.OperationPhase{"g1-a": stargatev1.OperationSucceeded, "g2-a": stargatev1.OperationSucceeded})
-	for name, r := range first {
-		img := meta.FindStatusCondition(r.op.Status.Conditions, stargatev1.ConditionImageReady)
-		if !r.baking || img.Reason != "GoldenImage" || !strings.Contains(img.Message, "baked in") {
-			t.Errorf("%s: ImageReady seen Baking %v, then %s: %s; want Baking, then GoldenImage baked in ...", name, r.baking, img.Reason, img.Message)
+	bakesEnded := func() {
+		t.Helper()
+		waitFor(t, "the background bakes to end", 15*time.Minute, func() bool {
+			dirs, _ := os.ReadDir(filepath.Join(h.cfg.WorkDir, filenames.BakesDir))
+			return simulator.BakesRunning(h.p) == 0 && len(dirs) == 0
+		})
+	}
+	// The stock way: the repave ran the installation itself, and says the golden image is baked.
+	stock := func(op *stargatev1.Operation, why string) {
+		t.Helper()
+		if img := imageReady(op); img.Reason != "Cached" || !strings.Contains(img.Message, "runs the profile's installation itself") ||
+			!strings.Contains(img.Message, why) {
+			t.Errorf("%s: ImageReady %s: %s; want Cached, installing the stock way, %q", op.Name, img.Reason, img.Message, why)
 		}
 	}
-	if n := simulator.BakesStarted(h.p); n != 1 {
-		t.Errorf("%d bakes for two repaves of one installation, want 1", n)
+
+	// 1. Two repaves at once, no golden image yet: neither waits; one bake in the background.
+	start("g1-a", "g1", "golden")
+	start("g2-a", "g2", "golden")
+	for _, op := range wait(map[string]stargatev1.OperationPhase{"g1-a": stargatev1.OperationSucceeded, "g2-a": stargatev1.OperationSucceeded}) {
+		stock(op, "being baked in the background")
 	}
 	r1, r2 := report("g1"), report("g2")
 	for _, r := range [][]string{r1, r2} {
 		if r[1] != "baked-A" || r[2] != "1" {
-			t.Errorf("instance report %v: want the baked file and the installation run once (in the bake), not again", r)
+			t.Errorf("instance report %v: want the installation's file and its runcmd run once, before the per-instance user-data", r)
 		}
 	}
 	if r1[0] != "g1" || r2[0] != "g2" || r1[3] == r2[3] || len(r1[3]) != 32 {
 		t.Errorf("instances must have their own hostname and machine-id: %v, %v", r1, r2)
 	}
-	if files := goldenFiles(); len(files) != 1 {
-		t.Errorf("golden images %v, want 1", files)
+	bakesEnded()
+	if n := simulator.BakesStarted(h.p); n != 1 {
+		t.Errorf("%d bakes for two repaves of one installation, want 1", n)
 	}
+	if files := goldenFiles(); len(files) != 1 {
+		t.Fatalf("golden images %v, want 1", files)
+	}
+	goldenA := goldenFiles()[0]
 
-	// 2. At once: a repave reuses the golden image (no bake), and a broken installation fails to bake.
+	// 2. At once: a repave boots the golden image (no bake), and a broken installation fails its
+	// repave with the guest's console while its background bake fails and caches nothing.
 	start("g1-b", "g1", "golden")
 	start("g2-b", "g2", "broken-bake")
 	second := wait(map[string]stargatev1.OperationPhase{"g1-b": stargatev1.OperationSucceeded, "g2-b": stargatev1.OperationFailed})
-	reused := second["g1-b"]
-	if img := meta.FindStatusCondition(reused.op.Status.Conditions, stargatev1.ConditionImageReady); reused.baking ||
-		img.Reason != "GoldenImage" || strings.Contains(img.Message, "baked in") {
-		t.Errorf("the reuse baked (%v) or says %s: %s", reused.baking, img.Reason, img.Message)
+	if img := imageReady(second["g1-b"]); img.Reason != "GoldenImage" {
+		t.Errorf("the reuse says %s: %s, want GoldenImage", img.Reason, img.Message)
 	}
 	if r := report("g1"); r[1] != "baked-A" || r[2] != "1" || r[3] == r1[3] {
-		t.Errorf("reused golden image: report %v (first %v): want the baked file, one run, a new machine-id", r, r1)
+		t.Errorf("golden image booted: report %v (first %v): want the baked file, one run (in the bake), a new machine-id", r, r1)
 	}
-	failed := second["g2-b"].op
-	img := meta.FindStatusCondition(failed.Status.Conditions, stargatev1.ConditionImageReady)
-	if img.Reason != "BakeFailed" || !strings.Contains(failed.Status.Message, "STARGATE-BAKE-BROKEN") ||
-		!strings.Contains(failed.Status.Message, "serial console") {
-		t.Errorf("failed bake: ImageReady %s, message %q: want BakeFailed with the bake's console", img.Reason, failed.Status.Message)
+	failed := second["g2-b"]
+	guest := meta.FindStatusCondition(failed.Status.Conditions, stargatev1.ConditionGuestReady)
+	if !strings.Contains(failed.Status.Message, "STARGATE-BAKE-BROKEN") || !strings.Contains(failed.Status.Message, "serial console") ||
+		guest == nil || guest.Reason != "CloudInitFailed" {
+		t.Errorf("broken installation: GuestReady %+v, message %q: want CloudInitFailed with the guest's console", guest, failed.Status.Message)
 	}
+	bakesEnded()
 	if n := simulator.BakesStarted(h.p); n != 2 {
 		t.Errorf("%d bakes, want 2 (the first and the broken one)", n)
 	}
@@ -182,55 +179,42 @@ func TestGoldenImagesWithQEMU(t *testing.T) {
 		t.Errorf("golden images %v after a failed bake, want still 1", files)
 	}
 
-	// 3. A changed installation bakes again. With the image cache bounded to (almost) nothing, the
-	// bake's prune may remove what no disk needs (the OS image, fetched again when needed), never
-	// the old golden image, which g2's disk (from step 1) still overlays, nor the new one.
+	// 3. A damaged golden image is removed: the repave installs the stock way, says why, and the
+	// image is baked again; at the same time a changed installation bakes anew. With the image
+	// cache bounded to (almost) nothing, each bake's prune keeps its own image and the OS image
+	// the disks overlay, and removes the golden image no disk uses.
 	h.halt()
 	h.cfg.ImageCacheSize = 1
 	h.start()
-	p := &stargatev1.ProvisioningProfile{}
-	must(c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "golden"}, p))
-	p.Spec.Installation.CloudInit = installation("baked-B", countRun)
-	must(c.Update(ctx, p))
-	start("g1-c", "g1", "golden")
-	if third := wait(map[string]stargatev1.OperationPhase{"g1-c": stargatev1.OperationSucceeded}); !third["g1-c"].baking {
-		t.Error("a changed installation did not bake again")
-	}
+	must(os.WriteFile(goldenA, []byte("damaged"), 0o600))
+	start("g1-c", "g1", "changed")
+	start("g2-c", "g2", "golden")
+	third := wait(map[string]stargatev1.OperationPhase{"g1-c": stargatev1.OperationSucceeded, "g2-c": stargatev1.OperationSucceeded})
+	stock(third["g2-c"], "GoldenImageDamaged: golden image "+strings.TrimSuffix(filepath.Base(goldenA), ".qcow2")[:16])
+	stock(third["g1-c"], "being baked in the background")
 	if r := report("g1"); r[1] != "baked-B" || r[2] != "1" {
 		t.Errorf("after the change: report %v, want baked-B, one run", r)
 	}
-	if files := goldenFiles(); len(files) != 2 {
-		t.Errorf("golden images %v, want 2 (the new one, and the one g2's disk needs)", files)
+	if r := report("g2"); r[1] != "baked-A" || r[2] != "1" {
+		t.Errorf("after the damage: report %v, want baked-A, one run", r)
+	}
+	bakesEnded()
+	if n := simulator.BakesStarted(h.p); n != 2 {
+		t.Errorf("%d bakes since the restart, want 2 (the damaged image again, the changed installation)", n)
+	}
+	if files := goldenFiles(); len(files) != 1 {
+		t.Errorf("golden images %v, want the one baked last (no disk overlays either)", files)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(h.cfg.WorkDir, filenames.ImagesDir)); len(entries) == 0 {
+		t.Error("the OS image the disks overlay was pruned")
 	}
 
 	// Bakes leave nothing behind: no directory, tap or address of theirs.
-	if dirs, _ := os.ReadDir(filepath.Join(h.cfg.WorkDir, filenames.BakesDir)); len(dirs) != 0 {
-		t.Errorf("bake directories left: %v", dirs)
-	}
 	if taps, _ := hostnet.Taps(); len(taps) != 2 {
 		t.Errorf("taps %v, want the two Servers' only", taps)
 	}
 	pool := &ipam.Pool{Dir: filepath.Join(h.cfg.WorkDir, filenames.IPAMDir, "sggold-br0")}
 	if all, _ := pool.Allocations(); len(all) != 2 {
 		t.Errorf("addresses %v, want the two Servers' only", all)
-	}
-	// Deleting the Servers releases their VMs, taps and addresses (the package's other tests share
-	// this network namespace: nothing may be left for them).
-	for _, s := range []string{"g1", "g2"} {
-		must(c.Delete(ctx, &stargatev1.Server{ObjectMeta: metav1.ObjectMeta{Name: s, Namespace: ns}}))
-	}
-	for _, s := range []string{"g1", "g2"} {
-		for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
-			err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: s}, &stargatev1.Server{})
-			if err != nil && client.IgnoreNotFound(err) == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("Server %s not deleted within 2m: %v", s, err)
-			}
-		}
-	}
-	if taps, _ := hostnet.Taps(); len(taps) != 0 {
-		t.Errorf("taps %v left after the Servers were deleted", taps)
 	}
 }

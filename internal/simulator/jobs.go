@@ -8,15 +8,15 @@ import (
 	"time"
 )
 
-// errNobodyWaits cancels a job (a download, a bake) no repave asked about for the idle timeout.
+// errNobodyWaits cancels a job (a download) no repave asked about for the idle timeout.
 var errNobodyWaits = errors.New("no repave asked for it any more")
 
 // errRetry marks a job's failure that is not a verdict (what it needed went away meanwhile): the
 // job is forgotten like a success, and the next repave starts it anew.
 var errRetry = errors.New("to be tried again")
 
-// backgroundJob is slow work — an image download, a golden image bake — shared by every repave
-// that needs the same result, and reported to them by polling: Repave must return quickly.
+// backgroundJob is slow work — an image download — shared by every repave that needs the same
+// result, and reported to them by polling: Repave must return quickly.
 type backgroundJob struct {
 	done    atomic.Bool
 	started time.Time
@@ -26,9 +26,6 @@ type backgroundJob struct {
 	// failed; any other repave starts it anew (the cause may be fixed by now). Guarded by
 	// Provider.mu.
 	askers map[string]bool
-	// ended, when set, runs once the verdict is in (under Provider.mu): to tell the waiting
-	// repaves at once instead of at their next poll.
-	ended func()
 	// abandoned is set when the job was cancelled because nobody asked: it is forgotten once its
 	// run has ended (and cleaned up), and no repave joins it meanwhile.
 	abandoned atomic.Bool
@@ -78,9 +75,6 @@ func joinJob[J job](p *Provider, jobs map[string]J, key, instanceID string, newJ
 		b.err = err
 		b.done.Store(true)
 		cancel(nil)
-		if b.ended != nil {
-			b.ended()
-		}
 		if err == nil || b.abandoned.Load() || errors.Is(err, errRetry) {
 			forget()
 		}

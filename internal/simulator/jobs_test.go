@@ -8,20 +8,18 @@ import (
 	"time"
 )
 
+// testJob is a backgroundJob with nothing of its own.
+type testJob struct{ backgroundJob }
+
 // Repaves that need the same job share one run; a failure is told to those that waited, and only
-// to them; a success is forgotten; ended runs once the verdict is in.
+// to them; a success is forgotten.
 func TestJoinJob(t *testing.T) {
 	p := &Provider{}
-	jobs := map[string]*bakeJob{}
+	jobs := map[string]*testJob{}
 	var runs atomic.Int32
-	ended := make(chan bool, 4)
-	newJob := func() *bakeJob {
-		b := &bakeJob{}
-		b.ended = func() { ended <- b.done.Load() }
-		return b
-	}
+	newJob := func() *testJob { return &testJob{} }
 	release := make(chan struct{})
-	failing := func(context.Context, *bakeJob) error {
+	failing := func(context.Context, *testJob) error {
 		runs.Add(1)
 		<-release
 		return errors.New("broken installation")
@@ -31,18 +29,17 @@ func TestJoinJob(t *testing.T) {
 		t.Fatal("a second repave of the same key started another job")
 	}
 	close(release)
-	if done := <-ended; !done {
-		t.Error("ended ran before the job was done")
+	for !first.done.Load() {
+		time.Sleep(time.Millisecond)
 	}
 	if again := joinJob(p, jobs, "key", "i-2", newJob, failing); again != first || again.err == nil {
 		t.Errorf("a repave that waited does not get the failure: %+v", again)
 	}
-	succeeding := func(context.Context, *bakeJob) error { runs.Add(1); return nil }
+	succeeding := func(context.Context, *testJob) error { runs.Add(1); return nil }
 	fresh := joinJob(p, jobs, "key", "i-3", newJob, succeeding)
 	if fresh == first {
 		t.Fatal("a repave that did not wait for the failure got it instead of a new try")
 	}
-	<-ended
 	waitForgotten(t, p, jobs, "key", "a successful job is still remembered")
 	if n := runs.Load(); n != 2 {
 		t.Errorf("%d runs, want 2", n)
@@ -52,9 +49,9 @@ func TestJoinJob(t *testing.T) {
 // A failure is kept for those who waited, then forgotten once nobody asked for the idle timeout.
 func TestFailedJobForgottenWhenIdle(t *testing.T) {
 	p := &Provider{cfg: Config{Images: ImagePolicy{IdleTimeout: 50 * time.Millisecond}}}
-	jobs := map[string]*bakeJob{}
-	j := joinJob(p, jobs, "key", "i-1", func() *bakeJob { return &bakeJob{} },
-		func(context.Context, *bakeJob) error { return errors.New("broken") })
+	jobs := map[string]*testJob{}
+	j := joinJob(p, jobs, "key", "i-1", func() *testJob { return &testJob{} },
+		func(context.Context, *testJob) error { return errors.New("broken") })
 	waitForgotten(t, p, jobs, "key", "a failed job nobody asks about is remembered for ever")
 	if !j.done.Load() || j.err == nil {
 		t.Errorf("the job was forgotten before its verdict: %+v", j)
@@ -62,7 +59,7 @@ func TestFailedJobForgottenWhenIdle(t *testing.T) {
 }
 
 // waitForgotten waits until jobs holds nothing under key, or fails with why.
-func waitForgotten(t *testing.T, p *Provider, jobs map[string]*bakeJob, key, why string) {
+func waitForgotten[J any](t *testing.T, p *Provider, jobs map[string]J, key, why string) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
 		p.mu.Lock()

@@ -75,17 +75,28 @@ type Provider struct {
 	mu      sync.Mutex
 	locks   map[types.NamespacedName]*sync.Mutex
 	fetches map[string]*imageFetch
-	bakes   map[string]*bakeJob
-	// bakedFor is how long the bake took that each waiting repave (by instance-id) waited for,
-	// until it reports it.
-	bakedFor map[string]time.Duration
+	// bakes are the golden image bakes running, bakeFailures the failed ones not to retry yet
+	// (golden.go); bakeWG waits for the bakes' goroutines as the provider stops.
+	bakes        map[string]*bakeJob
+	bakeFailures map[string]bakeFailure
+	bakeWG       sync.WaitGroup
 	// bakesStarted counts bakes, for tests (concurrent repaves must share one).
 	bakesStarted atomic.Int64
+	// capacity is the host's budget, shared with the controller's Operations (ShareCapacity);
+	// nil, without a controller, means no bound.
+	capacity controller.HostCapacity
 
 	pins imagePins // images prune must keep (prune.go)
 }
 
-var _ controller.Provider = (*Provider)(nil)
+var (
+	_ controller.Provider       = (*Provider)(nil)
+	_ controller.CapacitySharer = (*Provider)(nil)
+)
+
+// ShareCapacity makes the host's own VMs (golden image bakes) count in the controller's capacity
+// (controller.CapacitySharer). Call it before the first repave.
+func (p *Provider) ShareCapacity(c controller.HostCapacity) { p.capacity = c }
 
 // New prepares the simulator host: it sets up the bridge, NAT and directories.
 func New(cfg Config) (*Provider, error) {
@@ -132,18 +143,18 @@ func New(cfg Config) (*Provider, error) {
 		return nil, fmt.Errorf("setting up the simulator network: %w", err)
 	}
 	return &Provider{
-		cfg:      cfg,
-		images:   newImageCache(layout.ImagesDir(), cfg.Images, subnet),
-		media:    newMediaCache(layout.MediaDir(), cfg.Images, subnet),
-		ipam:     &ipam.Pool{Dir: layout.poolDir(cfg.Network.Bridge), First: cfg.FirstIP, Last: cfg.LastIP},
-		net:      network,
-		vms:      qemu.VMs{QEMU: cfg.QEMU},
-		layout:   layout,
-		watch:    newWatchers(consoleWatchInterval),
-		locks:    map[types.NamespacedName]*sync.Mutex{},
-		fetches:  map[string]*imageFetch{},
-		bakes:    map[string]*bakeJob{},
-		bakedFor: map[string]time.Duration{},
+		cfg:          cfg,
+		images:       newImageCache(layout.ImagesDir(), cfg.Images, subnet),
+		media:        newMediaCache(layout.MediaDir(), cfg.Images, subnet),
+		ipam:         &ipam.Pool{Dir: layout.poolDir(cfg.Network.Bridge), First: cfg.FirstIP, Last: cfg.LastIP},
+		net:          network,
+		vms:          qemu.VMs{QEMU: cfg.QEMU},
+		layout:       layout,
+		watch:        newWatchers(consoleWatchInterval),
+		locks:        map[types.NamespacedName]*sync.Mutex{},
+		fetches:      map[string]*imageFetch{},
+		bakes:        map[string]*bakeJob{},
+		bakeFailures: map[string]bakeFailure{},
 	}, nil
 }
 

@@ -47,20 +47,20 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 
 	// 1. Image, downloaded in the background; only needed until this installation has started
 	// (after a controller restart the running installation needs no image check).
-	var base string
+	var boot bootPlan
 	if installed {
 		reason, msg := "Cached", fmt.Sprintf("Image %s in use by this installation", req.ImageURL)
 		if recorded, err := os.ReadFile(filepath.Join(dir, filenames.BootImageFile)); err == nil {
 			reason, msg, _ = strings.Cut(string(recorded), "\n")
 		}
 		st.set(stargatev1.ConditionImageReady, controller.StepDone, reason, msg)
-	} else if base = p.bootImage(ctx, st, req); base == "" {
+	} else if boot = p.bootImage(ctx, st, req); boot.image == "" {
 		return st.finish(), nil
 	} else {
 		// Pinned until the disk overlays it, so --image-cache-size's pruning cannot remove it
 		// first; a prune that ran between the lookup and the pin removed it: look it up again.
-		defer p.pinImage(base)()
-		if _, err := os.Stat(base); err != nil {
+		defer p.pinImage(boot.image)()
+		if _, err := os.Stat(boot.image); err != nil {
 			st.set(stargatev1.ConditionImageReady, controller.StepInProgress, "Pruned",
 				"The image was removed from the host's cache (--image-cache-size) as this repave was about to use it: fetching (or baking) it again")
 			return st.finish(), nil
@@ -84,7 +84,7 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 
 	if !installed {
 		// A new installation: replace whatever runs now.
-		in := installation{req: req, dir: dir, qmp: qmp, tap: tap, mac: mac, ip: ip, base: base}
+		in := installation{req: req, dir: dir, qmp: qmp, tap: tap, mac: mac, ip: ip, base: boot.image, userData: boot.userData}
 		if err := p.install(ctx, st, in); err != nil {
 			return controller.RepaveStatus{}, err
 		}
@@ -97,13 +97,14 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	return p.watched(req, dir, p.observeGuest(st, req, dir)), nil
 }
 
-// bootImage is the image a new installation's disk overlays: the cached OS image, or, for a
-// profile with an installation, its golden image (baked first if need be). "" while it is not
-// ready yet, or when it failed (ImageReady says which).
-func (p *Provider) bootImage(ctx context.Context, st *status, req controller.RepaveRequest) string {
+// bootImage is what a new installation boots: the cached OS image with the user-data, or, for a
+// profile with an installation, its golden image with the per-instance user-data, or the OS image
+// with both while there is no golden image (golden). No image while the OS image is not ready
+// yet, or when a step failed (ImageReady or CloudInitReady says which).
+func (p *Provider) bootImage(ctx context.Context, st *status, req controller.RepaveRequest) bootPlan {
 	img := p.image(ctx, st, req)
 	if img.Path == "" || len(req.Installation) == 0 {
-		return img.Path
+		return bootPlan{image: img.Path, userData: req.UserData}
 	}
 	return p.golden(ctx, st, req, img)
 }
@@ -117,6 +118,9 @@ type installation struct {
 	mac  string     // the guest NIC's MAC address
 	ip   netip.Addr // the guest's address on the bridge
 	base string     // the cached base image the disk overlays
+	// userData is what cloud-init runs: the profile's, or its installation and per-instance
+	// user-data together when no golden image is booted.
+	userData []byte
 }
 
 // install stops the old VM, writes the seed, attaches the network, creates a fresh disk and starts
@@ -136,7 +140,7 @@ func (p *Provider) install(ctx context.Context, st *status, in installation) err
 	err := cloudinit.WriteNoCloudISO(filepath.Join(dir, filenames.SeedFile), cloudinit.Config{
 		InstanceID: req.InstanceID,
 		Hostname:   req.Server.Name,
-		UserData:   req.UserData,
+		UserData:   in.userData,
 		VendorData: cloudinit.ReadinessVendorData(req.InstanceID),
 		Network: &cloudinit.GuestNetwork{MAC: in.mac, Address: netip.PrefixFrom(in.ip, subnet.Bits()),
 			Gateway: p.cfg.Network.Gateway.Addr(), DNS: p.cfg.DNS},

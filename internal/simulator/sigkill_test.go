@@ -3,12 +3,14 @@ package simulator_test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -32,13 +34,13 @@ import (
 // VM directory for the Server (none after the deletion), and no golden image bake.
 //
 // The installation windows are hit for sure by wrapper scripts for qemu-img and
-// qemu-system-x86_64 first on the simulator's PATH: while a pause file names a step, the wrapper of
-// that step writes a "reached" file and waits for a "release" file. One Operation goes through
-// every window in the order the installation meets them, so the guest boots once, at the end
-// (its profile has an installation, so a golden image is baked first, twice):
+// qemu-system-x86_64 first on the simulator's PATH: while a pause file names a step (and,
+// optionally, a path that must exist and a word its arguments must hold), the wrapper of that
+// step writes a "reached" file and waits for a "release" file. One Operation goes through the
+// installation's windows in the order it meets them, so its guest boots once, at the end; its
+// profile has an installation, but with --max-parallel=1 the host has no capacity to bake it
+// (the repave installs it itself). A second one, with capacity, bakes in the background:
 //
-//	(e) a bake VM running (its directory, tap and address made): paused after qemu-system-x86_64
-//	    daemonized the bake VM; the restarted simulator stops it, removes the bake and bakes again;
 //	(c) IP claimed and tap created, disk not yet begun: paused in `qemu-img info` of the base image
 //	    that starts the disk's creation, armed only once the tap exists;
 //	(a) during the disk's creation: paused in `qemu-img create` (its temp file exists);
@@ -46,7 +48,10 @@ import (
 //	    qemu-system-x86_64 wrapper pauses after QEMU returned, before the simulator sees it return;
 //	(d) during a Server's deletion: Release runs no binary, but it first asks the guest to power
 //	    off over QMP; the test holds QEMU's one QMP connection, so Release's connection waits in
-//	    the socket's backlog, where the test sees it before killing (QEMU, tap, IP all still there).
+//	    the socket's backlog, where the test sees it before killing (QEMU, tap, IP all still there);
+//	(e) a golden image bake VM running beside the second repave's (the bake's directory, tap and
+//	    address made): paused after qemu-system-x86_64 daemonized the bake VM; the restarted
+//	    simulator stops it and removes the bake, and the repave finishes.
 func TestSIGKILLAtEveryStep(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a VM under TCG (minutes); skipped in -short mode")
@@ -110,9 +115,10 @@ func faultSuite(t testing.TB) time.Duration {
 		"--no-nat", "--accel", "tcg", "--image-dir", filepath.Dir(image), "--host-id", "sigkill-test",
 		"--metrics-bind-address", "0", "--health-probe-bind-address", "0", "--poll-interval", "1s", "--boot-timeout", "8m"}
 	paths := simulatorPaths(t, simBin, work, kns, srvName)
+	noBakes := append(slices.Clone(flags), "--max-parallel", "1") // no capacity left for a bake
 	ipamDir := filepath.Join(paths["ipam_dir"], bridge)
 	simLog := filepath.Join(tmp, "simulator.log")
-	sim := &simProcess{t: t, bin: simBin, args: flags, path: wrapDir + ":" + os.Getenv("PATH"), logFile: simLog}
+	sim := &simProcess{t: t, bin: simBin, args: noBakes, path: wrapDir + ":" + os.Getenv("PATH"), logFile: simLog}
 
 	// Whatever happens, no simulator, wrapper or QEMU outlives the test, nor the bridge.
 	t.Cleanup(func() {
@@ -138,14 +144,14 @@ func faultSuite(t testing.TB) time.Duration {
 	})
 
 	// arm makes the next invocation of step (img-info, img-create or qemu-start) pause, if the
-	// guard path exists (or no guard is given).
-	arm := func(step, guard string) {
+	// guard path exists (or no guard is given) and its arguments hold match (or none is given).
+	arm := func(step, guard, match string) {
 		t.Helper()
 		must(os.MkdirAll(ctl, 0o700))
 		for _, f := range []string{"reached", "release", "left"} {
 			_ = os.Remove(filepath.Join(ctl, f))
 		}
-		must(os.WriteFile(filepath.Join(ctl, "pause"), []byte(step+" "+guard+"\n"), 0o600))
+		must(os.WriteFile(filepath.Join(ctl, "pause"), []byte(step+" "+cmp.Or(guard, "-")+" "+match+"\n"), 0o600))
 	}
 	// killInWindow waits until a wrapper paused, SIGKILLs the simulator, checks the host state the
 	// window promises, then lets the wrapper finish (as the real binary would have) and disarms.
@@ -182,30 +188,52 @@ func faultSuite(t testing.TB) time.Duration {
 			Installation: &stargatev1.Installation{CloudInit: "#cloud-config\nruncmd:\n  - [sh, -c, 'echo baked > /etc/stargate-baked']\n"},
 			CloudInit:    "#cloud-config\nruncmd:\n  - [sh, -c, 'echo STARGATE-SIGKILL $(cat /etc/stargate-baked) > /dev/ttyS0']\n"}}))
 	bakesDir, goldenDir := paths["bakes_dir"], paths["golden_dir"]
-
-	// (e) A golden image bake running: its VM booting, its directory, tap and address made.
-	arm("qemu-start", "")
-	sim.start()
-	op := &stargatev1.Operation{ObjectMeta: metav1.ObjectMeta{Name: "repave-1", Namespace: kns}, Spec: stargatev1.OperationSpec{
-		Operation: stargatev1.OperationRepave, ServerRef: stargatev1.LocalObjectReference{Name: srvName},
-		ProvisioningProfileRef: &stargatev1.LocalObjectReference{Name: "hello"}}}
-	must(c.Create(ctx, op))
-	killInWindow("e (golden image bake VM running)", func() {
-		if n := len(qemuPIDs(t, work, realQEMU)); n != 1 {
-			t.Errorf("window e: %d QEMU processes, want the bake VM", n)
+	repave := func(name string) *stargatev1.Operation {
+		t.Helper()
+		op := &stargatev1.Operation{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: kns}, Spec: stargatev1.OperationSpec{
+			Operation: stargatev1.OperationRepave, ServerRef: stargatev1.LocalObjectReference{Name: srvName},
+			ProvisioningProfileRef: &stargatev1.LocalObjectReference{Name: "hello"}}}
+		must(c.Create(ctx, op))
+		return op
+	}
+	finished := func(op *stargatev1.Operation) {
+		t.Helper()
+		waitFor(t, op.Name+" to finish", 12*time.Minute, func() bool {
+			must(c.Get(ctx, client.ObjectKeyFromObject(op), op))
+			return op.Status.Phase.IsFinal()
+		})
+		if op.Status.Phase != stargatev1.OperationSucceeded {
+			t.Fatalf("%s: %s: %s", op.Name, op.Status.Phase, op.Status.Message)
 		}
-		if bakes := dirNames(t, bakesDir); len(bakes) != 1 {
-			t.Errorf("window e: bakes %v, want one", bakes)
+		t.Logf("%s succeeded at %s: %s", op.Name, time.Since(began).Round(time.Second), firstLine(op.Status.Message))
+	}
+	// steady checks the host holds one VM of the Server and nothing else: no bake.
+	steady := func(when string) {
+		t.Helper()
+		if n := len(qemuPIDs(t, work, realQEMU)); n != 1 {
+			t.Errorf("%s: %d QEMU processes, want 1", when, n)
+		}
+		if taps, _ := hostnet.Taps(); len(taps) != 1 || taps[0] != paths["tap"] {
+			t.Errorf("%s: taps %v, want [%s]", when, taps, paths["tap"])
 		}
 		if ips := dirNames(t, ipamDir); len(ips) != 1 {
-			t.Errorf("window e: IP claims %v, want the bake VM's", ips)
+			t.Errorf("%s: IP claims %v, want one", when, ips)
 		}
-		expectFiles("e", map[string]bool{paths["disk"]: false, paths["instance_id"]: false})
-	})
+		if vms := dirNames(t, filepath.Join(paths["vms_dir"], kns)); len(vms) != 1 || vms[0] != srvName {
+			t.Errorf("%s: VM directories %v, want [%s]", when, vms, srvName)
+		}
+		if tmps := overlayTemps(paths["vm_dir"]); len(tmps) != 0 {
+			t.Errorf("%s: disk temp files left in the VM directory: %v", when, tmps)
+		}
+		if bakes, golden := dirNames(t, bakesDir), dirNames(t, goldenDir); len(bakes) != 0 || len(golden) != 0 {
+			t.Errorf("%s: bakes %v, golden images %v: want none", when, bakes, golden)
+		}
+	}
 
 	// (c) After the IP claim and the tap, before the disk (the restarted simulator baked again).
-	arm("img-info", "/sys/class/net/"+paths["tap"])
+	arm("img-info", "/sys/class/net/"+paths["tap"], "")
 	sim.start()
+	op := repave("repave-1")
 	killInWindow("c (IP claimed, tap made, no disk yet)", func() {
 		if ips := dirNames(t, ipamDir); len(ips) != 1 {
 			t.Errorf("IP claims %v, want one", ips)
@@ -217,7 +245,7 @@ func faultSuite(t testing.TB) time.Duration {
 	})
 
 	// (a) During the disk's creation.
-	arm("img-create", "")
+	arm("img-create", "", "")
 	sim.start()
 	killInWindow("a (qemu-img create running)", func() {
 		if tmps := overlayTemps(paths["vm_dir"]); len(tmps) != 1 {
@@ -230,7 +258,7 @@ func faultSuite(t testing.TB) time.Duration {
 	})
 
 	// (b) QEMU started, instance-id not recorded.
-	arm("qemu-start", "")
+	arm("qemu-start", "", "")
 	sim.start()
 	killInWindow("b (QEMU running, no instance-id)", func() {
 		expectFiles("b", map[string]bool{paths["pidfile"]: true, paths["disk"]: true, paths["instance_id"]: false})
@@ -240,40 +268,39 @@ func faultSuite(t testing.TB) time.Duration {
 	})
 	orphan := readPID(t, paths["pidfile"])
 
-	// Restarted without pauses: the installation is redone once and the guest boots.
+	// Restarted without pauses: the installation is redone once and the guest boots, its
+	// installation run by the repave itself.
 	sim.start()
-	waitFor(t, "repave-1 to finish", 12*time.Minute, func() bool {
-		must(c.Get(ctx, client.ObjectKeyFromObject(op), op))
-		return op.Status.Phase.IsFinal()
-	})
-	if op.Status.Phase != stargatev1.OperationSucceeded {
-		t.Fatalf("repave-1: %s: %s", op.Status.Phase, op.Status.Message)
-	}
-	t.Logf("repave-1 succeeded at %s: %s", time.Since(began).Round(time.Second), firstLine(op.Status.Message))
-	if n := len(qemuPIDs(t, work, realQEMU)); n != 1 {
-		t.Errorf("after repave-1: %d QEMU processes, want 1", n)
-	}
+	finished(op)
 	if pid := readPID(t, paths["pidfile"]); pid == orphan || exists(fmt.Sprintf("/proc/%d", orphan)) {
 		t.Errorf("the QEMU started before the kill in window b (pid %d) still runs (current pid %d)", orphan, pid)
 	}
-	if taps, _ := hostnet.Taps(); len(taps) != 1 || taps[0] != paths["tap"] {
-		t.Errorf("taps %v, want [%s]", taps, paths["tap"])
-	}
-	if ips := dirNames(t, ipamDir); len(ips) != 1 {
-		t.Errorf("IP claims %v, want one", ips)
-	}
-	if vms := dirNames(t, filepath.Join(paths["vms_dir"], kns)); len(vms) != 1 || vms[0] != srvName {
-		t.Errorf("VM directories %v, want [%s]", vms, srvName)
-	}
-	if tmps := overlayTemps(paths["vm_dir"]); len(tmps) != 0 {
-		t.Errorf("disk temp files left in the VM directory: %v", tmps)
-	}
-	if bakes, golden := dirNames(t, bakesDir), dirNames(t, goldenDir); len(bakes) != 0 || len(golden) != 1 {
-		t.Errorf("after repave-1: bakes %v (want none), golden images %v (want one)", bakes, golden)
-	}
+	steady("after repave-1")
 	if console, _ := os.ReadFile(paths["console"]); !strings.Contains(string(console), "STARGATE-SIGKILL baked") {
-		t.Error("after repave-1: the guest did not boot the golden image (no STARGATE-SIGKILL baked on its console)")
+		t.Error("after repave-1: the guest did not run the installation and then the per-instance user-data (no STARGATE-SIGKILL baked on its console)")
 	}
+
+	// (e) With capacity, a second repave bakes the golden image in the background: killed while
+	// the bake VM runs beside the Server's. The bake leaves nothing once the repave finished.
+	sim.kill()
+	sim.args = flags
+	arm("qemu-start", "", "bake.")
+	sim.start()
+	op = repave("repave-2")
+	killInWindow("e (golden image bake VM running)", func() {
+		if bakes := dirNames(t, bakesDir); len(bakes) != 1 {
+			t.Errorf("window e: bakes %v, want one", bakes)
+		}
+		if ips := dirNames(t, ipamDir); len(ips) != 2 {
+			t.Errorf("window e: IP claims %v, want the Server's and the bake VM's", ips)
+		}
+		if n := len(qemuPIDs(t, bakesDir, realQEMU)); n != 1 {
+			t.Errorf("window e: %d bake VMs, want 1", n)
+		}
+	})
+	sim.start()
+	finished(op)
+	steady("after repave-2")
 
 	// (d) During the Server's deletion. Release asks the guest over QMP to power off first; the
 	// test holds QEMU's only QMP connection, so the simulator's connection waits in the socket's
@@ -377,16 +404,18 @@ func writeWrappers(dir, ctl, realImg, realQEMU string) error {
 	}
 	const pause = `pause() {
 	[ -f "$CTL/pause" ] || return 1
-	read -r step guard < "$CTL/pause"
+	read -r step guard match < "$CTL/pause"
 	[ "$step" = "$1" ] || return 1
-	[ -z "$guard" ] || [ -e "$guard" ] || return 1
+	shift
+	[ "$guard" = - ] || [ -e "$guard" ] || return 1
+	case "$*" in *"$match"*) ;; *) return 1 ;; esac
 	: > "$CTL/reached"
 	while [ ! -e "$CTL/release" ]; do sleep 0.1; done
 }
 `
 	img := "#!/bin/sh\n# test wrapper (sigkill_test.go)\nCTL=" + ctl + "\n" + pause +
 		`paused=0
-if pause "img-$1"; then paused=1; fi
+if pause "img-$1" "$@"; then paused=1; fi
 ` + realImg + ` "$@"
 rc=$?
 [ $paused = 0 ] || : > "$CTL/left"
@@ -394,7 +423,7 @@ exit $rc
 `
 	qemu := "#!/bin/sh\n# test wrapper (sigkill_test.go)\nCTL=" + ctl + "\n" + pause + realQEMU + ` "$@"
 rc=$?
-if pause qemu-start; then : > "$CTL/left"; fi
+if pause qemu-start "$@"; then : > "$CTL/left"; fi
 exit $rc
 `
 	if err := os.WriteFile(filepath.Join(dir, "qemu-img"), []byte(img), 0o755); err != nil {

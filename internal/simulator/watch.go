@@ -59,11 +59,12 @@ var _ controller.Notifier = (*Provider)(nil)
 // (controller.Notifier).
 func (p *Provider) Changes() <-chan types.NamespacedName { return p.watch.changes }
 
-// Start runs until ctx ends, then stops every console watcher and waits for them
-// (manager.Runnable: controller.Setup adds the provider to the manager).
+// Start runs until ctx ends, then stops every console watcher and golden image bake and waits for
+// them (manager.Runnable: controller.Setup adds the provider to the manager).
 func (p *Provider) Start(ctx context.Context) error {
 	<-ctx.Done()
-	p.watch.stopAll()
+	p.watch.stopAll() // also the bakes' context
+	p.bakeWG.Wait()
 	return nil
 }
 
