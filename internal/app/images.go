@@ -10,6 +10,9 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/api/resource"
+
 	"stargate.io/stargate/internal/simulator"
 	"stargate.io/stargate/pkg/imagecache"
 )
@@ -43,9 +46,12 @@ func (o *Options) bindImageFlags(fs *flag.FlagSet) {
 		"addresses or CIDRs http(s) image URLs may reach although refused by default: loopback, link-local, multicast, this host's own addresses"+
 			" and the VM network (repeat or comma-separate; default: none)")
 	fs.StringVar(&o.MaxImageSize, "max-image-size", "20Gi", "largest OS image downloaded; a larger one fails with ImageTooLarge")
-	fs.StringVar(&o.ImageCacheSize, "image-cache-size", "0",
-		"disk space the cached OS images and golden images may take together, e.g. 50Gi; over it, the least recently used are removed,"+
-			" never one a VM or bake uses (0: no limit)")
+	fs.StringVar(&o.ImageCacheSize, "image-cache-size", "",
+		"disk space the cached OS images and golden images (and bakes in progress) may take together, e.g. 50Gi; over it, the least"+
+			fmt.Sprintf(" recently used are removed, never one a VM or bake uses (default: %d%% of the work directory's file system; 0: no limit)",
+				defaultImageCacheShare))
+	fs.IntVar(&o.GoldenImagesPerNamespace, "golden-images-per-namespace", simulator.DefaultGoldenImagesPerNamespace,
+		"golden images kept per namespace; over it, the least recently used one no VM uses is removed after a bake (0: no limit)")
 	fs.DurationVar(&o.ImageConnectTimeout, "image-connect-timeout", imagecache.DefaultConnectTimeout,
 		"image downloads: timeout of the TCP connect and of the TLS handshake")
 	fs.DurationVar(&o.ImageHeaderTimeout, "image-header-timeout", imagecache.DefaultHeaderTimeout, "image downloads: timeout for the response headers")
@@ -102,14 +108,53 @@ func imagePolicy(o Options) (simulator.ImagePolicy, error) {
 	return pol, nil
 }
 
-// imageCacheSize checks --image-cache-size: a size (0, the default, means no limit).
-func imageCacheSize(o Options) (int64, error) {
+// defaultImageCacheShare is the part of the work directory's file system (in percent) that the
+// image cache and golden images may take when --image-cache-size is not given: the VM disks,
+// which grow as their guests write, live there too.
+const defaultImageCacheShare = 25
+
+// imageCacheSize checks --image-cache-size: a size (0 means no limit). Not given, it is
+// defaultImageCacheShare of the size of the file system that holds (or will hold) workDir; why
+// says which, for the startup log.
+func imageCacheSize(o Options, workDir string) (size int64, why string, err error) {
 	if o.ImageCacheSize == "" {
-		return 0, nil
+		fsSize, err := fileSystemSize(workDir)
+		if err != nil {
+			return 0, "", fmt.Errorf("--image-cache-size not given, and the size of the work directory's file system is unknown "+
+				"(give --image-cache-size, e.g. 50Gi, or 0 for no limit): %w", err)
+		}
+		return fsSize * defaultImageCacheShare / 100, fmt.Sprintf("%d%% of the work directory's file system (%s)",
+			defaultImageCacheShare, resource.NewQuantity(fsSize, resource.BinarySI)), nil
 	}
 	n, err := parseQuantity(o.ImageCacheSize)
 	if err != nil || n < 0 {
-		return 0, fmt.Errorf("--image-cache-size %q: want a size such as 50Gi (0: no limit)", o.ImageCacheSize)
+		return 0, "", fmt.Errorf("--image-cache-size %q: want a size such as 50Gi (0: no limit)", o.ImageCacheSize)
 	}
-	return n, nil
+	if n == 0 {
+		return 0, "--image-cache-size 0: no limit", nil
+	}
+	return n, "--image-cache-size", nil
+}
+
+// fileSystemSize is the size of the file system that holds path, or would: its nearest existing
+// ancestor's.
+func fileSystemSize(path string) (int64, error) {
+	for dir := filepath.Clean(path); ; dir = filepath.Dir(dir) {
+		var st unix.Statfs_t
+		err := unix.Statfs(dir, &st)
+		if err == nil {
+			return int64(st.Blocks) * st.Bsize, nil
+		}
+		if !errors.Is(err, unix.ENOENT) || dir == filepath.Dir(dir) {
+			return 0, fmt.Errorf("statfs %s: %w", dir, err)
+		}
+	}
+}
+
+// goldenImagesPerNamespace checks --golden-images-per-namespace.
+func goldenImagesPerNamespace(o Options) (int, error) {
+	if o.GoldenImagesPerNamespace < 0 {
+		return 0, fmt.Errorf("--golden-images-per-namespace %d: want a number of images (0: no limit)", o.GoldenImagesPerNamespace)
+	}
+	return o.GoldenImagesPerNamespace, nil
 }

@@ -3,11 +3,14 @@ package app
 import (
 	"flag"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"stargate.io/stargate/internal/simulator"
 )
@@ -73,22 +76,35 @@ func TestImagePolicyFlagsRejected(t *testing.T) {
 	}
 }
 
-// TestImageCacheSizeFlag: --image-cache-size takes a Kubernetes quantity, 0 (the default) for
-// no limit; a negative or unreadable one is refused, naming the flag.
+// TestImageCacheSizeFlag: --image-cache-size takes a Kubernetes quantity, 0 for no limit; not
+// given, it is a quarter of the work directory's file system (one that does not exist yet: its
+// nearest existing parent's), and says so; a negative or unreadable one is refused, naming the flag.
 func TestImageCacheSizeFlag(t *testing.T) {
-	for arg, want := range map[string]int64{"": 0, "0": 0, "20Gi": 20 << 30, "500M": 500e6, "1Ti": 1 << 40} {
-		args := []string{"--image-cache-size", arg}
-		if arg == "" {
-			args = nil // the default
-		}
-		if got, err := imageCacheSize(parseOptions(t, args...)); err != nil || got != want {
+	work := filepath.Join(t.TempDir(), "not", "yet")
+	for arg, want := range map[string]int64{"0": 0, "20Gi": 20 << 30, "500M": 500e6, "1Ti": 1 << 40} {
+		if got, _, err := imageCacheSize(parseOptions(t, "--image-cache-size", arg), work); err != nil || got != want {
 			t.Errorf("--image-cache-size %q = %d, %v; want %d", arg, got, err, want)
 		}
 	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(os.TempDir(), &st); err != nil {
+		t.Fatal(err)
+	}
+	got, why, err := imageCacheSize(parseOptions(t), work)
+	if want := int64(st.Blocks) * st.Bsize / 4; err != nil || got != want || !strings.Contains(why, "25% of the work directory's file system") {
+		t.Errorf("default = %d (%s), %v; want %d, a quarter of the file system", got, why, err, want)
+	}
 	for _, arg := range []string{"-1Gi", "lots", "20 GiB", "1.5.5"} {
-		_, err := imageCacheSize(parseOptions(t, "--image-cache-size", arg))
+		_, _, err := imageCacheSize(parseOptions(t, "--image-cache-size", arg), work)
 		if err == nil || !strings.Contains(err.Error(), "--image-cache-size") || !strings.Contains(err.Error(), "50Gi") {
 			t.Errorf("--image-cache-size %q: err = %v, want it to name the flag and an example", arg, err)
 		}
+	}
+	if _, err := goldenImagesPerNamespace(parseOptions(t, "--golden-images-per-namespace", "-1")); err == nil ||
+		!strings.Contains(err.Error(), "--golden-images-per-namespace") {
+		t.Errorf("--golden-images-per-namespace -1: err = %v", err)
+	}
+	if n, err := goldenImagesPerNamespace(parseOptions(t)); err != nil || n != simulator.DefaultGoldenImagesPerNamespace {
+		t.Errorf("--golden-images-per-namespace default = %d, %v", n, err)
 	}
 }

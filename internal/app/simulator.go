@@ -16,6 +16,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/labels"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -67,13 +68,15 @@ type Options struct {
 	Teardown         bool
 
 	// Image policy (images.go): which image URLs profiles may name, and download limits.
-	ImageDirs           []string
-	AllowImageHosts     []string
-	MaxImageSize        string
-	ImageCacheSize      string
-	ImageConnectTimeout time.Duration
-	ImageHeaderTimeout  time.Duration
-	ImageStallTimeout   time.Duration
+	ImageDirs       []string
+	AllowImageHosts []string
+	MaxImageSize    string
+	ImageCacheSize  string
+	// GoldenImagesPerNamespace bounds each namespace's golden images (--golden-images-per-namespace).
+	GoldenImagesPerNamespace int
+	ImageConnectTimeout      time.Duration
+	ImageHeaderTimeout       time.Duration
+	ImageStallTimeout        time.Duration
 }
 
 // BindFlags registers the options on fs, with their defaults.
@@ -300,11 +303,17 @@ func newSimulator(o Options, log interface{ Info(string, ...any) }) (*simulator.
 	if cfg.Images, err = imagePolicy(o); err != nil {
 		return nil, err
 	}
-	if cfg.ImageCacheSize, err = imageCacheSize(o); err != nil {
+	cacheSize, cacheWhy, err := imageCacheSize(o, o.WorkDir)
+	if err != nil {
 		return nil, err
 	}
-	log.Info("image sources", "fileDirs", cfg.Images.FileDirs, "allowedHosts", cfg.Images.AllowHosts, "maxImageSize", o.MaxImageSize,
-		"imageCacheSize", o.ImageCacheSize)
+	cfg.ImageCacheSize = cacheSize
+	if cfg.GoldenImagesPerNamespace, err = goldenImagesPerNamespace(o); err != nil {
+		return nil, err
+	}
+	log.Info("image sources", "fileDirs", cfg.Images.FileDirs, "allowedHosts", cfg.Images.AllowHosts, "maxImageSize", o.MaxImageSize)
+	log.Info("disk bounds", "imageCacheSize", resource.NewQuantity(cacheSize, resource.BinarySI).String(), "from", cacheWhy,
+		"goldenImagesPerNamespace", cfg.GoldenImagesPerNamespace)
 	log.Info("simulator host", "accel", accel, "bridge", o.Bridge, "gateway", gw, "workDir", o.WorkDir)
 	return simulator.New(cfg)
 }

@@ -56,7 +56,8 @@ func (p *Provider) bake(ctx context.Context, b *bakeJob, key string, req control
 	// The OS image and the golden image being made stay while the bake needs them; a prune
 	// that ran before the pin may have removed the OS image: it is fetched again.
 	defer p.pinImage(base.Path)()
-	defer p.pinImage(p.goldenPath(key))()
+	golden := p.goldenPath(req.Server.Namespace, key)
+	defer p.pinImage(golden)()
 	if _, err := os.Stat(base.Path); err != nil {
 		return fmt.Errorf("the OS image was removed from the host's cache (--image-cache-size) as the bake began: %w", errRetry)
 	}
@@ -113,10 +114,12 @@ func (p *Provider) bake(ctx context.Context, b *bakeJob, key string, req control
 	if err := p.awaitBake(ctx, b.dir, instanceID); err != nil {
 		return err
 	}
-	if err := qemu.Flatten(ctx, disk, p.goldenPath(key)); err != nil {
+	if err := qemu.Flatten(ctx, disk, golden); err != nil {
 		return err
 	}
-	p.prune() // the new image counts, and stays: it is pinned until this returns
+	// The new image counts, and stays: it is pinned until this returns.
+	p.pruneNamespace(req.Server.Namespace)
+	p.prune()
 	p.cfg.Log.Info("golden image baked", "key", short(key), "took", time.Since(b.started).Round(time.Second))
 	return nil
 }

@@ -25,6 +25,11 @@ import (
 // its key: the bake's format, the OS image's digest, the namespace (a tenant never boots what
 // another tenant's bake made, even for the same text) and the installation's bytes.
 
+// DefaultGoldenImagesPerNamespace is how many golden images a namespace keeps on a host by default
+// (--golden-images-per-namespace): each distinct installation of a tenant is one, as large as the
+// OS image plus what the installation wrote.
+const DefaultGoldenImagesPerNamespace = 4
+
 // goldenFormat versions how a golden image is made: a change to the bake (its vendor-data, its
 // cleanup) changes every key, so no image made the old way is used.
 const goldenFormat = "stargate-golden-v1"
@@ -40,9 +45,19 @@ func goldenKey(baseDigest, namespace string, installation []byte) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// goldenPath is where the golden image of key is kept.
-func (p *Provider) goldenPath(key string) string {
-	return filepath.Join(p.layout.GoldenDir(), key+".qcow2")
+// goldenPath is where the golden image of key, baked for namespace, is kept: its file name starts
+// with the namespace (a DNS label: no '.'), so the namespace's images can be counted.
+func (p *Provider) goldenPath(namespace, key string) string {
+	return filepath.Join(p.layout.GoldenDir(), namespace+"."+key+".qcow2")
+}
+
+// goldenNamespace is the namespace a golden image's file name starts with ("" for none).
+func goldenNamespace(path string) string {
+	ns, _, ok := strings.Cut(filepath.Base(path), ".")
+	if !ok || len(ns) == 64 { // a bare <key>.qcow2 of an older layout
+		return ""
+	}
+	return ns
 }
 
 // bakeJob is a bake running in the background. Nobody waits for it: the repave that started it
@@ -75,7 +90,7 @@ type bootPlan struct {
 // it, for the repaves after it. ImageReady says which, and why no golden image is used.
 func (p *Provider) golden(ctx context.Context, st *status, req controller.RepaveRequest, base imagecache.Image) bootPlan {
 	key := goldenKey(base.Digest, req.Server.Namespace, req.Installation)
-	path := p.goldenPath(key)
+	path := p.goldenPath(req.Server.Namespace, key)
 	p.mu.Lock()
 	_, baking := p.bakes[key] // its image may be in place already, its cleanup not done
 	p.mu.Unlock()

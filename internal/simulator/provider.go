@@ -57,6 +57,10 @@ type Config struct {
 	// (--image-cache-size): over it, the least recently used are removed, but never one in use
 	// (see prune). 0, the default, means no limit.
 	ImageCacheSize int64
+	// GoldenImagesPerNamespace bounds the golden images each namespace keeps on this host
+	// (--golden-images-per-namespace): after a bake, the namespace's least recently used ones
+	// that no VM uses are removed (pruneNamespace). 0 means no limit.
+	GoldenImagesPerNamespace int
 	// Log receives what an operator of the host wants to know: VMs started, servers released.
 	Log logr.Logger
 }

@@ -94,7 +94,9 @@ func (p *Provider) prune(keep ...string) {
 		log.Error(err, "image cache: not pruning")
 		return
 	}
-	var total int64
+	// Bakes in progress (their disks, a golden image being flattened) count, and cannot be removed.
+	baking := p.bakesInProgress()
+	total := baking
 	for _, im := range images {
 		total += im.size
 	}
@@ -109,7 +111,7 @@ func (p *Provider) prune(keep ...string) {
 	slices.SortFunc(images, func(a, b cachedImage) int {
 		return cmp.Or(a.lastUse.Compare(b.lastUse), strings.Compare(a.path, b.path))
 	})
-	var inUse int64
+	inUse := baking
 	for _, im := range images {
 		if p.pins.count[im.path] > 0 || kept[im.path] || used.has(im) {
 			inUse += im.size
@@ -133,6 +135,77 @@ func (p *Provider) prune(keep ...string) {
 	}
 	if total > limit {
 		log.Info(fmt.Sprintf("image cache over limit, %d bytes in use", inUse), "inUse", formatBytes(inUse), "total", formatBytes(total))
+	}
+}
+
+// bakesInProgress is the disk space of the bakes running: their disks and the golden images being
+// flattened (qemu.Flatten's hidden temp files).
+func (p *Provider) bakesInProgress() int64 {
+	disks, _ := filepath.Glob(filepath.Join(p.layout.BakesDir(), "*", filenames.DiskFile))
+	temps, _ := filepath.Glob(filepath.Join(p.layout.GoldenDir(), ".*.tmp-*"))
+	var n int64
+	for _, f := range append(disks, temps...) {
+		if fi, err := os.Lstat(f); err == nil && fi.Mode().IsRegular() {
+			n += allocated(fi)
+		}
+	}
+	return n
+}
+
+// pruneNamespace keeps namespace's golden images under Config.GoldenImagesPerNamespace: over it,
+// the least recently used that no VM or bake disk overlays and nothing pins are removed. A repave
+// that needs one of them later installs the stock way and bakes it again. It runs after a bake;
+// errors are logged.
+func (p *Provider) pruneNamespace(namespace string) {
+	limit := p.cfg.GoldenImagesPerNamespace
+	if limit <= 0 {
+		return
+	}
+	log := p.cfg.Log.WithValues("namespace", namespace, "limit", limit)
+	p.pins.mu.Lock()
+	defer p.pins.mu.Unlock()
+	all, err := p.cachedImages()
+	if err != nil {
+		log.Error(err, "golden images: not pruning")
+		return
+	}
+	var images []cachedImage
+	for _, im := range all {
+		if im.entry == nil && goldenNamespace(im.path) == namespace {
+			images = append(images, im)
+		}
+	}
+	if len(images) <= limit {
+		return
+	}
+	used, err := p.imagesInUse()
+	if err != nil {
+		log.Error(err, "golden images over the namespace's limit, not pruning: cannot tell which images the VM disks use")
+		return
+	}
+	slices.SortFunc(images, func(a, b cachedImage) int {
+		return cmp.Or(a.lastUse.Compare(b.lastUse), strings.Compare(a.path, b.path))
+	})
+	count := len(images)
+	for _, im := range images {
+		if count <= limit {
+			return
+		}
+		if p.pins.count[im.path] > 0 || used.has(im) {
+			continue
+		}
+		removed, err := p.removeImage(im)
+		if err != nil {
+			log.Error(err, "golden images: removing an image failed", "path", im.path)
+		}
+		if removed {
+			count--
+			log.Info("golden images: removed the namespace's least recently used golden image", "path", im.path,
+				"lastUse", im.lastUse.Format(time.RFC3339))
+		}
+	}
+	if count > limit {
+		log.Info(fmt.Sprintf("golden images over the namespace's limit: %d in use", count))
 	}
 }
 

@@ -204,13 +204,13 @@ func TestPruneKeepsImagesInUse(t *testing.T) {
 	unused := e.cached("unused.raw", 64<<10, e.age(5))
 	vmDir := filepath.Dir(e.vmDisk("team-a", "web", vmBase))
 	e.vmDisk("team-b", "db", vmGolden)
-	e.bakeDisk("k8s-worker", bakeBase)
+	bakeDisk := e.bakeDisk("k8s-worker", bakeBase)
 	unpin := e.p.pinImage(pinned)
 	unpinAgain := e.p.pinImage(pinned) // pins add up
 
 	e.p.prune()
 	e.expect([]string{vmBase, bakeBase, pinned, vmGolden}, []string{unusedGolden, unused})
-	inUse := e.size(vmBase) + e.size(bakeBase) + e.size(pinned) + e.size(vmGolden)
+	inUse := e.size(vmBase) + e.size(bakeBase) + e.size(pinned) + e.size(vmGolden) + e.size(bakeDisk) // a bake's disk counts too
 	if got := e.logs(fmt.Sprintf("image cache over limit, %d bytes in use", inUse)); len(got) != 1 {
 		t.Errorf("logged %d lines saying %d bytes are in use over the limit, want 1", len(got), inUse)
 	}
@@ -246,4 +246,62 @@ func TestPruneWithinLimit(t *testing.T) {
 	if got := e.logs(""); len(got) != 0 {
 		t.Errorf("logged %q, want nothing", got)
 	}
+}
+
+// TestPruneNamespaceGoldenImages: over --golden-images-per-namespace, a namespace's least recently
+// used golden images go first, but never one a VM disk overlays or one pinned; other namespaces'
+// images, and images of the older layout (no namespace in the name), are not counted.
+func TestPruneNamespaceGoldenImages(t *testing.T) {
+	t.Parallel()
+	e := newPruneEnv(t, 0)
+	e.p.cfg.GoldenImagesPerNamespace = 2
+	key := func(i int) string { return fmt.Sprintf("%064d", i) }
+	oldest := e.golden("team-a."+key(1), e.age(1))
+	overlaid := e.golden("team-a."+key(2), e.age(2))
+	pinned := e.golden("team-a."+key(3), e.age(3))
+	older := e.golden("team-a."+key(4), e.age(4))
+	newest := e.golden("team-a."+key(5), e.age(5))
+	other := e.golden("team-b."+key(6), e.age(0))
+	legacy := e.golden(key(7), e.age(0))
+	e.vmDisk("team-a", "s1", overlaid)
+	defer e.p.pinImage(pinned)()
+	e.p.pruneNamespace("team-a")
+	// Five over a limit of two: the oldest unused go first until two are left; the overlaid and
+	// the pinned one are in use, so they are the two.
+	e.expect([]string{overlaid, pinned, other, legacy}, []string{oldest, older, newest})
+	if lines := e.logs("over the namespace's limit"); len(lines) != 0 {
+		t.Errorf("the namespace is within its limit, but the log says %v", lines)
+	}
+	// Three in use over a limit of two: nothing else to remove, and the log says so.
+	third := e.golden("team-a."+key(8), e.age(6))
+	e.vmDisk("team-a", "s2", third)
+	e.p.pruneNamespace("team-a")
+	e.expect([]string{overlaid, pinned, third}, nil)
+	if lines := e.logs("over the namespace's limit: 3 in use"); len(lines) != 1 {
+		t.Errorf("want one line saying the namespace stays over its limit, got %v", lines)
+	}
+	if goldenNamespace(newest) != "team-a" || goldenNamespace(legacy) != "" {
+		t.Errorf("namespaces read from names: %q %q", goldenNamespace(newest), goldenNamespace(legacy))
+	}
+}
+
+// TestPruneCountsBakesInProgress: a bake's disk and a golden image being flattened take disk
+// space: they count towards the limit (and are never removed), so older images go.
+func TestPruneCountsBakesInProgress(t *testing.T) {
+	t.Parallel()
+	e := newPruneEnv(t, 0)
+	old := e.cached("old.img", 2<<20, e.age(1))
+	recent := e.cached("recent.img", 2<<20, e.age(2))
+	bake := e.bakeDisk(fmt.Sprintf("%064d", 1), recent)
+	if err := os.WriteFile(bake, make([]byte, 3<<20), 0o600); err != nil { // the installation wrote 3 MiB
+		t.Fatal(err)
+	}
+	flattening := filepath.Join(e.p.layout.GoldenDir(), ".team-a.x.qcow2.tmp-1")
+	if err := os.WriteFile(flattening, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Without the bake the two images (4 MiB) fit in 6 MiB; with it (4 MiB more), old must go.
+	e.p.cfg.ImageCacheSize = 6 << 20
+	e.p.prune(recent)
+	e.expect([]string{recent, bake, flattening}, []string{old})
 }
