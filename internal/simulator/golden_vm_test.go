@@ -190,7 +190,7 @@ func TestGoldenImagesWithQEMU(t *testing.T) {
 	start("g1-c", "g1", "changed")
 	start("g2-c", "g2", "golden")
 	third := wait(map[string]stargatev1.OperationPhase{"g1-c": stargatev1.OperationSucceeded, "g2-c": stargatev1.OperationSucceeded})
-	stock(third["g2-c"], "GoldenImageDamaged: golden image "+strings.TrimSuffix(filepath.Base(goldenA), ".qcow2")[:16])
+	stock(third["g2-c"], "GoldenImageDamaged: golden image "+strings.TrimPrefix(filepath.Base(goldenA), ns+".")[:16])
 	stock(third["g1-c"], "being baked in the background")
 	if r := report("g1"); r[1] != "baked-B" || r[2] != "1" {
 		t.Errorf("after the change: report %v, want baked-B, one run", r)
