@@ -82,21 +82,14 @@ func TestRepaveWithQEMU(t *testing.T) {
 			Operation: stargatev1.OperationRepave, ServerRef: stargatev1.LocalObjectReference{Name: "worker-1"},
 			ProvisioningProfileRef: &stargatev1.LocalObjectReference{Name: prof}}}))
 		op := &stargatev1.Operation{}
-		deadline := time.Now().Add(12 * time.Minute)
-		for {
+		waitFor(t, name+" to finish", 12*time.Minute, func() bool {
 			must(c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, op))
-			if op.Status.Phase.IsFinal() {
-				break
-			}
-			if midway != nil && meta.IsStatusConditionTrue(op.Status.Conditions, stargatev1.ConditionVMRunning) {
+			if !op.Status.Phase.IsFinal() && midway != nil && meta.IsStatusConditionTrue(op.Status.Conditions, stargatev1.ConditionVMRunning) {
 				midway()
 				midway = nil
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s not finished after 12m: %s %s", name, op.Status.Phase, op.Status.Message)
-			}
-			time.Sleep(2 * time.Second) // polling a repave under software emulation
-		}
+			return op.Status.Phase.IsFinal()
+		})
 		t.Logf("%s: %s after %s: %s", name, op.Status.Phase, time.Since(start).Round(time.Second), firstLine(op.Status.Message))
 		for _, cond := range op.Status.Conditions {
 			t.Logf("  %-15s %-7s %s", cond.Type, cond.Status, cond.LastTransitionTime.Format(time.TimeOnly))
@@ -186,14 +179,10 @@ func TestRepaveWithQEMU(t *testing.T) {
 			op.Spec.GracePeriod = &metav1.Duration{Duration: 20 * time.Second} // the offline image ignores the ACPI button: forced
 		}
 		must(c.Create(ctx, op))
-		deadline := time.Now().Add(5 * time.Minute)
-		for !op.Status.Phase.IsFinal() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s not finished after 5m: %s", name, op.Status.Message)
-			}
-			time.Sleep(time.Second) // polling a power change under software emulation
+		waitFor(t, name+" to finish", 5*time.Minute, func() bool {
 			must(c.Get(ctx, client.ObjectKeyFromObject(op), op))
-		}
+			return op.Status.Phase.IsFinal()
+		})
 		if op.Status.Phase != stargatev1.OperationSucceeded {
 			t.Fatalf("%s: %s: %s", name, op.Status.Phase, op.Status.Message)
 		}
@@ -233,17 +222,10 @@ func TestRepaveWithQEMU(t *testing.T) {
 
 	// 4. Delete the server: nothing may remain.
 	must(c.Delete(ctx, server()))
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
+	waitFor(t, "the Server's deletion", 2*time.Minute, func() bool {
 		err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "worker-1"}, &stargatev1.Server{})
-		if client.IgnoreNotFound(err) == nil && err != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server not deleted: %v", err)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+		return client.IgnoreNotFound(err) == nil && err != nil
+	})
 	if n := countQEMU(t, work); n != 0 {
 		t.Errorf("%d QEMU processes left", n)
 	}
@@ -373,15 +355,14 @@ func TestRepaveFailsClearlyOnBadImage(t *testing.T) {
 	}
 	for _, tc := range cases {
 		op := &stargatev1.Operation{}
-		deadline := time.Now().Add(time.Minute)
-		for op.Status.Phase != stargatev1.OperationFailed {
+		waitFor(t, "op-"+tc.name+" to finish", time.Minute, func() bool {
 			if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "op-" + tc.name}, op); err != nil {
 				t.Fatal(err)
 			}
-			if op.Status.Phase == stargatev1.OperationSucceeded || time.Now().After(deadline) {
-				t.Fatalf("%s: phase %s, want Failed: %s", tc.name, op.Status.Phase, op.Status.Message)
-			}
-			time.Sleep(200 * time.Millisecond)
+			return op.Status.Phase.IsFinal()
+		})
+		if op.Status.Phase != stargatev1.OperationFailed {
+			t.Fatalf("%s: phase %s, want Failed: %s", tc.name, op.Status.Phase, op.Status.Message)
 		}
 		cond := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionImageReady)
 		if cond == nil || cond.Status != metav1.ConditionFalse || cond.Reason != tc.reason || !strings.Contains(op.Status.Message, tc.msg) {
