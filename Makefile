@@ -111,13 +111,25 @@ kube-binaries: ## Build all Kubernetes binaries (kubeadm, kubelet, ...) for the 
 guest-image: ## Build the offline Debian 12 guest image for tests and the offline demo (root; cached by recipe; ~5 min cold).
 	@hack/guest-image/build.sh >/dev/null
 
+# What the tests need, prepared side by side (on a fresh machine the envtest binaries and the guest
+# image take minutes each; the image build mostly waits on dpkg and the disk): the Go checks one
+# after another (verify-generated rewrites files the others read), the envtest binaries and, as
+# root, the guest image.
+.PHONY: test-prepare
+test-prepare: go-checks $(if $(KUBEBUILDER_ASSETS),,envtest-assets) $(if $(IS_ROOT),guest-image)
+
+.PHONY: go-checks
+go-checks: ## Lint, tidiness, generated files and vet, one after another.
+	@$(MAKE) --no-print-directory lint verify-tidy verify-generated vet
+
 # KUBEBUILDER_ASSETS from the environment wins: users who already have envtest binaries keep them.
 # As root, tests also run real VMs inside network namespaces they create (never the host's own).
 # With CI=true or STARGATE_REQUIRE_VM_TESTS=1 a test that lacks what it needs fails instead of
 # skipping (internal/testreq). hack/testsummary prints go test's usual output, then how many tests
 # ran, passed, failed and skipped and why each skipped; under pipefail go test's status is kept.
 .PHONY: test
-test: deps lint verify-tidy verify-generated vet $(if $(KUBEBUILDER_ASSETS),,envtest-assets) $(if $(IS_ROOT),guest-image) ## Run all tests (real kube-apiserver + etcd; as root also real QEMU VMs in test-made netns).
+test: deps ## Run all tests (real kube-apiserver + etcd; as root also real QEMU VMs in test-made netns).
+	@$(MAKE) --no-print-directory -j3 --output-sync=target test-prepare
 	@go build -o bin/testsummary ./hack/testsummary
 	$(if $(IS_ROOT),STARGATE_GUEST_IMAGE="$${STARGATE_GUEST_IMAGE:-$$(hack/guest-image/build.sh)}") \
 	KUBEBUILDER_ASSETS="$(or $(KUBEBUILDER_ASSETS),$(KUBE_BIN_DIR))" go test -json $(GO_TEST_FLAGS) ./... | bin/testsummary
