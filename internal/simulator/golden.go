@@ -137,7 +137,6 @@ func (p *Provider) startBake(key string, req controller.RepaveRequest, base imag
 	}
 	b := &bakeJob{started: time.Now(), dir: filepath.Join(p.layout.BakesDir(), key)}
 	p.bakes[key] = b
-	p.bakesStarted.Add(1)
 	p.bakeWG.Add(1)
 	go func() {
 		defer p.bakeWG.Done()
