@@ -69,7 +69,10 @@ func TestGoldenImagesWithQEMU(t *testing.T) {
 	}
 	must(c.Create(ctx, profile("golden", installation("baked-A", countRun))))
 	must(c.Create(ctx, profile("changed", installation("baked-B", countRun))))
-	must(c.Create(ctx, profile("broken-bake", installation("never", `[sh, -c, 'echo STARGATE-BAKE-BROKEN; exit 7']`))))
+	// A module that fails (not a runcmd: a runcmd script fails only by its last command, and the
+	// stock way appends the per-instance commands after the installation's): both the repave and
+	// the bake see cloud-init fail.
+	must(c.Create(ctx, profile("broken-bake", "#cloud-config\nwrite_files:\n  - path: /proc/STARGATE-BAKE-BROKEN/file\n    content: never\n")))
 
 	start := func(name, server, prof string) {
 		t.Helper()
@@ -169,7 +172,7 @@ func TestGoldenImagesWithQEMU(t *testing.T) {
 	guest := meta.FindStatusCondition(failed.Status.Conditions, stargatev1.ConditionGuestReady)
 	if !strings.Contains(failed.Status.Message, "STARGATE-BAKE-BROKEN") || !strings.Contains(failed.Status.Message, "serial console") ||
 		guest == nil || guest.Reason != "CloudInitFailed" {
-		t.Errorf("broken installation: GuestReady %+v, message %q: want CloudInitFailed with the guest's console", guest, failed.Status.Message)
+		t.Errorf("broken installation: GuestReady %+v, message %q: want CloudInitFailed naming the failed file, with the guest's console", guest, failed.Status.Message)
 	}
 	bakesEnded()
 	if n := simulator.BakesStarted(h.p); n != 2 {
