@@ -8,9 +8,8 @@ const (
 	ConditionSucceeded = "Succeeded"
 	// ConditionScheduled is True once the Operation holds its Server and host capacity and may run.
 	ConditionScheduled = "Scheduled"
-	// ConditionImageReady is True once the OS image is downloaded, verified and cached — and, for a
-	// profile with spec.installation, its golden image baked (reasons Baking, GoldenImage,
-	// BakeFailed).
+	// ConditionImageReady is True once the OS image is downloaded, verified and cached (reason
+	// Cached) or, for a profile with spec.installation, its golden image is booted (GoldenImage).
 	ConditionImageReady = "ImageReady"
 	// ConditionCloudInitReady is True once the cloud-init data source is built for this install.
 	ConditionCloudInitReady = "CloudInitReady"

@@ -110,9 +110,11 @@ type Installation struct {
 	// cloud-init accepts ("#cloud-config" must be valid YAML). It must not depend on the server
 	// (the bake VM has a throwaway hostname and address) and must not hold secrets: what it
 	// installs is kept in an image cached on the host. It must not power off or reboot the
-	// machine itself: the datacenter does that when cloud-init has finished. A bake that fails
-	// fails the Operations waiting for it with reason BakeFailed and the bake's console, and
-	// nothing is cached.
+	// machine itself: the datacenter does that when cloud-init has finished. No repave waits for a
+	// bake: while the golden image does not exist, a repave runs this installation and then the
+	// per-instance user-data in one boot (a MIME multi-part user-data), and the golden image is
+	// baked in the background for later repaves. A bake that fails caches nothing; the repaves
+	// after it say why in ImageReady's message.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=262144
 	CloudInit string `json:"cloudInit"`
