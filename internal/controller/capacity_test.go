@@ -21,8 +21,11 @@ func TestBackgroundWorkSharesTheCapacity(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if !lent.TryHold("bake:1", 1<<30) || !lent.TryHold("bake:1", 1<<30) {
-		t.Fatal("a bake could not hold free capacity (or holding twice failed)")
+	if !lent.TryHold("bake:1", 1<<30) {
+		t.Fatal("a bake could not hold free capacity")
+	}
+	if again := lent.TryHold("bake:1", 1<<30); !again {
+		t.Fatal("holding a key twice failed")
 	}
 	if lent.TryHold("bake:2", 1<<30) {
 		t.Error("a second bake held capacity beyond --max-parallel")
