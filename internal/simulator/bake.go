@@ -71,12 +71,15 @@ func (p *Provider) bake(ctx context.Context, b *bakeJob, key string, req control
 	if err := os.MkdirAll(b.dir, 0o700); err != nil {
 		return fmt.Errorf("creating the bake directory: %w", err)
 	}
+	mac, tap := hostnet.MACAddress(owner), hostnet.TapName(owner)
+	if err := p.claimBakeMAC(b.dir, mac); err != nil {
+		return err
+	}
 	ip, err := p.ipam.Allocate(owner)
 	if err != nil {
 		return fmt.Errorf("allocating the bake VM's address: %w", err)
 	}
 	instanceID := "stargate-bake-" + short(key)
-	mac, tap := hostnet.MACAddress(owner), hostnet.TapName(owner)
 	err = cloudinit.WriteNoCloudISO(filepath.Join(b.dir, filenames.SeedFile), cloudinit.Config{
 		InstanceID: instanceID,
 		Hostname:   "stargate-bake",
@@ -121,6 +124,21 @@ func (p *Provider) bake(ctx context.Context, b *bakeJob, key string, req control
 	p.pruneNamespace(req.Server.Namespace)
 	p.prune()
 	p.cfg.Log.Info("golden image baked", "key", short(key), "took", time.Since(b.started).Round(time.Second))
+	return nil
+}
+
+// claimBakeMAC claims the bake VM's MAC in dir like a Server's VM claims its own: a Server whose
+// spec.macAddress is that MAC must not share the bridge with the bake VM. The claim goes with the
+// directory (cleanBake).
+func (p *Provider) claimBakeMAC(dir, mac string) error {
+	owner, err := claimMAC(p.layout, dir, mac)
+	if err != nil {
+		return fmt.Errorf("claiming the bake VM's MAC address: %w", err)
+	}
+	if owner != "" {
+		return fmt.Errorf("the bake VM's MAC address %s is already used by %s on this host (spec.macAddress): "+
+			"the bake cannot run while that Server holds it", mac, owner)
+	}
 	return nil
 }
 
