@@ -153,11 +153,12 @@ func (p *Provider) awaitBake(ctx context.Context, dir, instanceID string) error 
 	for {
 		select {
 		case <-ctx.Done():
+			console, _ := readConsoleEnd(consolePath)
 			return fmt.Errorf("bake stopped after %s: %w%s", time.Since(started).Round(time.Second), context.Cause(ctx),
-				consoleDiagnosis(readConsoleEnd(consolePath), "bake VM"))
+				consoleDiagnosis(console, "bake VM"))
 		case <-tick.C:
 		}
-		console := readConsoleEnd(consolePath)
+		console, size := readConsoleEnd(consolePath)
 		result := cloudinit.ParseGuestResult(console, instanceID)
 		cleaned := bytes.Contains(console, []byte(cloudinit.BakedMarker(instanceID)))
 		vm, err := p.vms.Status(dir)
@@ -165,7 +166,7 @@ func (p *Provider) awaitBake(ctx context.Context, dir, instanceID string) error 
 			return err
 		}
 		switch {
-		case fileSize(consolePath) > bakeConsoleMax:
+		case size > bakeConsoleMax:
 			return fmt.Errorf("the bake VM wrote more than %s to its serial console: stopped%s", formatBytes(bakeConsoleMax), consoleDiagnosis(console, "bake VM"))
 		case result.Done && len(result.Errors) > 0:
 			return fmt.Errorf("cloud-init finished with errors: %s%s", strings.Join(result.Errors, "; "), consoleDiagnosis(console, "bake VM"))
@@ -189,30 +190,26 @@ func (p *Provider) awaitBake(ctx context.Context, dir, instanceID string) error 
 	}
 }
 
-// readConsoleEnd is the last consoleTailBytes of a console: where its last lines and markers are,
-// whatever the guest wrote before.
-func readConsoleEnd(path string) []byte {
+// readConsoleEnd is the last consoleTailBytes of a console — where its last lines and markers
+// are, whatever the guest wrote before — and the console's size, from the file it read (nil and
+// 0 when there is none).
+func readConsoleEnd(path string) (tail []byte, size int64) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil
+		return nil, 0
 	}
 	defer f.Close()
-	if size := fileSize(path); size > consoleTailBytes {
-		if _, err := f.Seek(size-consoleTailBytes, io.SeekStart); err != nil {
-			return nil
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0
+	}
+	if fi.Size() > consoleTailBytes {
+		if _, err := f.Seek(fi.Size()-consoleTailBytes, io.SeekStart); err != nil {
+			return nil, fi.Size()
 		}
 	}
-	b, _ := io.ReadAll(io.LimitReader(f, consoleTailBytes))
-	return b
-}
-
-// fileSize is the size of the file at path, or 0.
-func fileSize(path string) int64 {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return 0
-	}
-	return fi.Size()
+	tail, _ = io.ReadAll(io.LimitReader(f, consoleTailBytes))
+	return tail, fi.Size()
 }
 
 // cleanBake stops the bake VM of dir and removes the directory, its QMP socket, tap and address.
