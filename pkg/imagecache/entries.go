@@ -39,16 +39,9 @@ type Entry struct {
 // Anything else in the cache directory (entries being downloaded, odd files, symlinks) is not
 // listed, so Remove, which takes only listed entries, never touches it.
 func (c *Cache) Entries() ([]Entry, error) {
-	dir, err := filepath.Abs(c.Dir)
+	dir, des, err := c.list()
 	if err != nil {
-		return nil, fmt.Errorf("listing image cache %s: %w", c.Dir, err)
-	}
-	des, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("listing image cache %s: %w", dir, err)
+		return nil, err
 	}
 	var entries []Entry
 	for _, de := range des {
@@ -67,6 +60,22 @@ func (c *Cache) Entries() ([]Entry, error) {
 		entries = append(entries, Entry{Path: filepath.Join(entry, imageDataFile), Size: diskUsage(data), LastUse: dirInfo.ModTime()})
 	}
 	return entries, nil
+}
+
+// list reads the cache directory (absolute): nothing, with no error, when it does not exist yet.
+func (c *Cache) list() (dir string, des []os.DirEntry, err error) {
+	dir, err = filepath.Abs(c.Dir)
+	if err != nil {
+		return "", nil, fmt.Errorf("listing image cache %s: %w", c.Dir, err)
+	}
+	des, err = os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return dir, nil, nil
+	}
+	if err != nil {
+		return "", nil, fmt.Errorf("listing image cache %s: %w", dir, err)
+	}
+	return dir, des, nil
 }
 
 // Remove removes a listed entry, under the entry's lock, unless it is busy or was used since it
@@ -149,16 +158,9 @@ func discardEntry(dir, entry string) error {
 // anything else stay. It returns the directories it removed. Meant for startup, when nothing
 // should be in flight, it is safe at any time.
 func (c *Cache) CollectDebris() (removed []string, err error) {
-	dir, err := filepath.Abs(c.Dir)
+	dir, des, err := c.list()
 	if err != nil {
-		return nil, fmt.Errorf("image cache %s: %w", c.Dir, err)
-	}
-	des, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("listing image cache %s: %w", dir, err)
+		return nil, err
 	}
 	var errs []error
 	for _, de := range des {
