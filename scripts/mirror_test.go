@@ -81,11 +81,12 @@ deb [ arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg ] http
 		{
 			name: "third-party repositories, disabled entries and other files do not count",
 			files: map[string]string{
-				"sources.list.d/a-vendor.list":    "deb [signed-by=/usr/share/keyrings/vendor.gpg] https://vendor.example/debian/12/prod bookworm main\n",
-				"sources.list.d/b-inline.sources": "Types: deb\nURIs: https://inline.example/debian\nSuites: bookworm\nComponents: main\nSigned-By:\n -----BEGIN PGP PUBLIC KEY BLOCK-----\n .\n xyz\n",
-				"sources.list.d/c-off.sources":    "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nComponents: main\nEnabled: no\n",
-				"sources.list.d/d-cd.list":        "deb cdrom:[Debian 12]/ bookworm main\n",
-				"sources.list.d/e-old.list.bak":   "deb http://backup.example/debian bookworm main\n",
+				"sources.list.d/a-vendor.list": "deb [signed-by=/usr/share/keyrings/vendor.gpg] https://vendor.example/debian/12/prod bookworm main\n",
+				"sources.list.d/b-inline.sources": "Types: deb\nURIs: https://inline.example/debian\nSuites: bookworm\nComponents: main\n" +
+					"Signed-By:\n -----BEGIN PGP PUBLIC KEY BLOCK-----\n .\n xyz\n",
+				"sources.list.d/c-off.sources":  "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nComponents: main\nEnabled: no\n",
+				"sources.list.d/d-cd.list":      "deb cdrom:[Debian 12]/ bookworm main\n",
+				"sources.list.d/e-old.list.bak": "deb http://backup.example/debian bookworm main\n",
 				// The last stanza of a file without a blank line after it, then another file.
 				"sources.list.d/f-debian.sources": "Types: deb\nURIs: http://mirror-f.example/debian\nSuites: bookworm\nComponents: main",
 				"sources.list.d/g-other.list":     "deb http://mirror-g.example/debian bookworm main\n",

@@ -141,7 +141,9 @@ func TestCollectDebrisAfterSIGKILL(t *testing.T) {
 			if err := child.Process.Kill(); err != nil {
 				t.Fatal(err)
 			}
-			<-exited
+			if err := <-exited; err == nil {
+				t.Fatal("the killed child exited cleanly")
+			}
 
 			removed, err := c.CollectDebris()
 			if len(removed) != 1 || err != nil {
@@ -167,7 +169,8 @@ func TestCollectDebrisLeavesTheRest(t *testing.T) {
 	t.Parallel()
 	kept := entTestSetup(t, 4096)
 	c := kept.c
-	lockOnly, empty, busy := filepath.Join(c.Dir, strings.Repeat("a1", 32)), filepath.Join(c.Dir, strings.Repeat("b2", 32)), filepath.Join(c.Dir, strings.Repeat("c3", 32))
+	entry := func(hex2 string) string { return filepath.Join(c.Dir, strings.Repeat(hex2, 32)) }
+	lockOnly, empty, busy := entry("a1"), entry("b2"), entry("c3")
 	outside := t.TempDir()
 	for _, err := range []error{
 		os.MkdirAll(lockOnly, 0o700), os.WriteFile(filepath.Join(lockOnly, imageLockFile), nil, 0o600),
