@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # lib.sh holds what the scripts share: messages (log, die), the simulator's directory layout
-# (sim_path, vm_path) and following Operations (wait_operation, operation_table). Source it; it
-# runs nothing itself:
+# (sim_path, vm_path), following Operations (wait_operation, operation_table) and the Debian
+# mirror to build from (debian_mirror). Source it; it runs nothing itself:
 #
 #   LOG_TAG=demo
 #   # shellcheck source=scripts/lib.sh
@@ -142,4 +142,94 @@ operation_table() {
 		for name in "$@"; do printf '%*s' "${width}" "${cell["${type} ${name}"]:--}"; done
 		printf '\n'
 	done
+}
+
+# --- Debian mirror ------------------------------------------------------------------------------
+# No mirror's host name is written in this repository: a build takes the one this host's apt uses,
+# or the one the operator names.
+
+# debian_mirror SUITE [APT_DIR]: print the Debian mirror to fetch SUITE's packages from, and log
+# where it came from. STARGATE_DEBIAN_MIRROR wins; otherwise the first entry of APT_DIR's sources
+# (default /etc/apt: sources.list, then sources.list.d/*.list and *.sources in apt's order, one-line
+# and deb822 formats) of type deb with exactly SUITE and component main, an http(s) or file URI,
+# and no keyring other than Debian's archive keyring (the build verifies with that keyring, so a
+# third-party repository that calls its suite SUITE does not qualify). Dies naming the variable
+# when neither gives one.
+debian_mirror() {
+	local suite="$1" apt_dir="${2:-/etc/apt}" mirror="" from="" files=() f
+	if [[ -n "${STARGATE_DEBIAN_MIRROR:-}" ]]; then
+		mirror="${STARGATE_DEBIAN_MIRROR}" from="STARGATE_DEBIAN_MIRROR"
+		[[ "${mirror}" =~ ^(https?://[^/]+|file:/) ]] ||
+			die "STARGATE_DEBIAN_MIRROR=${mirror} is no http://, https:// or file:/ URL of a Debian mirror"
+	else
+		[[ -f "${apt_dir}/sources.list" ]] && files+=("${apt_dir}/sources.list")
+		for f in "${apt_dir}"/sources.list.d/*; do
+			[[ -f "${f}" && ("${f}" == *.list || "${f}" == *.sources) ]] && files+=("${f}")
+		done
+		if ((${#files[@]})); then
+			IFS=$'\t' read -r mirror from < <(debian_mirror_candidates "${suite}" "${files[@]}") || true
+		fi
+		[[ -n "${mirror}" ]] ||
+			die "no Debian mirror for ${suite}: this host's apt sources (${apt_dir}/sources.list, ${apt_dir}/sources.list.d/) name none for '${suite} main'; set STARGATE_DEBIAN_MIRROR to a Debian mirror's URL"
+	fi
+	mirror="${mirror%/}"
+	log "Debian mirror: ${mirror} (from ${from})"
+	printf '%s\n' "${mirror}"
+}
+
+# debian_mirror_candidates SUITE FILE...: print "URI<TAB>FILE" for each qualifying entry (see
+# debian_mirror), in order.
+debian_mirror_candidates() {
+	local suite="$1"
+	shift
+	# shellcheck disable=SC2016 # awk's $1 and $NF, not the shell's
+	awk -v suite="${suite}" '
+		function keyring_ok(v,   n, i, k) { # Signed-By: none, or Debian archive keyrings only
+			if (v ~ /BEGIN PGP/) return 0
+			n = split(v, k, /[ ,\t]+/)
+			for (i = 1; i <= n; i++) if (k[i] != "" && k[i] !~ /^\/usr\/share\/keyrings\/debian-archive-[^\/]*$/) return 0
+			return 1
+		}
+		function uri_ok(u) { return u ~ /^https?:\/\/[^\/]/ || u ~ /^file:\// }
+		function has(list, word,   n, i, w) {
+			n = split(list, w, /[ \t]+/)
+			for (i = 1; i <= n; i++) if (w[i] == word) return 1
+			return 0
+		}
+		function stanza_end(   n, u, i) { # deb822: one stanza read
+			if (has(f["types"], "deb") && has(f["suites"], suite) && has(f["components"], "main") &&
+				tolower(f["enabled"]) != "no" && keyring_ok(f["signed-by"])) {
+				n = split(f["uris"], u, /[ \t]+/)
+				for (i = 1; i <= n; i++) if (uri_ok(u[i])) { print u[i] "\t" file; break }
+			}
+			delete f; key = ""
+		}
+		FNR == 1 && NR > 1 && deb822 { stanza_end() }
+		FNR == 1 { deb822 = FILENAME ~ /\.sources$/; file = FILENAME }
+		deb822 {
+			if ($0 ~ /^#/) next
+			if ($0 ~ /^[ \t]*$/) { stanza_end(); next }
+			if ($0 ~ /^[ \t]/) { if (key != "") f[key] = f[key] " " $0; next } # a continuation line
+			i = index($0, ":")
+			if (i == 0) next
+			key = tolower(substr($0, 1, i - 1))
+			v = substr($0, i + 1); gsub(/^[ \t]+|[ \t]+$/, "", v); f[key] = v
+			next
+		}
+		{ # one-line: deb [opts] URI SUITE COMPONENT...
+			sub(/#.*/, "")
+			if ($1 != "deb") next
+			i = 2; opts = ""
+			if ($2 ~ /^\[/) {
+				for (; i <= NF; i++) { opts = opts " " $i; if ($i ~ /\]$/) { i++; break } }
+			}
+			gsub(/[\[\]]/, " ", opts)
+			keys = ""
+			n = split(opts, o, /[ \t]+/)
+			for (j = 1; j <= n; j++) if (o[j] ~ /^signed-by=/) keys = keys " " substr(o[j], 11)
+			if ($(i + 1) != suite || !uri_ok($i) || !keyring_ok(keys)) next
+			for (j = i + 2; j <= NF; j++) if ($j == "main") { print $i "\t" file; next }
+		}
+		END { if (deb822) stanza_end() }
+	' "$@"
 }

@@ -209,6 +209,21 @@ func TestInvalidObjectsAreRejected(t *testing.T) {
 			p.Spec.Image.URL = "ftp://example.invalid/image.img"
 			return p
 		}, "image.url must be an http://, https:// or file:/// URL"},
+		{"image URL without a host", func() client.Object {
+			p := validProfile()
+			p.Spec.Image.URL = "http://"
+			return p
+		}, "image.url must be a URL that names a host"},
+		{"https image URL with only a port", func() client.Object {
+			p := validProfile()
+			p.Spec.Image.URL = "https://:8443/os.qcow2"
+			return p
+		}, "image.url must be a URL that names a host"},
+		{"image URL with an empty host and a path", func() client.Object {
+			p := validProfile()
+			p.Spec.Image.URL = "http:///os.qcow2"
+			return p
+		}, "image.url must be a URL that names a host"},
 		{"empty cloud-init", func() client.Object {
 			p := validProfile()
 			p.Spec.CloudInit = ""
@@ -273,6 +288,25 @@ func TestInvalidObjectsAreRejected(t *testing.T) {
 				t.Errorf("error %q does not mention %q", err, tc.wantMsg)
 			}
 		})
+	}
+}
+
+// The image URL rules refuse what cannot be fetched, not the URLs a host can be told to allow:
+// a file URL names no host, only a path.
+func TestImageURLsAreAccepted(t *testing.T) {
+	ns := newNamespace(t)
+	for i, url := range []string{
+		"file:///var/lib/stargate-images/debian-12.qcow2",
+		"http://192.168.100.1:8080/debian-12.qcow2",
+		"https://[2001:db8::1]/os.img",
+		"https://images.example/os.qcow2?version=2",
+	} {
+		p := validProfile()
+		p.Name, p.Namespace = fmt.Sprintf("p%d", i), ns
+		p.Spec.Image.URL = url
+		if err := env.Client.Create(context.Background(), p); err != nil {
+			t.Errorf("image.url %s rejected: %v", url, err)
+		}
 	}
 }
 

@@ -11,7 +11,8 @@ const DefaultImageURL = "https://cloud-images.ubuntu.com/jammy/current/jammy-ser
 type ImageSource struct {
 	// URL of a bootable cloud image with cloud-init: a qcow2 image without backing or external
 	// data file, or a raw disk with a partition table (anything else, e.g. an HTML page, a VMDK,
-	// fails with reason UnsupportedImage). Images are downloaded once per URL and cached on the
+	// fails with reason UnsupportedImage). An http or https URL names a host; a file URL names
+	// none (file:///abs/path). Images are downloaded once per URL and cached on the
 	// datacenter host, and the host decides what it fetches:
 	// http and https URLs may not reach loopback, link-local (cloud metadata), multicast or
 	// unspecified addresses, the host's own addresses or its VM network, also after a redirect
@@ -25,6 +26,7 @@ type ImageSource struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="self.startsWith('http://') || self.startsWith('https://') || self.startsWith('file:///')",message="image.url must be an http://, https:// or file:/// URL"
+	// +kubebuilder:validation:XValidation:rule="!(self.startsWith('http://') || self.startsWith('https://')) || (isURL(self) && url(self).getHostname() != '')",message="an http:// or https:// image.url must be a URL that names a host, e.g. https://images.example/os.qcow2"
 	// +optional
 	URL string `json:"url,omitempty"`
 

@@ -29,9 +29,9 @@
 # user-data sets its own final_message. The NIC is eth0 (net.ifnames=0); cloud-init's ENI renderer
 # writes network-config v2 (match by MAC works) to /etc/network/interfaces.d/50-cloud-init.
 #
-# Environment: STARGATE_CACHE (cache root), DEBIAN_MIRROR (default: the bookworm mirror this host's apt
-# uses, else http://deb.debian.org/debian). The mirror is not part of the key: it changes where packages
-# come from, not what the image is.
+# Environment: STARGATE_CACHE (cache root), STARGATE_DEBIAN_MIRROR (default: the bookworm mirror this
+# host's apt sources name; see debian_mirror in scripts/lib.sh, which is not part of the recipe). The
+# mirror is not part of the key: it changes where packages come from, not what the image is.
 set -euo pipefail
 
 readonly SUITE=bookworm
@@ -82,14 +82,7 @@ if ((${#need[@]})); then
 	fi
 fi
 
-mirror="${DEBIAN_MIRROR:-}"
-if [[ -z "${mirror}" ]]; then
-	# shellcheck disable=SC2016 # $(REPO_URI) is apt's template syntax, not a shell expansion
-	mirror="$(apt-get indextargets --format '$(REPO_URI)' 'Created-By: Packages' "Release: ${SUITE}" \
-		'Component: main' 'Origin: Debian' 2>/dev/null | head -n1 || true)"
-	mirror="${mirror:-http://deb.debian.org/debian}"
-fi
-mirror="${mirror%/}"
+mirror="$(debian_mirror "${SUITE}")"
 # debootstrap ignores apt's configuration; reuse apt's proxy, if any, for its downloads.
 if [[ -z "${http_proxy:-}" ]]; then
 	proxy="$(apt-config dump --no-empty --format '%v%n' Acquire::http::Proxy 2>/dev/null || true)"

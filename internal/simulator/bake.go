@@ -71,12 +71,15 @@ func (p *Provider) bake(ctx context.Context, b *bakeJob, key string, req control
 	if err := os.MkdirAll(b.dir, 0o700); err != nil {
 		return fmt.Errorf("creating the bake directory: %w", err)
 	}
+	mac, tap := hostnet.MACAddress(owner), hostnet.TapName(owner)
+	if err := p.claimBakeMAC(b.dir, mac); err != nil {
+		return err
+	}
 	ip, err := p.ipam.Allocate(owner)
 	if err != nil {
 		return fmt.Errorf("allocating the bake VM's address: %w", err)
 	}
 	instanceID := "stargate-bake-" + short(key)
-	mac, tap := hostnet.MACAddress(owner), hostnet.TapName(owner)
 	err = cloudinit.WriteNoCloudISO(filepath.Join(b.dir, filenames.SeedFile), cloudinit.Config{
 		InstanceID: instanceID,
 		Hostname:   "stargate-bake",
@@ -124,6 +127,21 @@ func (p *Provider) bake(ctx context.Context, b *bakeJob, key string, req control
 	return nil
 }
 
+// claimBakeMAC claims the bake VM's MAC in dir like a Server's VM claims its own: a Server whose
+// spec.macAddress is that MAC must not share the bridge with the bake VM. The claim goes with the
+// directory (cleanBake).
+func (p *Provider) claimBakeMAC(dir, mac string) error {
+	owner, err := claimMAC(p.layout, dir, mac)
+	if err != nil {
+		return fmt.Errorf("claiming the bake VM's MAC address: %w", err)
+	}
+	if owner != "" {
+		return fmt.Errorf("the bake VM's MAC address %s is already used by %s on this host (spec.macAddress): "+
+			"the bake cannot run while that Server holds it", mac, owner)
+	}
+	return nil
+}
+
 // awaitBake waits until the bake VM in dir finished cloud-init without errors, cleaned its
 // instance state and powered off.
 func (p *Provider) awaitBake(ctx context.Context, dir, instanceID string) error {
@@ -135,11 +153,12 @@ func (p *Provider) awaitBake(ctx context.Context, dir, instanceID string) error 
 	for {
 		select {
 		case <-ctx.Done():
+			console, _ := readConsoleEnd(consolePath)
 			return fmt.Errorf("bake stopped after %s: %w%s", time.Since(started).Round(time.Second), context.Cause(ctx),
-				consoleDiagnosis(readConsoleEnd(consolePath), "bake VM"))
+				consoleDiagnosis(console, "bake VM"))
 		case <-tick.C:
 		}
-		console := readConsoleEnd(consolePath)
+		console, size := readConsoleEnd(consolePath)
 		result := cloudinit.ParseGuestResult(console, instanceID)
 		cleaned := bytes.Contains(console, []byte(cloudinit.BakedMarker(instanceID)))
 		vm, err := p.vms.Status(dir)
@@ -147,7 +166,7 @@ func (p *Provider) awaitBake(ctx context.Context, dir, instanceID string) error 
 			return err
 		}
 		switch {
-		case fileSize(consolePath) > bakeConsoleMax:
+		case size > bakeConsoleMax:
 			return fmt.Errorf("the bake VM wrote more than %s to its serial console: stopped%s", formatBytes(bakeConsoleMax), consoleDiagnosis(console, "bake VM"))
 		case result.Done && len(result.Errors) > 0:
 			return fmt.Errorf("cloud-init finished with errors: %s%s", strings.Join(result.Errors, "; "), consoleDiagnosis(console, "bake VM"))
@@ -171,30 +190,26 @@ func (p *Provider) awaitBake(ctx context.Context, dir, instanceID string) error 
 	}
 }
 
-// readConsoleEnd is the last consoleTailBytes of a console: where its last lines and markers are,
-// whatever the guest wrote before.
-func readConsoleEnd(path string) []byte {
+// readConsoleEnd is the last consoleTailBytes of a console — where its last lines and markers
+// are, whatever the guest wrote before — and the console's size, from the file it read (nil and
+// 0 when there is none).
+func readConsoleEnd(path string) (tail []byte, size int64) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil
+		return nil, 0
 	}
 	defer f.Close()
-	if size := fileSize(path); size > consoleTailBytes {
-		if _, err := f.Seek(size-consoleTailBytes, io.SeekStart); err != nil {
-			return nil
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0
+	}
+	if fi.Size() > consoleTailBytes {
+		if _, err := f.Seek(fi.Size()-consoleTailBytes, io.SeekStart); err != nil {
+			return nil, fi.Size()
 		}
 	}
-	b, _ := io.ReadAll(io.LimitReader(f, consoleTailBytes))
-	return b
-}
-
-// fileSize is the size of the file at path, or 0.
-func fileSize(path string) int64 {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return 0
-	}
-	return fi.Size()
+	tail, _ = io.ReadAll(io.LimitReader(f, consoleTailBytes))
+	return tail, fi.Size()
 }
 
 // cleanBake stops the bake VM of dir and removes the directory, its QMP socket, tap and address.

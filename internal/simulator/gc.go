@@ -14,6 +14,7 @@ import (
 
 	"stargate.io/stargate/pkg/filenames"
 	"stargate.io/stargate/pkg/hostnet"
+	"stargate.io/stargate/pkg/imagecache"
 )
 
 // LockWorkDir makes this process the one simulator using workDir: two simulators on one work
@@ -45,8 +46,9 @@ func LockWorkDir(workDir string) (release func(), err error) {
 // (with their QEMU processes, found by pidfile), QMP sockets, IP allocations and taps on this
 // host's bridge — and logs each removal. It runs at startup, before any reconcile: a crash or
 // SIGKILL may have come between a Server's deletion and its release. inScope limits it to the
-// namespaces this host watches (a Server outside them cannot be looked up). Last, it prunes the
-// image cache (prune).
+// namespaces this host watches (a Server outside them cannot be looked up). It removes what
+// interrupted downloads and removals left in the image and media caches
+// (imagecache.Cache.CollectDebris). Last, it prunes the image cache (prune).
 func (p *Provider) CollectGarbage(ctx context.Context, exists func(context.Context, types.NamespacedName) (bool, error),
 	inScope func(namespace string) bool) error {
 	gone := func(server types.NamespacedName) (bool, error) {
@@ -59,6 +61,15 @@ func (p *Provider) CollectGarbage(ctx context.Context, exists func(context.Conte
 	var errs []error
 	if err := p.removeBakes(ctx); err != nil {
 		errs = append(errs, err)
+	}
+	for _, c := range []*imagecache.Cache{p.images, p.media} {
+		removed, err := c.CollectDebris()
+		for _, dir := range removed {
+			p.cfg.Log.Info("garbage: removing what an interrupted download or removal left in a cache", "dir", dir)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
 	}
 	kept := map[string]bool{} // taps of the VM directories that stay
 	namespaces, _ := os.ReadDir(p.layout.VMsDir())

@@ -1,7 +1,10 @@
 package simulator
 
 import (
+	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -55,5 +58,21 @@ func TestStartBakeRefusals(t *testing.T) {
 	}
 	if n := p.bakesStarted.Load(); n != 0 || len(p.bakes) != 0 {
 		t.Errorf("%d bakes started", n)
+	}
+}
+
+// A bake's console is read once per poll: its end for the markers, its size for the flood check.
+func TestReadConsoleEnd(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "console.log")
+	if tail, size := readConsoleEnd(path); tail != nil || size != 0 {
+		t.Errorf("no console: %q, %d", tail, size)
+	}
+	console := append(bytes.Repeat([]byte("boot\n"), consoleTailBytes/5), "cloud-init done\n"...)
+	if err := os.WriteFile(path, console, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tail, size := readConsoleEnd(path)
+	if size != int64(len(console)) || !bytes.Equal(tail, console[len(console)-consoleTailBytes:]) {
+		t.Errorf("console of %d bytes: size %d, tail of %d bytes ending %q", len(console), size, len(tail), tail[max(0, len(tail)-20):])
 	}
 }

@@ -35,12 +35,12 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	installed := strings.TrimSpace(string(current)) == req.InstanceID
 	if !installed {
 		// Two NICs with one MAC on a bridge break both: refuse before anything boots.
-		owner, err := claimMAC(p.layout.VMsDir(), dir, mac)
+		owner, err := claimMAC(p.layout, dir, mac)
 		if err != nil {
 			return controller.RepaveStatus{}, err
 		}
 		if owner != "" {
-			return st.fail(stargatev1.ConditionNetworkReady, "DuplicateMAC", fmt.Sprintf("MAC address %s is already used by Server %s on this host: "+
+			return st.fail(stargatev1.ConditionNetworkReady, "DuplicateMAC", fmt.Sprintf("MAC address %s is already used by %s on this host: "+
 				"give this Server another spec.macAddress, or leave it empty for one derived from its name", mac, owner)), nil
 		}
 	}

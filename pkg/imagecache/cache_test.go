@@ -587,6 +587,7 @@ func TestImageCacheFetchInvalidURL(t *testing.T) {
 		{"file://otherhost/img", "cannot name a host"},
 		{"file:relative/img", "absolute path"},
 		{"http:///img", "no host"},
+		{"http://:8080/img", "no host"},
 		{"http://[::1", "invalid image URL"},
 	} {
 		t.Run(tc.url, func(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -14,8 +15,13 @@ import (
 )
 
 // imageRemovingPrefix starts the name of the directory an entry is moved into to be removed.
-// It is never an entry's name, so a crash while removing leaves nothing Entries lists.
+// It is never an entry's name, so a crash while removing leaves nothing Entries lists (and
+// CollectDebris removes it).
 const imageRemovingPrefix = ".removing-"
+
+// crashWindow is called where a crash leaves debris that only CollectDebris removes, naming the
+// place; the crash tests make a child process stop there to be killed. It does nothing otherwise.
+var crashWindow = func(string) {}
 
 // Entry is a cached image as Entries lists it, for a caller that bounds the cache's size.
 type Entry struct {
@@ -33,16 +39,9 @@ type Entry struct {
 // Anything else in the cache directory (entries being downloaded, odd files, symlinks) is not
 // listed, so Remove, which takes only listed entries, never touches it.
 func (c *Cache) Entries() ([]Entry, error) {
-	dir, err := filepath.Abs(c.Dir)
+	dir, des, err := c.list()
 	if err != nil {
-		return nil, fmt.Errorf("listing image cache %s: %w", c.Dir, err)
-	}
-	des, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("listing image cache %s: %w", dir, err)
+		return nil, err
 	}
 	var entries []Entry
 	for _, de := range des {
@@ -61,6 +60,22 @@ func (c *Cache) Entries() ([]Entry, error) {
 		entries = append(entries, Entry{Path: filepath.Join(entry, imageDataFile), Size: diskUsage(data), LastUse: dirInfo.ModTime()})
 	}
 	return entries, nil
+}
+
+// list reads the cache directory (absolute): nothing, with no error, when it does not exist yet.
+func (c *Cache) list() (dir string, des []os.DirEntry, err error) {
+	dir, err = filepath.Abs(c.Dir)
+	if err != nil {
+		return "", nil, fmt.Errorf("listing image cache %s: %w", c.Dir, err)
+	}
+	des, err = os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return dir, nil, nil
+	}
+	if err != nil {
+		return "", nil, fmt.Errorf("listing image cache %s: %w", dir, err)
+	}
+	return dir, des, nil
 }
 
 // Remove removes a listed entry, under the entry's lock, unless it is busy or was used since it
@@ -108,6 +123,7 @@ func (c *Cache) Remove(e Entry) (removed bool, err error) {
 		}
 		return false, fmt.Errorf("removing cached image %s: %w", e.Path, err)
 	}
+	crashWindow("remove:data-removed")
 	// Then the rest, lock file included, while we still hold it: a Fetch waiting for this lock
 	// finds its lock file gone and starts over in a fresh entry (see lockEntry).
 	if err := discardEntry(dir, entry); err != nil {
@@ -130,7 +146,112 @@ func discardEntry(dir, entry string) error {
 		os.Remove(trash)
 		return err
 	}
+	crashWindow("discard:moved")
 	return os.RemoveAll(trash)
+}
+
+// CollectDebris removes what interrupted work left in the cache directory, and nothing else:
+// entry directories without data (a download cut short by a crash, or a lock file alone, made by
+// a Fetch that gave up waiting while a failed fetch removed the entry) and the .removing-*
+// directories of a Remove or failed fetch that a crash cut short. Nothing whose lock a live
+// process holds is touched: that process is still at work there. Complete entries, symlinks and
+// anything else stay. It returns the directories it removed. Meant for startup, when nothing
+// should be in flight, it is safe at any time.
+func (c *Cache) CollectDebris() (removed []string, err error) {
+	dir, des, err := c.list()
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, de := range des {
+		if !de.IsDir() { // ReadDir does not follow symlinks: a link to a directory is no directory
+			continue
+		}
+		path := filepath.Join(dir, de.Name())
+		var gone bool
+		var err error
+		switch {
+		case isEntryName(de.Name()):
+			gone, err = collectUnfinishedEntry(dir, path)
+		case strings.HasPrefix(de.Name(), imageRemovingPrefix):
+			gone, err = collectTrash(path)
+		}
+		if err != nil {
+			errs = append(errs, err)
+		}
+		if gone {
+			removed = append(removed, path)
+		}
+	}
+	if len(removed) > 0 {
+		syncImageDir(dir)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// collectUnfinishedEntry removes the entry directory of dir if it has no data and nobody holds
+// its lock. It takes the lock and discards the entry as Remove does, so that a Fetch waiting for
+// the lock meanwhile starts over in a fresh entry.
+func collectUnfinishedEntry(dir, entry string) (bool, error) {
+	hasData := func() bool {
+		_, err := os.Lstat(filepath.Join(entry, imageDataFile))
+		return !errors.Is(err, fs.ErrNotExist) // unreadable or odd: the next Fetch decides
+	}
+	if hasData() {
+		return false, nil
+	}
+	lock, err := tryLockExistingEntry(entry)
+	if err != nil || lock == nil {
+		return false, err
+	}
+	defer lock.Unlock() //nolint:errcheck // closing the fd releases the lock anyway
+	// A download may have finished before we got the lock.
+	if hasData() {
+		return false, nil
+	}
+	if err := discardEntry(dir, entry); err != nil {
+		return false, fmt.Errorf("removing unfinished image cache entry %s: %w", entry, err)
+	}
+	return true, nil
+}
+
+// collectTrash removes a directory an entry was moved into to be removed, unless the remover
+// still holds the entry's lock (it is removing it now). Lock files are opened without O_CREATE:
+// nothing is made in a directory being removed.
+func collectTrash(trash string) (bool, error) {
+	des, err := os.ReadDir(trash)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reading %s: %w", trash, err)
+	}
+	var locks []*flock.Flock
+	defer func() {
+		for _, l := range locks {
+			l.Unlock() //nolint:errcheck // closing the fd releases the lock anyway
+		}
+	}()
+	for _, de := range des {
+		if !de.IsDir() {
+			continue
+		}
+		l := flock.New(filepath.Join(trash, de.Name(), imageLockFile), flock.SetFlag(os.O_RDONLY))
+		ok, err := l.TryLock()
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			continue // no lock file left: nobody can hold it
+		case err != nil:
+			return false, fmt.Errorf("locking %s: %w", filepath.Join(trash, de.Name()), err)
+		case !ok:
+			return false, nil // its remover is alive
+		}
+		locks = append(locks, l)
+	}
+	if err := os.RemoveAll(trash); err != nil {
+		return false, fmt.Errorf("removing %s: %w", trash, err)
+	}
+	return true, nil
 }
 
 // tryLockExistingEntry takes the lock of an existing entry without waiting: nil, with no error,

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +22,26 @@ func entTestFetch(t *testing.T, c *Cache, rawURL string) Image {
 		t.Fatal(err)
 	}
 	return img
+}
+
+// entTestCached is a cache holding one image fetched from a test server: where the entries and
+// remove tests start.
+type entTestCached struct {
+	c       *Cache
+	url     string
+	content []byte
+	gets    *atomic.Int64 // GETs the server answered
+	img     Image         // the fetched image
+}
+
+// entTestSetup fetches size bytes of test content from a new server into a new cache.
+func entTestSetup(t *testing.T, size int) entTestCached {
+	t.Helper()
+	content := imgTestContent(size)
+	srv, gets := imgServer(t, content)
+	c := imgCache(t.TempDir())
+	rawURL := srv.URL + "/img"
+	return entTestCached{c: c, url: rawURL, content: content, gets: gets, img: entTestFetch(t, c, rawURL)}
 }
 
 // entTestList returns the cache's entries by path.
@@ -126,11 +147,8 @@ func okErr(ok bool) error {
 // removed whole, and fetched again by the next Fetch.
 func TestRemove(t *testing.T) {
 	t.Parallel()
-	content := imgTestContent(64 << 10)
-	srv, gets := imgServer(t, content)
-	c := imgCache(t.TempDir())
-	rawURL := srv.URL + "/img"
-	img := entTestFetch(t, c, rawURL)
+	f := entTestSetup(t, 64<<10)
+	c, rawURL, img := f.c, f.url, f.img
 	entTestAge(t, img)
 
 	listed := entTestList(t, c)[img.Path]
@@ -170,8 +188,8 @@ func TestRemove(t *testing.T) {
 		t.Errorf("Lookup after Remove = %v, %v; want a miss", ok, err)
 	}
 	again := entTestFetch(t, c, rawURL)
-	if got, err := os.ReadFile(again.Path); err != nil || !bytes.Equal(got, content) || again.CacheHit || gets.Load() != 2 {
-		t.Errorf("Fetch after Remove: hit %v, %d GETs, content ok %v (%v); want a fresh download", again.CacheHit, gets.Load(), bytes.Equal(got, content), err)
+	if got, err := os.ReadFile(again.Path); err != nil || !bytes.Equal(got, f.content) || again.CacheHit || f.gets.Load() != 2 {
+		t.Errorf("Fetch after Remove: hit %v, %d GETs, content ok %v (%v); want a fresh download", again.CacheHit, f.gets.Load(), bytes.Equal(got, f.content), err)
 	}
 }
 
@@ -179,9 +197,8 @@ func TestRemove(t *testing.T) {
 // Entry it is handed.
 func TestRemoveRefusesForeignPaths(t *testing.T) {
 	t.Parallel()
-	srv, _ := imgServer(t, imgTestContent(4096))
-	c := imgCache(t.TempDir())
-	img := entTestFetch(t, c, srv.URL+"/img")
+	f := entTestSetup(t, 4096)
+	c, img := f.c, f.img
 	entry := filepath.Dir(img.Path)
 	outside := t.TempDir()
 	victim := filepath.Join(outside, strings.Repeat("01", 32), imageDataFile)

@@ -108,9 +108,14 @@ func (c *Cache) fetchLocked(ctx context.Context, req fetchRequest, report Progre
 	}
 	defer func() {
 		// Nothing but a complete entry stays: a failed fetch leaves no
-		// directory behind (removed while we still hold its lock).
+		// directory behind (removed while we still hold its lock, moved
+		// aside first as Remove does: a waiter polling the lock reopens
+		// the lock file by name and would make it again in a directory
+		// being removed). What a crash here leaves, CollectDebris removes.
 		if err != nil && !imageFileExists(filepath.Join(entry, imageDataFile)) {
-			os.RemoveAll(entry)
+			if discardEntry(filepath.Dir(entry), entry) != nil {
+				os.RemoveAll(entry) // no room for the move (a full disk): in place
+			}
 		}
 		lock.Unlock() //nolint:errcheck // closing the fd releases the lock anyway
 	}()

@@ -17,11 +17,8 @@ import (
 // misses, and a Fetch waits for the lock, then downloads again into a fresh entry.
 func TestFetchDuringRemoveRefetches(t *testing.T) {
 	t.Parallel()
-	content := imgTestContent(64 << 10)
-	srv, gets := imgServer(t, content)
-	c := imgCache(t.TempDir())
-	rawURL := srv.URL + "/img"
-	img := entTestFetch(t, c, rawURL)
+	f := entTestSetup(t, 64<<10)
+	c, rawURL, img := f.c, f.url, f.img
 	entry := filepath.Dir(img.Path)
 
 	remover := flock.New(filepath.Join(entry, imageLockFile))
@@ -38,7 +35,7 @@ func TestFetchDuringRemoveRefetches(t *testing.T) {
 	var got Image
 	go func() {
 		var err error
-		got, err = c.Fetch(t.Context(), rawURL, imgSHA256(content), nil)
+		got, err = c.Fetch(t.Context(), rawURL, imgSHA256(f.content), nil)
 		done <- err
 	}()
 	imgWaitForWaiters(t, c, 1)
@@ -57,8 +54,8 @@ func TestFetchDuringRemoveRefetches(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if b, err := os.ReadFile(got.Path); err != nil || !bytes.Equal(b, content) || got.CacheHit || gets.Load() != 2 {
-		t.Errorf("Fetch during removal: hit %v, %d GETs, content ok %v (%v); want a fresh download", got.CacheHit, gets.Load(), bytes.Equal(b, content), err)
+	if b, err := os.ReadFile(got.Path); err != nil || !bytes.Equal(b, f.content) || got.CacheHit || f.gets.Load() != 2 {
+		t.Errorf("Fetch during removal: hit %v, %d GETs, content ok %v (%v); want a fresh download", got.CacheHit, f.gets.Load(), bytes.Equal(b, f.content), err)
 	}
 }
 
@@ -66,11 +63,8 @@ func TestFetchDuringRemoveRefetches(t *testing.T) {
 // gets the whole image (a hit or a download) and nothing is left half-removed.
 func TestRemoveRacingFetches(t *testing.T) {
 	t.Parallel()
-	content := imgTestContent(32 << 10)
-	srv, _ := imgServer(t, content)
-	c := imgCache(t.TempDir())
-	rawURL := srv.URL + "/img"
-	entTestFetch(t, c, rawURL)
+	f := entTestSetup(t, 32<<10)
+	c, rawURL, content := f.c, f.url, f.content
 
 	stop := make(chan struct{})
 	var removals int

@@ -61,7 +61,8 @@ func parseImageURL(rawURL string) (*url.URL, error) {
 	}
 	switch u.Scheme {
 	case "http", "https":
-		if u.Host == "" {
+		// Hostname, not Host: "http://:8080/" has a port but no host (the API refuses it too).
+		if u.Hostname() == "" {
 			return nil, fmt.Errorf("%w %s: no host", ErrInvalidURL, rawURL)
 		}
 	case "file":

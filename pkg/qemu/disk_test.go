@@ -315,12 +315,8 @@ func TestFlatten(t *testing.T) {
 	if err := Flatten(t.Context(), filepath.Join(dir, "missing.qcow2"), filepath.Join(dir, "g2.qcow2")); err == nil {
 		t.Error("flattening a missing disk succeeded")
 	}
-	if m, _ := filepath.Glob(filepath.Join(dir, ".g2*")); len(m) > 0 || fileExists(filepath.Join(dir, "g2.qcow2")) {
+	// filepath.Match's * matches a leading dot: the temp files (.g2*) and g2.qcow2 alike.
+	if m, _ := filepath.Glob(filepath.Join(dir, "*g2*")); len(m) > 0 {
 		t.Errorf("a failed flatten left %v", m)
 	}
-}
-
-func fileExists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
 }
