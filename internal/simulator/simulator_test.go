@@ -40,8 +40,9 @@ const ns = "dc-simulator"
 
 // TestRepaveWithQEMU drives real repaves end to end: Operation → QEMU VM under TCG → cloud-init
 // from our seed → Server ready with an address that answers; a second repave of the same Server
-// (same IP, new instance); a repave whose user-data fails (Failed, with the console in the
-// message); then deleting the Server leaves no VM, tap, file or address behind.
+// (same IP, new instance); a power cycle; then deleting the Server leaves no VM, tap, file or
+// address behind. (A repave whose user-data fails is TestGoldenImagesWithQEMU's broken profile:
+// its runcmd fails there, in a boot that test needs anyway.)
 func TestRepaveWithQEMU(t *testing.T) {
 	// -short is the user's choice to leave out slow tests, so it stays a plain skip (CI never passes -short);
 	// a missing requirement fails in CI (package testreq).
@@ -73,7 +74,6 @@ func TestRepaveWithQEMU(t *testing.T) {
 				CloudInit: "#cloud-config\nruncmd:\n  - " + runcmd + "\n"}}
 	}
 	must(c.Create(ctx, profile("hello", `[sh, -c, 'echo STARGATE-HELLO $(hostname) > /dev/ttyS0']`)))
-	must(c.Create(ctx, profile("broken", `[sh, -c, 'echo about to fail; exit 3']`)))
 
 	runOp := func(name, prof string, want stargatev1.OperationPhase, midway func()) *stargatev1.Operation {
 		t.Helper()
@@ -213,14 +213,7 @@ func TestRepaveWithQEMU(t *testing.T) {
 		}
 	}
 
-	// 3. A profile whose user-data fails: the Operation fails, and says why.
-	op3 := runOp("repave-broken", "broken", stargatev1.OperationFailed, nil)
-	if !strings.Contains(op3.Status.Message, "cloud-init finished with errors") || !strings.Contains(op3.Status.Message, "serial console") {
-		t.Errorf("failure message does not explain: %s", op3.Status.Message)
-	}
-	waitServer(func(st stargatev1.ServerStatus) bool { return st.State == stargatev1.ServerError })
-
-	// 4. Delete the server: nothing may remain.
+	// 3. Delete the server: nothing may remain.
 	must(c.Delete(ctx, server()))
 	waitFor(t, "the Server's deletion", 2*time.Minute, func() bool {
 		err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "worker-1"}, &stargatev1.Server{})
