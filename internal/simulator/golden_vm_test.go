@@ -173,10 +173,10 @@ func TestGoldenImagesWithQEMU(t *testing.T) {
 	}
 	failed := second["g2-b"]
 	guest := meta.FindStatusCondition(failed.Status.Conditions, stargatev1.ConditionGuestReady)
-	for _, want := range []string{"cloud-init finished with errors", "STARGATE-BAKE-BROKEN", "serial console", "STARGATE-ABOUT-TO-FAIL"} {
+	for _, want := range []string{"cloud-init finished with errors", "write-files", "serial console", "STARGATE-ABOUT-TO-FAIL"} {
 		if !strings.Contains(failed.Status.Message, want) || guest == nil || guest.Reason != "CloudInitFailed" {
 			t.Errorf("broken profile: GuestReady %+v, message %q: want CloudInitFailed with %q "+
-				"(cloud-init's errors, the failed file, the console with the runcmd's output)", guest, failed.Status.Message, want)
+				"(cloud-init's errors naming the failed module, the console with the runcmd's output)", guest, failed.Status.Message, want)
 		}
 	}
 	waitFor(t, "Server g2 to say Error", 30*time.Second, func() bool {
