@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -69,6 +70,9 @@ func RanIsolated(t *testing.T) bool {
 	}
 	cmd := exec.CommandContext(ctx, "ip", args...)
 	cmd.Env = append(os.Environ(), envNetns+"="+name, envIsolated+"="+t.Name())
+	// A test binary killed outright (not by its timeout) takes its isolated children with it; what
+	// they started is killed with their namespace by the next run (removeStaleNamespaces).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
