@@ -119,8 +119,24 @@ func (p *Provider) golden(ctx context.Context, st *status, req controller.Repave
 	return bootPlan{image: base.Path, userData: userData}
 }
 
-// startBake starts the bake of key in the background unless it runs already, failed a short while
-// ago, or the host has no capacity for it now, and says which, for ImageReady's message.
+// queuedBake is a bake waiting for room on the host.
+type queuedBake struct {
+	req   controller.RepaveRequest
+	base  imagecache.Image
+	since time.Time
+}
+
+const (
+	// bakeQueueDelay is the least a bake waits in the queue, so that the repave that asked for it
+	// has started its own guest (and counts as installing) before the bake may take the CPUs.
+	bakeQueueDelay = 10 * time.Second
+	// bakeQueuePoll is how often the queued bakes are looked at (Start).
+	bakeQueuePoll = 2 * time.Second
+)
+
+// startBake queues the bake of key unless it runs already or failed a short while ago, and says
+// which, for ImageReady's message. A queued bake starts in the background (startQueuedBakes) once
+// the host has room for it.
 func (p *Provider) startBake(key string, req controller.RepaveRequest, base imagecache.Image) string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -131,10 +147,42 @@ func (p *Provider) startBake(key string, req controller.RepaveRequest, base imag
 		return fmt.Sprintf("the bake of golden image %s failed %s ago, and is tried again by a repave after %s (nothing was cached): %v",
 			short(key), time.Since(f.at).Round(time.Second), f.at.Add(bakeRetryDelay).Format(time.TimeOnly), f.err)
 	}
-	owner := bakeOwnerPrefix + short(key)
-	if p.capacity != nil && !p.capacity.TryHold(owner, req.MemoryMiB<<20) {
-		return fmt.Sprintf("golden image %s is not baked now: the host has no spare capacity (--max-parallel, --max-memory); a later repave bakes it", short(key))
+	if _, ok := p.queuedBakes[key]; !ok {
+		p.queuedBakes[key] = queuedBake{req: req, base: base, since: time.Now()}
 	}
+	return fmt.Sprintf("golden image %s will be baked in the background as soon as the host has room for it (no guest installing "+
+		"on its CPUs, and --max-parallel, --max-memory), for the repaves after this one", short(key))
+}
+
+// startQueuedBakes starts the queued bakes the host has room for: a bake never competes for the
+// CPUs with the guests installing now (under TCG a repave waits on its CPUs; the first repave of
+// an installation must not be slowed by the bake it asked for), and it holds capacity like a
+// repave. With no guest installing, a bake starts whatever its CPUs.
+func (p *Provider) startQueuedBakes() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	busy := 0
+	for _, server := range p.watch.servers() {
+		busy += max(p.guestCPUs[server], 1)
+	}
+	for key, q := range p.queuedBakes {
+		cpus := max(q.req.CPUs, 1)
+		if time.Since(q.since) < bakeQueueDelay || (busy > 0 && busy+cpus > p.hostCPUs) {
+			continue
+		}
+		if p.capacity != nil && !p.capacity.TryHold(bakeOwnerPrefix+short(key), q.req.MemoryMiB<<20) {
+			continue
+		}
+		delete(p.queuedBakes, key)
+		p.runBakeLocked(key, q.req, q.base)
+		busy += cpus
+	}
+}
+
+// runBakeLocked runs the bake of key in the background, holding the capacity startQueuedBakes
+// took; p.mu is held.
+func (p *Provider) runBakeLocked(key string, req controller.RepaveRequest, base imagecache.Image) {
+	owner := bakeOwnerPrefix + short(key)
 	b := &bakeJob{started: time.Now(), dir: filepath.Join(p.layout.BakesDir(), key)}
 	p.bakes[key] = b
 	p.bakeWG.Add(1)
@@ -156,7 +204,6 @@ func (p *Provider) startBake(key string, req controller.RepaveRequest, base imag
 			p.cfg.Log.Info("golden image bake failed; nothing was cached", "key", short(key), "for", identity(req.Server), "error", err.Error())
 		}
 	}()
-	return fmt.Sprintf("golden image %s is being baked in the background now, for the repaves after this one", short(key))
 }
 
 // useGolden reports whether the golden image at path is there, and marks it used now (its mtime

@@ -41,20 +41,43 @@ type refusingCapacity struct{ asked int }
 func (c *refusingCapacity) TryHold(string, int64) bool { c.asked++; return false }
 func (c *refusingCapacity) Release(string)             {}
 
-// A bake starts only when the host has capacity, and not again soon after it failed; either way
-// the repave is told why it installs the stock way, and nothing is started.
-func TestStartBakeRefusals(t *testing.T) {
+// A bake waits in the queue: for the repave that asked for it to start its guest, for the CPUs of
+// the guests installing, for capacity; and it is not queued again soon after it failed. The
+// repave is told which, and nothing starts while the host has no room.
+func TestStartBakeWaitsForRoom(t *testing.T) {
 	key := goldenKey("sha256:aa", "team-a", []byte("#cloud-config\n{}\n"))
-	req := controller.RepaveRequest{Server: types.NamespacedName{Namespace: "team-a", Name: "s"}, MemoryMiB: 1024}
+	req := controller.RepaveRequest{Server: types.NamespacedName{Namespace: "team-a", Name: "s"}, MemoryMiB: 1024, CPUs: 1}
 	full := &refusingCapacity{}
-	p := &Provider{layout: Layout{WorkDir: t.TempDir()}, watch: newWatchers(time.Second), capacity: full,
-		bakes: map[string]*bakeJob{}, bakeFailures: map[string]bakeFailure{}}
-	if msg := p.startBake(key, req, imagecache.Image{}); !strings.Contains(msg, "no spare capacity") || full.asked != 1 {
-		t.Errorf("no capacity: %q (capacity asked %d times)", msg, full.asked)
+	p := &Provider{layout: Layout{WorkDir: t.TempDir()}, watch: newWatchers(time.Second), capacity: full, hostCPUs: 2,
+		bakes: map[string]*bakeJob{}, bakeFailures: map[string]bakeFailure{}, queuedBakes: map[string]queuedBake{},
+		guestCPUs: map[types.NamespacedName]int{}}
+	if msg := p.startBake(key, req, imagecache.Image{}); !strings.Contains(msg, "will be baked in the background as soon as the host has room") {
+		t.Errorf("queued: %q", msg)
 	}
+	p.startQueuedBakes()
+	if full.asked != 0 {
+		t.Error("a bake was considered before its repave could start its own guest")
+	}
+	// Queued long enough; a 2-CPU guest installs on this 2-CPU host: no room for the bake's CPU.
+	q := p.queuedBakes[key]
+	q.since = time.Now().Add(-time.Minute)
+	p.queuedBakes[key] = q
+	installing := types.NamespacedName{Namespace: "team-a", Name: "installing"}
+	p.watch.byServer[installing] = &consoleWatch{}
+	p.guestCPUs[installing] = 2
+	p.startQueuedBakes()
+	if full.asked != 0 {
+		t.Error("a bake was considered while the installing guests use the host's CPUs")
+	}
+	delete(p.watch.byServer, installing)
+	p.startQueuedBakes()
+	if full.asked != 1 || len(p.queuedBakes) != 1 {
+		t.Errorf("no guest installing: capacity asked %d times, %d queued; want asked once, still queued (no capacity)", full.asked, len(p.queuedBakes))
+	}
+	delete(p.queuedBakes, key)
 	p.bakeFailures[key] = bakeFailure{at: time.Now().Add(-time.Minute), err: errors.New("cloud-init finished with errors: runcmd")}
-	if msg := p.startBake(key, req, imagecache.Image{}); !strings.Contains(msg, "failed 1m0s ago") || !strings.Contains(msg, "runcmd") || full.asked != 1 {
-		t.Errorf("after a failure: %q (capacity asked %d times)", msg, full.asked)
+	if msg := p.startBake(key, req, imagecache.Image{}); !strings.Contains(msg, "failed 1m0s ago") || !strings.Contains(msg, "runcmd") || len(p.queuedBakes) != 0 {
+		t.Errorf("after a failure: %q, %d queued", msg, len(p.queuedBakes))
 	}
 	if n := p.bakesStarted.Load(); n != 0 || len(p.bakes) != 0 {
 		t.Errorf("%d bakes started", n)

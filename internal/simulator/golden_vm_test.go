@@ -136,11 +136,12 @@ func TestGoldenImagesWithQEMU(t *testing.T) {
 		}
 	}
 
-	// 1. Two repaves at once, no golden image yet: neither waits; one bake in the background.
+	// 1. Two repaves at once, no golden image yet: neither waits; one bake in the background, once
+	// their guests are up (it does not compete with them for the CPUs).
 	start("g1-a", "g1", "golden")
 	start("g2-a", "g2", "golden")
 	for _, op := range wait(map[string]stargatev1.OperationPhase{"g1-a": stargatev1.OperationSucceeded, "g2-a": stargatev1.OperationSucceeded}) {
-		stock(op, "being baked in the background")
+		stock(op, "baked in the background")
 	}
 	r1, r2 := report("g1"), report("g2")
 	for _, r := range [][]string{r1, r2} {

@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -83,7 +84,12 @@ type Provider struct {
 	// (golden.go); bakeWG waits for the bakes' goroutines as the provider stops.
 	bakes        map[string]*bakeJob
 	bakeFailures map[string]bakeFailure
+	queuedBakes  map[string]queuedBake
 	bakeWG       sync.WaitGroup
+	// guestCPUs are the CPUs of each Server's guest, recorded when it is watched installing (a
+	// queued bake waits for room among them); hostCPUs are this host's.
+	guestCPUs map[types.NamespacedName]int
+	hostCPUs  int
 	// bakesStarted counts bakes, for tests (concurrent repaves must share one).
 	bakesStarted atomic.Int64
 	// capacity is the host's budget, shared with the controller's Operations (ShareCapacity);
@@ -159,6 +165,9 @@ func New(cfg Config) (*Provider, error) {
 		fetches:      map[string]*imageFetch{},
 		bakes:        map[string]*bakeJob{},
 		bakeFailures: map[string]bakeFailure{},
+		queuedBakes:  map[string]queuedBake{},
+		guestCPUs:    map[types.NamespacedName]int{},
+		hostCPUs:     runtime.NumCPU(),
 	}, nil
 }
 

@@ -17,6 +17,9 @@ import (
 func (p *Provider) Release(ctx context.Context, server types.NamespacedName) error {
 	defer p.lock(server)()
 	p.unwatch(server)
+	p.mu.Lock()
+	delete(p.guestCPUs, server)
+	p.mu.Unlock()
 	dir := p.VMDir(server)
 	qmp, err := p.layout.QMPSocket(dir)
 	if err != nil {

@@ -280,8 +280,9 @@ func faultSuite(t testing.TB) time.Duration {
 		t.Error("after repave-1: the guest did not run the installation and then the per-instance user-data (no STARGATE-SIGKILL baked on its console)")
 	}
 
-	// (e) With capacity, a second repave bakes the golden image in the background: killed while
-	// the bake VM runs beside the Server's. The bake leaves nothing once the repave finished.
+	// (e) With capacity, a second repave has the golden image baked in the background once its own
+	// guest is up: killed while the bake VM runs beside the Server's. The restarted simulator
+	// removes the bake.
 	sim.kill()
 	sim.args = flags
 	arm("qemu-start", "", "bake.")
@@ -300,6 +301,9 @@ func faultSuite(t testing.TB) time.Duration {
 	})
 	sim.start()
 	finished(op)
+	waitFor(t, "the restarted simulator to remove the bake", 2*time.Minute, func() bool {
+		return len(dirNames(t, bakesDir)) == 0 && len(qemuPIDs(t, bakesDir, realQEMU)) == 0
+	})
 	steady("after repave-2")
 
 	// (d) During the Server's deletion. Release asks the guest over QMP to power off first; the

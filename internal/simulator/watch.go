@@ -59,13 +59,22 @@ var _ controller.Notifier = (*Provider)(nil)
 // (controller.Notifier).
 func (p *Provider) Changes() <-chan types.NamespacedName { return p.watch.changes }
 
-// Start runs until ctx ends, then stops every console watcher and golden image bake and waits for
-// them (manager.Runnable: controller.Setup adds the provider to the manager).
+// Start starts the queued golden image bakes the host has room for, until ctx ends; then it stops
+// every console watcher and bake and waits for them (manager.Runnable: controller.Setup adds the
+// provider to the manager).
 func (p *Provider) Start(ctx context.Context) error {
-	<-ctx.Done()
-	p.watch.stopAll() // also the bakes' context
-	p.bakeWG.Wait()
-	return nil
+	tick := time.NewTicker(bakeQueuePoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			p.startQueuedBakes()
+		case <-ctx.Done():
+			p.watch.stopAll() // also the bakes' context
+			p.bakeWG.Wait()
+			return nil
+		}
+	}
 }
 
 // NeedLeaderElection is false: the VMs of this host are watched whoever leads.
@@ -136,6 +145,17 @@ func (w *watchers) stop(server types.NamespacedName) {
 		cw.cancel()
 		<-cw.done
 	}
+}
+
+// servers are the Servers whose guest is being watched installing.
+func (w *watchers) servers() []types.NamespacedName {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]types.NamespacedName, 0, len(w.byServer))
+	for server := range w.byServer {
+		out = append(out, server)
+	}
+	return out
 }
 
 func (w *watchers) stopAll() {
@@ -210,6 +230,9 @@ func (t *tail) read() ([]byte, error) {
 // at once, and returns its status unchanged.
 func (p *Provider) watched(req controller.RepaveRequest, dir string, st controller.RepaveStatus) controller.RepaveStatus {
 	if !st.Done && !st.Failed {
+		p.mu.Lock()
+		p.guestCPUs[req.Server] = req.CPUs
+		p.mu.Unlock()
 		p.watchGuest(req.Server, req.InstanceID, dir)
 	}
 	return st
