@@ -20,10 +20,11 @@ const pathsUsage = "usage: simulator paths [--work-dir DIR] [--namespace NS --se
 
 // Paths implements `simulator paths`: it prints where the simulator keeps things on this host as
 // key=value lines (no quoting, one per line), so shell scripts ask the binary instead of
-// hard-coding the layout. The keys are work_dir, images_dir, vms_dir, run_dir, ipam_dir and
-// media_dir, and with --namespace and --server also vm_dir, disk, seed, console, pidfile,
-// instance_id, qmp_socket, tap and mac (the MAC derived from the server's identity). It needs no
-// root and no cluster and touches nothing on disk.
+// hard-coding the layout. The keys are work_dir, images_dir, vms_dir, run_dir, ipam_dir,
+// media_dir, golden_dir and bakes_dir, and with --namespace and --server also vm_dir, disk, seed,
+// console, console_markers (the lines the host waits for, kept from a console that outgrew
+// --console-size), pidfile, instance_id, qmp_socket, tap and mac (the MAC derived from the
+// server's identity). It needs no root and no cluster and touches nothing on disk.
 func Paths(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("paths", flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are returned, once, to main
@@ -82,6 +83,7 @@ func Paths(args []string, out io.Writer) error {
 			{"disk", vm.Disk},
 			{"seed", vm.Seed},
 			{"console", vm.Console},
+			{"console_markers", vm.ConsoleMarkers},
 			{"pidfile", vm.PIDFile},
 			{"instance_id", vm.InstanceID},
 			{"qmp_socket", vm.QMPSocket},

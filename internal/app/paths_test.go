@@ -35,6 +35,7 @@ vm_dir=/srv/stargate/vms/dc1/worker-1
 disk=/srv/stargate/vms/dc1/worker-1/disk.qcow2
 seed=/srv/stargate/vms/dc1/worker-1/seed.iso
 console=/srv/stargate/vms/dc1/worker-1/console.log
+console_markers=/srv/stargate/vms/dc1/worker-1/console.markers
 pidfile=/srv/stargate/vms/dc1/worker-1/qemu.pid
 instance_id=/srv/stargate/vms/dc1/worker-1/instance-id
 qmp_socket=/srv/stargate/run/1974d8ccdcbff70a.qmp

@@ -33,6 +33,7 @@ import (
 	"stargate.io/stargate/internal/controller"
 	"stargate.io/stargate/internal/mockdc"
 	"stargate.io/stargate/internal/simulator"
+	"stargate.io/stargate/pkg/consolelog"
 	"stargate.io/stargate/pkg/filenames"
 	"stargate.io/stargate/pkg/hostnet"
 	"stargate.io/stargate/pkg/qemu"
@@ -50,6 +51,7 @@ type Options struct {
 	NoNAT          bool
 	Accel          string
 	BootTimeout    time.Duration
+	ConsoleSize    string
 	Namespace      string
 	ServerSelector string
 	MaxParallel    int
@@ -91,6 +93,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.NoNAT, "no-nat", false, "do not masquerade VM traffic out of the host (VMs then reach only the host and each other)")
 	fs.StringVar(&o.Accel, "accel", "auto", "QEMU accelerator: auto (KVM when usable, else TCG), kvm or tcg")
 	fs.DurationVar(&o.BootTimeout, "boot-timeout", 5*time.Minute, "fail a repave whose guest shows no cloud-init output this long after starting")
+	fs.StringVar(&o.ConsoleSize, "console-size", "16Mi", "disk space each VM's serial console may take, e.g. 16Mi (at least 1Mi); beyond it the middle "+
+		"is dropped, keeping the head of the boot, the newest output and the readiness line")
 	fs.StringVar(&o.Namespace, "namespace", "", "watch only this namespace (default: all)")
 	fs.StringVar(&o.HostID, "host-id", "", "this host's identity, recorded in status.host of the Servers it owns and in its finalizers; "+
 		"give every host sharing a cluster its own (default: the host name)")
@@ -311,11 +315,27 @@ func newSimulator(o Options, log interface{ Info(string, ...any) }) (*simulator.
 	if cfg.GoldenImagesPerNamespace, err = goldenImagesPerNamespace(o); err != nil {
 		return nil, err
 	}
+	if cfg.ConsoleSize, err = consoleSize(o); err != nil {
+		return nil, err
+	}
 	log.Info("image sources", "fileDirs", cfg.Images.FileDirs, "allowedHosts", cfg.Images.AllowHosts, "maxImageSize", o.MaxImageSize)
 	log.Info("disk bounds", "imageCacheSize", resource.NewQuantity(cacheSize, resource.BinarySI).String(), "from", cacheWhy,
-		"goldenImagesPerNamespace", cfg.GoldenImagesPerNamespace)
+		"goldenImagesPerNamespace", cfg.GoldenImagesPerNamespace, "consoleSize", o.ConsoleSize)
 	log.Info("simulator host", "accel", accel, "bridge", o.Bridge, "gateway", gw, "workDir", o.WorkDir)
 	return simulator.New(cfg)
+}
+
+// consoleSize checks --console-size: a size of at least consolelog.MinSize.
+func consoleSize(o Options) (int64, error) {
+	const want = "want a size of at least 1Mi such as 16Mi: the disk space each VM's serial console may take"
+	n, err := parseQuantity(o.ConsoleSize)
+	if err != nil {
+		return 0, fmt.Errorf("--console-size %q: %w (%s)", o.ConsoleSize, err, want)
+	}
+	if n < consolelog.MinSize {
+		return 0, fmt.Errorf("--console-size %q: %s", o.ConsoleSize, want)
+	}
+	return n, nil
 }
 
 // collectGarbage releases, before any reconcile, what this host holds for Servers deleted while

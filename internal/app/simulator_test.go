@@ -64,11 +64,32 @@ func TestSimulatorOptionsAreValidated(t *testing.T) {
 		{func(o *Options) { o.Gateway = "192.168.100.1" }, "--gateway"},
 		{func(o *Options) { o.Accel = "tcg"; o.IPRange = "192.168.100.20" }, "--ip-range"},
 		{func(o *Options) { o.Accel = "tcg"; o.DNS = "one.one.one.one" }, "--dns"},
+		{func(o *Options) { o.Accel = "tcg"; o.ConsoleSize = "64Ki" }, "--console-size"},
 	} {
 		o := defaults(t)
 		tc.edit(&o)
 		if _, err := newSimulator(o, discard{}); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 			t.Errorf("error %v, want one mentioning %q", err, tc.wantErr)
+		}
+	}
+}
+
+// --console-size takes a size of at least 1Mi; anything else is refused, naming the flag.
+func TestConsoleSizeFlag(t *testing.T) {
+	o := defaults(t)
+	if n, err := consoleSize(o); err != nil || n != 16<<20 {
+		t.Errorf("default: %d, %v; want 16Mi", n, err)
+	}
+	for in, want := range map[string]int64{"1Mi": 1 << 20, "256Mi": 256 << 20, "2G": 2e9} {
+		o.ConsoleSize = in
+		if n, err := consoleSize(o); err != nil || n != want {
+			t.Errorf("%s: %d, %v; want %d", in, n, err, want)
+		}
+	}
+	for _, bad := range []string{"", "0", "-16Mi", "1023Ki", "lots", "16 MiB"} {
+		o.ConsoleSize = bad
+		if _, err := consoleSize(o); err == nil || !strings.Contains(err.Error(), "--console-size") {
+			t.Errorf("%q: error %v, want one naming --console-size", bad, err)
 		}
 	}
 }

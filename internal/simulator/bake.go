@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -36,10 +35,6 @@ const (
 	// DefaultBakeTimeout bounds a bake, whoever waits for it: an installation that never
 	// finishes must not hold a VM, an address and disk space for good.
 	DefaultBakeTimeout = time.Hour
-	// bakeConsoleMax is the most console a bake may write: a guest flooding it is stopped.
-	bakeConsoleMax = 64 << 20
-	// consoleTailBytes is how much of a console's end is read to find its last lines and markers.
-	consoleTailBytes = 256 << 10
 )
 
 // bake boots the OS image with the installation, waits for cloud-init to finish and the guest to
@@ -143,9 +138,14 @@ func (p *Provider) claimBakeMAC(dir, mac string) error {
 }
 
 // awaitBake waits until the bake VM in dir finished cloud-init without errors, cleaned its
-// instance state and powered off.
+// instance state and powered off. It keeps the bake's console within --console-size as it
+// goes: a chatty installation is no failure, and its console takes no more disk than a VM's.
 func (p *Provider) awaitBake(ctx context.Context, dir, instanceID string) error {
-	consolePath := filepath.Join(dir, filenames.ConsoleFile)
+	console := p.consoleLog(dir)
+	read := func() []byte {
+		b, _ := console.Read()
+		return b
+	}
 	started := time.Now()
 	var finished time.Time
 	tick := time.NewTicker(bakePoll)
@@ -153,12 +153,12 @@ func (p *Provider) awaitBake(ctx context.Context, dir, instanceID string) error 
 	for {
 		select {
 		case <-ctx.Done():
-			console, _ := readConsoleEnd(consolePath)
 			return fmt.Errorf("bake stopped after %s: %w%s", time.Since(started).Round(time.Second), context.Cause(ctx),
-				consoleDiagnosis(console, "bake VM"))
+				consoleDiagnosis(read(), "bake VM"))
 		case <-tick.C:
 		}
-		console, size := readConsoleEnd(consolePath)
+		p.capConsole("bake "+short(filepath.Base(dir)), dir)
+		console := read()
 		result := cloudinit.ParseGuestResult(console, instanceID)
 		cleaned := bytes.Contains(console, []byte(cloudinit.BakedMarker(instanceID)))
 		vm, err := p.vms.Status(dir)
@@ -166,8 +166,6 @@ func (p *Provider) awaitBake(ctx context.Context, dir, instanceID string) error 
 			return err
 		}
 		switch {
-		case size > bakeConsoleMax:
-			return fmt.Errorf("the bake VM wrote more than %s to its serial console: stopped%s", formatBytes(bakeConsoleMax), consoleDiagnosis(console, "bake VM"))
 		case result.Done && len(result.Errors) > 0:
 			return fmt.Errorf("cloud-init finished with errors: %s%s", strings.Join(result.Errors, "; "), consoleDiagnosis(console, "bake VM"))
 		case result.Done && !vm.Running && cleaned:
@@ -190,28 +188,6 @@ func (p *Provider) awaitBake(ctx context.Context, dir, instanceID string) error 
 	}
 }
 
-// readConsoleEnd is the last consoleTailBytes of a console — where its last lines and markers
-// are, whatever the guest wrote before — and the console's size, from the file it read (nil and
-// 0 when there is none).
-func readConsoleEnd(path string) (tail []byte, size int64) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, 0
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, 0
-	}
-	if fi.Size() > consoleTailBytes {
-		if _, err := f.Seek(fi.Size()-consoleTailBytes, io.SeekStart); err != nil {
-			return nil, fi.Size()
-		}
-	}
-	tail, _ = io.ReadAll(io.LimitReader(f, consoleTailBytes))
-	return tail, fi.Size()
-}
-
 // cleanBake stops the bake VM of dir and removes the directory, its QMP socket, tap and address.
 // Nothing there is an error.
 func (p *Provider) cleanBake(ctx context.Context, dir string) error {
@@ -226,6 +202,7 @@ func (p *Provider) cleanBake(ctx context.Context, dir string) error {
 		errs = append(errs, p.net.DeleteTap(hostnet.TapName(owner)), p.ipam.Release(owner))
 	}
 	errs = append(errs, os.RemoveAll(dir))
+	p.caps.forget(dir)
 	if err := os.Remove(qmp); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}

@@ -220,7 +220,7 @@ func goldenMessage(key string, req controller.RepaveRequest, base imagecache.Ima
 
 // bakeMessage says how long a bake runs, and its console's last line.
 func bakeMessage(b *bakeJob, key string) string {
-	console, _ := readConsoleEnd(filepath.Join(b.dir, filenames.ConsoleFile))
+	console := readConsoleEnd(filepath.Join(b.dir, filenames.ConsoleFile))
 	msg := fmt.Sprintf("golden image %s is being baked in the background (bake VM up %s)", short(key), time.Since(b.started).Round(time.Second))
 	if line := lastLine(console); line != "" {
 		msg += "; console: " + line

@@ -57,9 +57,9 @@ func (l Layout) QMPSocket(vmDir string) (string, error) {
 
 // VMPaths are the files and host names of one server's VM.
 type VMPaths struct {
-	// Dir is the VM directory; Disk, Seed, Console, PIDFile and InstanceID are its files (see
-	// pkg/filenames for what each holds).
-	Dir, Disk, Seed, Console, PIDFile, InstanceID string
+	// Dir is the VM directory; Disk, Seed, Console, ConsoleMarkers, PIDFile and InstanceID are
+	// its files (see pkg/filenames for what each holds).
+	Dir, Disk, Seed, Console, ConsoleMarkers, PIDFile, InstanceID string
 	// QMPSocket is the VM's QMP control socket, in RunDir.
 	QMPSocket string
 	// Tap is the VM's tap device.
@@ -79,15 +79,16 @@ func (l Layout) VM(server types.NamespacedName) (VMPaths, error) {
 	}
 	id := identity(server)
 	return VMPaths{
-		Dir:        dir,
-		Disk:       filepath.Join(dir, filenames.DiskFile),
-		Seed:       filepath.Join(dir, filenames.SeedFile),
-		Console:    filepath.Join(dir, filenames.ConsoleFile),
-		PIDFile:    filepath.Join(dir, filenames.PIDFile),
-		InstanceID: filepath.Join(dir, filenames.InstanceIDFile),
-		QMPSocket:  qmp,
-		Tap:        hostnet.TapName(id),
-		MAC:        hostnet.MACAddress(id),
+		Dir:            dir,
+		Disk:           filepath.Join(dir, filenames.DiskFile),
+		Seed:           filepath.Join(dir, filenames.SeedFile),
+		Console:        filepath.Join(dir, filenames.ConsoleFile),
+		ConsoleMarkers: filepath.Join(dir, filenames.ConsoleMarkersFile),
+		PIDFile:        filepath.Join(dir, filenames.PIDFile),
+		InstanceID:     filepath.Join(dir, filenames.InstanceIDFile),
+		QMPSocket:      qmp,
+		Tap:            hostnet.TapName(id),
+		MAC:            hostnet.MACAddress(id),
 	}, nil
 }
 

@@ -5,7 +5,7 @@
 // images.go (background image downloads), power.go (PowerOn, Shutdown), media.go (boot override
 // and virtual CD), release.go (Release, ReleaseAll, Teardown), layout.go (where things live on the
 // host), status.go (step-by-step status), watch.go (console watchers that tell the controller
-// when a guest finished).
+// when a guest finished), console.go (every console kept within --console-size).
 package simulator
 
 import (
@@ -25,6 +25,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"stargate.io/stargate/internal/controller"
+	"stargate.io/stargate/pkg/consolelog"
 	"stargate.io/stargate/pkg/filenames"
 	"stargate.io/stargate/pkg/hostnet"
 	"stargate.io/stargate/pkg/imagecache"
@@ -62,6 +63,11 @@ type Config struct {
 	// (--golden-images-per-namespace): after a bake, the namespace's least recently used ones
 	// that no VM uses are removed (pruneNamespace). 0 means no limit.
 	GoldenImagesPerNamespace int
+	// ConsoleSize bounds the disk space of each VM's serial console, bake VMs' too
+	// (--console-size): beyond it, the middle is dropped, keeping the head of the boot, the newest
+	// output and the lines the host waits for (see console.go). 0 means
+	// consolelog.DefaultSize; less than consolelog.MinSize is refused.
+	ConsoleSize int64
 	// Log receives what an operator of the host wants to know: VMs started, servers released.
 	Log logr.Logger
 }
@@ -96,7 +102,8 @@ type Provider struct {
 	// nil, without a controller, means no bound.
 	capacity controller.HostCapacity
 
-	pins imagePins // images prune must keep (prune.go)
+	pins imagePins   // images prune must keep (prune.go)
+	caps consoleCaps // what the console enforcer logged (console.go)
 }
 
 var (
@@ -115,6 +122,12 @@ func New(cfg Config) (*Provider, error) {
 	}
 	if cfg.BootTimeout == 0 {
 		cfg.BootTimeout = 5 * time.Minute
+	}
+	if cfg.ConsoleSize == 0 {
+		cfg.ConsoleSize = consolelog.DefaultSize
+	}
+	if cfg.ConsoleSize < consolelog.MinSize {
+		return nil, fmt.Errorf("console size %d bytes is below the least, %s", cfg.ConsoleSize, formatBytes(consolelog.MinSize))
 	}
 	if cfg.Accel != qemu.AccelKVM && cfg.Accel != qemu.AccelTCG {
 		return nil, fmt.Errorf("accelerator must be resolved to kvm or tcg, not %q", cfg.Accel)
@@ -152,6 +165,8 @@ func New(cfg Config) (*Provider, error) {
 	if err := network.Ensure(); err != nil {
 		return nil, fmt.Errorf("setting up the simulator network: %w", err)
 	}
+	watch := newWatchers(consoleWatchInterval)
+	watch.consoleSize = cfg.ConsoleSize
 	return &Provider{
 		cfg:          cfg,
 		images:       newImageCache(layout.ImagesDir(), cfg.Images, subnet),
@@ -160,7 +175,7 @@ func New(cfg Config) (*Provider, error) {
 		net:          network,
 		vms:          qemu.VMs{QEMU: cfg.QEMU},
 		layout:       layout,
-		watch:        newWatchers(consoleWatchInterval),
+		watch:        watch,
 		locks:        map[types.NamespacedName]*sync.Mutex{},
 		fetches:      map[string]*imageFetch{},
 		bakes:        map[string]*bakeJob{},
@@ -199,6 +214,21 @@ func (p *Provider) lock(server types.NamespacedName) func() {
 	p.mu.Unlock()
 	l.Lock()
 	return l.Unlock
+}
+
+// tryLock takes server's lock if no one holds it, for background work that can wait its turn.
+func (p *Provider) tryLock(server types.NamespacedName) (unlock func(), ok bool) {
+	p.mu.Lock()
+	l, found := p.locks[server]
+	if !found {
+		l = &sync.Mutex{}
+		p.locks[server] = l
+	}
+	p.mu.Unlock()
+	if !l.TryLock() {
+		return nil, false
+	}
+	return l.Unlock, true
 }
 
 // VMDir is where a server's VM lives (see Layout.VMDir).

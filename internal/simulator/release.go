@@ -37,6 +37,7 @@ func (p *Provider) Release(ctx context.Context, server types.NamespacedName) err
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("removing VM directory: %w", err)
 	}
+	p.caps.forget(dir)
 	_ = os.Remove(filepath.Dir(dir)) // the namespace directory, when empty
 	if err := os.Remove(qmp); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("removing QMP socket: %w", err)

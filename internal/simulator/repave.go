@@ -198,7 +198,8 @@ func (p *Provider) install(ctx context.Context, st *status, in installation) err
 
 // observeGuest reports the VM and what its console says about cloud-init.
 func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir string) controller.RepaveStatus {
-	console, _ := os.ReadFile(filepath.Join(dir, filenames.ConsoleFile))
+	// Head, kept markers and newest output: within --console-size however much the guest printed.
+	console, _ := p.consoleLog(dir).Read()
 	result := cloudinit.ParseGuestResult(console, req.InstanceID)
 	vm, err := p.vms.Status(dir)
 	startedAt := time.Now()

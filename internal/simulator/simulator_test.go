@@ -282,7 +282,8 @@ func startSimulator(t testing.TB, bridge string) (*testenv.Env, *simulator.Provi
 	return h.env, h.p, h.cfg.WorkDir
 }
 
-func newSimHarness(t testing.TB, bridge string) *simHarness {
+// newSimHarness starts the harness; opts change its simulator's Config first (another subnet, say).
+func newSimHarness(t testing.TB, bridge string, opts ...func(*simulator.Config)) *simHarness {
 	t.Helper()
 	env, err := testenv.Start()
 	if err != nil {
@@ -300,6 +301,9 @@ func newSimHarness(t testing.TB, bridge string) *simHarness {
 		Network: hostnet.Config{Bridge: bridge, Gateway: netip.MustParsePrefix("192.168.100.1/24"), NAT: true},
 		Images:  simulator.ImagePolicy{FileDirs: imageDirs},
 	}}
+	for _, opt := range opts {
+		opt(&h.cfg)
+	}
 	h.start()
 	t.Cleanup(func() {
 		h.halt()

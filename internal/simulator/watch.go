@@ -1,11 +1,7 @@
 package simulator
 
 import (
-	"bytes"
 	"context"
-	"errors"
-	"io"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -14,6 +10,7 @@ import (
 
 	"stargate.io/stargate/internal/controller"
 	"stargate.io/stargate/pkg/cloudinit"
+	"stargate.io/stargate/pkg/consolelog"
 	"stargate.io/stargate/pkg/filenames"
 )
 
@@ -24,17 +21,16 @@ import (
 // consoleWatchInterval is how often a watcher looks at the console for new bytes.
 const consoleWatchInterval = 200 * time.Millisecond
 
-// maxCarry bounds the unfinished line a watcher keeps between reads: a readiness line is a few
-// KiB, a longer line without a newline is not one.
-const maxCarry = 64 << 10
-
 // watchers are the provider's console watchers, at most one per Server.
 type watchers struct {
 	ctx      context.Context // the provider's; ends with Start's context
 	cancel   context.CancelFunc
 	interval time.Duration
-	changes  chan types.NamespacedName
-	wg       sync.WaitGroup
+	// consoleSize is the consoles' --console-size (consolelog.DefaultSize when 0): how far behind a
+	// watcher may read.
+	consoleSize int64
+	changes     chan types.NamespacedName
+	wg          sync.WaitGroup
 
 	mu       sync.Mutex
 	byServer map[types.NamespacedName]*consoleWatch
@@ -59,10 +55,15 @@ var _ controller.Notifier = (*Provider)(nil)
 // (controller.Notifier).
 func (p *Provider) Changes() <-chan types.NamespacedName { return p.watch.changes }
 
-// Start starts the queued golden image bakes the host has room for, until ctx ends; then it stops
-// every console watcher and bake and waits for them (manager.Runnable: controller.Setup adds the
-// provider to the manager).
+// Start keeps every console within its size and starts the queued golden image bakes the host has
+// room for, until ctx ends; then it stops every console watcher and bake and waits for them
+// (manager.Runnable: controller.Setup adds the provider to the manager).
 func (p *Provider) Start(ctx context.Context) error {
+	capped := make(chan struct{})
+	go func() {
+		defer close(capped)
+		p.capConsoles(ctx) // console.go
+	}()
 	tick := time.NewTicker(bakeQueuePoll)
 	defer tick.Stop()
 	for {
@@ -72,6 +73,7 @@ func (p *Provider) Start(ctx context.Context) error {
 		case <-ctx.Done():
 			p.watch.stopAll() // also the bakes' context
 			p.bakeWG.Wait()
+			<-capped
 			return nil
 		}
 	}
@@ -114,7 +116,9 @@ func (w *watchers) start(server types.NamespacedName, instanceID, console string
 		defer w.wg.Done()
 		defer close(cw.done)
 		defer cancel()
-		if followConsole(ctx, console, instanceID, w.interval, running) {
+		log := consolelog.Log{Path: console, Markers: filepath.Join(filepath.Dir(console), filenames.ConsoleMarkersFile),
+			Size: w.consoleSize, Keep: cloudinit.IsMarkerLine}
+		if followConsole(ctx, log, instanceID, w.interval, running) {
 			w.notify(server)
 		}
 		w.mu.Lock()
@@ -163,17 +167,18 @@ func (w *watchers) stopAll() {
 	w.wg.Wait()
 }
 
-// followConsole reads what is appended to the console file every interval until a line reports
-// instanceID ready, or the VM no longer runs (true: worth telling), or ctx ends (false).
-func followConsole(ctx context.Context, path, instanceID string, interval time.Duration, running func() bool) bool {
-	t := &tail{path: path}
+// followConsole reads what is appended to the console every interval until a line reports
+// instanceID ready, or the VM no longer runs (true: worth telling), or ctx ends (false). A line
+// dropped from a console over its size before the watcher read it comes from the markers file.
+func followConsole(ctx context.Context, console consolelog.Log, instanceID string, interval time.Duration, running func() bool) bool {
+	follower := console.Follow()
 	ticker := time.NewTicker(interval)
 	defer ticker.Stop()
 	for {
 		// Whether it runs is asked before reading, so the last bytes of a VM that exited are
 		// read before its exit is reported.
 		alive := running()
-		if lines, err := t.read(); err == nil && cloudinit.ParseGuestResult(lines, instanceID).Done {
+		if lines, err := follower.Read(); err == nil && cloudinit.ParseGuestResult(lines, instanceID).Done {
 			return true
 		}
 		if !alive {
@@ -185,45 +190,6 @@ func followConsole(ctx context.Context, path, instanceID string, interval time.D
 		case <-ticker.C:
 		}
 	}
-}
-
-// tail reads a growing file from where it stopped, in whole lines.
-type tail struct {
-	path   string
-	offset int64
-	carry  []byte // the last, unfinished line
-}
-
-// read returns the complete lines appended since the last read. A file that shrank was started
-// anew (QEMU truncates the console when it starts): it is read from its beginning.
-func (t *tail) read() ([]byte, error) {
-	f, err := os.Open(t.path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if fi.Size() < t.offset {
-		t.offset, t.carry = 0, nil
-	}
-	if fi.Size() == t.offset {
-		return nil, nil
-	}
-	data, err := io.ReadAll(io.NewSectionReader(f, t.offset, fi.Size()-t.offset))
-	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, err
-	}
-	t.offset += int64(len(data))
-	data = append(t.carry, data...)
-	end := bytes.LastIndexByte(data, '\n') + 1
-	t.carry = append([]byte(nil), data[end:]...)
-	if len(t.carry) > maxCarry {
-		t.carry = t.carry[len(t.carry)-maxCarry:]
-	}
-	return data[:end], nil
 }
 
 // watched has an installation still in progress watched, so that the controller hears of its end

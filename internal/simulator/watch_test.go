@@ -30,33 +30,6 @@ func appendTo(t *testing.T, path, s string) {
 	}
 }
 
-// The tail hands out each whole line once, keeps an unfinished one for later, and starts over when
-// the file is truncated (a new boot).
-func TestTailReadsOnlyNewWholeLines(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "console.log")
-	tl := &tail{path: path}
-	if _, err := tl.read(); err == nil {
-		t.Error("a missing console read without error")
-	}
-	appendTo(t, path, "boot\nSTARGATE-RE")
-	if got, _ := tl.read(); string(got) != "boot\n" {
-		t.Errorf("first read %q", got)
-	}
-	appendTo(t, path, "ADY {}\nmore")
-	if got, _ := tl.read(); string(got) != "STARGATE-READY {}\n" {
-		t.Errorf("second read %q", got)
-	}
-	if got, _ := tl.read(); len(got) != 0 {
-		t.Errorf("nothing new, read %q", got)
-	}
-	if err := os.WriteFile(path, []byte("new boot\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if got, _ := tl.read(); string(got) != "new boot\n" {
-		t.Errorf("after truncation %q", got)
-	}
-}
-
 // waitChange returns the next notification, or fails after timeout.
 func waitChange(t *testing.T, w *watchers, timeout time.Duration) types.NamespacedName {
 	t.Helper()

@@ -97,9 +97,18 @@ echo "%s" > /dev/ttyS0
 systemctl poweroff
 `
 
+// bakedPrefix starts BakedMarker's line.
+const bakedPrefix = "STARGATE-BAKED "
+
 // BakedMarker is the line a bake VM prints on its serial console once its instance state is
 // cleaned and on disk, just before it powers off.
-func BakedMarker(instanceID string) string { return "STARGATE-BAKED " + instanceID }
+func BakedMarker(instanceID string) string { return bakedPrefix + instanceID }
+
+// IsMarkerLine reports whether a console line is one the host waits for (a readiness line or a
+// bake's BakedMarker), so that it is kept when a console outgrows its size (pkg/consolelog).
+func IsMarkerLine(line []byte) bool {
+	return readyLine.Match(line) || bytes.Contains(line, []byte(bakedPrefix))
+}
 
 // BakeVendorData returns NoCloud vendor-data for a golden image bake: it reports cloud-init's
 // result for instanceID as ReadinessVendorData does, then cleans the instance state and powers

@@ -86,3 +86,23 @@ func TestVendorDataScriptsParse(t *testing.T) {
 		t.Error("the bake does not finish after the report")
 	}
 }
+
+// The lines a console cap must keep are exactly those the host waits for.
+func TestIsMarkerLine(t *testing.T) {
+	for line, want := range map[string]bool{
+		"\x1b[0mSTARGATE-READY {\"instance_id\":\"i-1\",\"errors\":[]}\r": true,
+		BakedMarker("stargate-bake-0123456789abcdef") + "\r":              true,
+		"STARGATE-READY (no JSON)":                                        false,
+		"[   12.3] cloud-init[601]: Cloud-init v. 22.4.2 finished":        false,
+		"": false,
+	} {
+		if got := IsMarkerLine([]byte(line)); got != want {
+			t.Errorf("IsMarkerLine(%q) = %v, want %v", line, got, want)
+		}
+	}
+	// What the reporter prints is a marker line.
+	line := "STARGATE-READY " + `{"instance_id": "i-1", "errors": [], "timeline": {}}`
+	if !IsMarkerLine([]byte(line)) || !ParseGuestResult([]byte(line+"\n"), "i-1").Done {
+		t.Errorf("the reporter's line %q is not a marker", line)
+	}
+}

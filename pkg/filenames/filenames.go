@@ -47,8 +47,14 @@ const (
 	DiskFile = "disk.qcow2"
 	// SeedFile is the cloud-init NoCloud seed ISO.
 	SeedFile = "seed.iso"
-	// ConsoleFile is the serial console log of the current boot.
+	// ConsoleFile is the serial console log of the current boot. It is kept within --console-size
+	// (see pkg/consolelog): once it outgrows it, the middle of the file is a hole — the head of the
+	// boot and the newest output stay, and the apparent size is everything the guest wrote.
 	ConsoleFile = "console.log"
+	// ConsoleMarkersFile holds the lines the host waits for (the guest's readiness report) that
+	// were in a part of ConsoleFile dropped to keep it within its size; like the console, it
+	// belongs to the current boot.
+	ConsoleMarkersFile = "console.markers"
 	// BootImageFile says which image the disk overlays (the OS image, or a golden image baked from
 	// it), as the repave's ImageReady message said: a restarted controller reports it again.
 	BootImageFile = "boot-image"

@@ -184,7 +184,8 @@ func (v VMs) binary() string {
 }
 
 // Start launches QEMU for spec, detached. The disk and seed must exist. The console log is
-// truncated first: everything in it belongs to this boot.
+// truncated first and its markers (lines kept from dropped parts, see pkg/consolelog) removed:
+// everything in them belongs to this boot.
 func (v VMs) Start(ctx context.Context, spec VMSpec) error {
 	if st, err := v.Status(spec.Dir); err != nil {
 		return err
@@ -206,6 +207,9 @@ func (v VMs) Start(ctx context.Context, spec VMSpec) error {
 	}
 	_ = os.Remove(spec.QMPSocket)
 	_ = os.Remove(filepath.Join(spec.Dir, filenames.PIDFile))
+	if err := os.Remove(filepath.Join(spec.Dir, filenames.ConsoleMarkersFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing the previous boot's console markers: %w", err)
+	}
 	// The console may echo user-data (and its tokens): root only.
 	if err := os.WriteFile(filepath.Join(spec.Dir, filenames.ConsoleFile), nil, 0o600); err != nil {
 		return fmt.Errorf("creating console log: %w", err)
