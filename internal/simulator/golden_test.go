@@ -41,8 +41,9 @@ type refusingCapacity struct{ asked int }
 func (c *refusingCapacity) TryHold(string, int64) bool { c.asked++; return false }
 func (c *refusingCapacity) Release(string)             {}
 
-// A bake waits in the queue: for the repave that asked for it to start its guest, for the CPUs of
-// the guests installing, for capacity; and it is not queued again soon after it failed. The
+// A bake is queued once per key, whoever asks, and waits in the queue: for the repave that asked
+// for it to start its guest, for the CPUs of the guests installing, for capacity; and it is not
+// queued again soon after it failed. The
 // repave is told which, and nothing starts while the host has no room.
 func TestStartBakeWaitsForRoom(t *testing.T) {
 	key := goldenKey("sha256:aa", "team-a", []byte("#cloud-config\n{}\n"))
@@ -53,6 +54,12 @@ func TestStartBakeWaitsForRoom(t *testing.T) {
 		guestCPUs: map[types.NamespacedName]int{}}
 	if msg := p.startBake(key, req, imagecache.Image{}); !strings.Contains(msg, "will be baked in the background as soon as the host has room") {
 		t.Errorf("queued: %q", msg)
+	}
+	// Another Server's repave of the same installation at once: the same bake, queued once.
+	other := req
+	other.Server.Name = "other"
+	if p.startBake(key, other, imagecache.Image{}); len(p.queuedBakes) != 1 || p.queuedBakes[key].req.Server != req.Server {
+		t.Errorf("two repaves of one installation: %d bakes queued, want the first one only", len(p.queuedBakes))
 	}
 	p.startQueuedBakes()
 	if full.asked != 0 {
