@@ -93,19 +93,11 @@ func (l Log) window() int64 { return l.size() - l.head() + 2*block }
 // saying so and the markers, then its newest bytes (holes left out). It never returns much more
 // than the size (at most MaxMarkers more). A console that does not exist reads as empty.
 func (l Log) Read() ([]byte, error) {
-	f, err := os.Open(l.Path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("opening the console: %w", err)
+	f, size, err := openSized(l.Path, "the console")
+	if f == nil || err != nil {
+		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("reading the console: %w", err)
-	}
-	size := fi.Size()
 	// The head ends where the first hole starts (a file punched under another size) or at head().
 	headEnd := min(size, l.head(), holeAt(f, 0, size))
 	head, err := readRange(f, 0, headEnd)
@@ -215,3 +207,21 @@ func stripNUL(b []byte) []byte {
 func alignDown(n int64) int64 { return n &^ (block - 1) }
 
 func alignUp(n int64) int64 { return alignDown(n + block - 1) }
+
+// openSized opens the file at path and tells its size; a file that does not exist is a nil file
+// and no error. what names the file in errors.
+func openSized(path, what string) (*os.File, int64, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("opening %s: %w", what, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, fmt.Errorf("reading %s: %w", what, err)
+	}
+	return f, fi.Size(), nil
+}

@@ -2,7 +2,6 @@ package consolelog
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 )
@@ -43,16 +42,15 @@ func (fl *Follower) Read() ([]byte, error) {
 }
 
 func (fl *Follower) readConsole() ([]byte, error) {
-	f, err := os.Open(fl.log.Path)
+	f, size, err := openSized(fl.log.Path, "the console")
 	if err != nil {
-		return nil, fmt.Errorf("opening the console: %w", err)
+		return nil, err
+	}
+	if f == nil {
+		return nil, fmt.Errorf("opening the console: %w", os.ErrNotExist)
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("reading the console: %w", err)
-	}
-	size, c := fi.Size(), &fl.console
+	c := &fl.console
 	if size < c.offset { // a new boot: its markers are new too
 		fl.console, fl.markers = stream{}, stream{}
 	}
@@ -78,23 +76,16 @@ func (fl *Follower) readConsole() ([]byte, error) {
 }
 
 func (fl *Follower) readMarkers() ([]byte, error) {
-	f, err := os.Open(fl.log.Markers)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("opening the console's markers: %w", err)
+	f, size, err := openSized(fl.log.Markers, "the console's markers")
+	if f == nil || err != nil {
+		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("reading the console's markers: %w", err)
-	}
 	m := &fl.markers
-	if fi.Size() < m.offset {
+	if size < m.offset {
 		*m = stream{}
 	}
-	return m.read(f, m.offset, min(fi.Size(), m.offset+MaxMarkers))
+	return m.read(f, m.offset, min(size, m.offset+MaxMarkers))
 }
 
 // read reads [from, to) of f and returns the lines it completes; the rest is carried, up to
