@@ -47,6 +47,10 @@ func (t OperationType) Steps() []string {
 const (
 	// ConditionProvisioned is True while the Server runs an installation that finished successfully.
 	ConditionProvisioned = "Provisioned"
+	// ConditionHostReachable is False (reason HostLost) once the host that owns the Server stopped
+	// renewing its Lease for the grace period, and True again (HostRenewed) when it renews it. The
+	// unfinished Operations of such a Server carry it too. Only the elected host observer writes it.
+	ConditionHostReachable = "HostReachable"
 )
 
 // Condition types on a ProvisioningProfile.

@@ -32,6 +32,11 @@ func Setup(mgr ctrl.Manager, provider Provider, opts Options, metrics *Metrics) 
 	if err := (&ProfileReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader()}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up profile controller: %w", err)
 	}
+	if opts.Liveness != nil {
+		if err := setupHostObserver(mgr, *opts.Liveness); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

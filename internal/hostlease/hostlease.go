@@ -175,6 +175,9 @@ func Acquire(ctx context.Context, cfg Config) (*Lease, error) {
 		case apierrors.IsNotFound(err):
 			if err := cfg.Client.Create(ctx, l.fresh()); err == nil {
 				return l, nil
+			} else if apierrors.IsNotFound(err) {
+				return nil, fmt.Errorf("creating host lease %s: %w: create namespace %s (kubectl apply -f config/rbac/namespace.yaml) "+
+					"or pass --lease-namespace", l.key, err, l.key.Namespace)
 			} else if !apierrors.IsAlreadyExists(err) {
 				return nil, fmt.Errorf("creating host lease %s: %w", l.key, err)
 			}
