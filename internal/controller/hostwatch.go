@@ -47,6 +47,11 @@ type Liveness struct {
 	WritesPerSecond float64
 }
 
+// Host Leases and the observer's election Lease, in the default --lease-namespace only (a Role,
+// not a ClusterRole; another --lease-namespace needs the same Role there). No watch: the observer
+// lists the Leases on its own clock.
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;create;update,namespace=stargate-system
+
 // hostObserver is the elected watcher of host Leases.
 type hostObserver struct {
 	client    client.Client
