@@ -39,6 +39,8 @@ func (t OperationType) Steps() []string {
 		return []string{ConditionPoweredOff}
 	case OperationReboot:
 		return []string{ConditionPoweredOff, ConditionPoweredOn}
+	case OperationEvacuate:
+		return nil
 	}
 	return RepaveSteps
 }

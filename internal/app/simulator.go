@@ -231,7 +231,7 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	}
 	copts.Liveness = &controller.Liveness{Namespace: o.LeaseNamespace, Grace: o.HostGracePeriod, Identity: lease.Holder(), Scope: o.Namespace}
 	if sim != nil {
-		if err := collectGarbage(ctx, mgr.GetAPIReader(), sim, o.Namespace); err != nil {
+		if err := collectGarbage(ctx, mgr.GetAPIReader(), sim, o.Namespace, o.HostID); err != nil {
 			return err
 		}
 	}
@@ -347,17 +347,29 @@ func newSimulator(o Options, log interface{ Info(string, ...any) }) (*simulator.
 }
 
 // collectGarbage releases, before any reconcile, what this host holds for Servers deleted while
-// no simulator ran (or between a deletion and its release, when one was killed).
-func collectGarbage(ctx context.Context, reader client.Reader, sim *simulator.Provider, namespace string) error {
-	exists := func(ctx context.Context, key types.NamespacedName) (bool, error) {
-		err := reader.Get(ctx, key, &stargatev1.Server{})
-		if apierrors.IsNotFound(err) {
+// no simulator ran (or between a deletion and its release, when one was killed), and fences: it
+// destroys its machines of Servers it no longer owns (status.host names another host, or was
+// cleared by an evacuation), so that a host that returns never runs a second machine with the
+// identity of a Server handed over. Machines are local to the host that made them.
+func collectGarbage(ctx context.Context, reader client.Reader, sim *simulator.Provider, namespace, hostID string) error {
+	log := ctrl.Log.WithName("simulator")
+	mine := func(ctx context.Context, key types.NamespacedName) (bool, error) {
+		server := &stargatev1.Server{}
+		err := reader.Get(ctx, key, server)
+		switch {
+		case apierrors.IsNotFound(err):
+			return false, nil
+		case err != nil:
+			return false, fmt.Errorf("reading server %s: %w", key, err)
+		case server.Status.Host != hostID:
+			log.Info("fencing: this host no longer owns the Server; its local machine is destroyed", "server", key,
+				"owner", server.Status.Host, "hostEpoch", server.Status.HostEpoch)
 			return false, nil
 		}
-		return err == nil, err
+		return true, nil
 	}
 	inScope := func(ns string) bool { return namespace == "" || ns == namespace }
-	return sim.CollectGarbage(ctx, exists, inScope)
+	return sim.CollectGarbage(ctx, mine, inScope)
 }
 
 // holdLease takes this host's Lease, or says why it cannot (another live incarnation renews it).

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -61,9 +62,40 @@ type hostObserver struct {
 	opts      Liveness
 	judge     hostlease.Judge
 	limiter   *rate.Limiter
+
+	// mu guards what evacuations read: whether this process leads, since when, and the verdicts.
+	mu           sync.Mutex
+	leadingSince time.Time
+	verdicts     map[string]hostlease.Verdict
 }
 
-func setupHostObserver(mgr ctrl.Manager, l Liveness) error {
+// leading reports whether this process is the host observer now.
+func (o *hostObserver) leading() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return !o.leadingSince.IsZero()
+}
+
+// verdict is the observer's view of a host for an evacuation; ok is false when this process does
+// not lead the observer election. A host without a Lease counts as lost once this process led
+// for a grace period: a live host recreates its Lease at its next renewal.
+func (o *hostObserver) verdict(hostID string, now time.Time) (v hostlease.Verdict, ok bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.leadingSince.IsZero() {
+		return hostlease.Verdict{}, false
+	}
+	if v, found := o.verdicts[hostID]; found {
+		return v, true
+	}
+	v = hostlease.Verdict{HostID: hostID, Lease: o.opts.Namespace + "/" + hostlease.LeaseName(hostID)}
+	if now.Sub(o.leadingSince) >= o.opts.Grace {
+		v.State, v.Since = hostlease.Lost, o.leadingSince
+	}
+	return v, true
+}
+
+func setupHostObserver(mgr ctrl.Manager, l Liveness) (*hostObserver, error) {
 	if l.Grace <= 0 {
 		l.Grace = hostlease.DefaultGracePeriod
 	}
@@ -81,19 +113,19 @@ func setupHostObserver(mgr ctrl.Manager, l Liveness) error {
 	}
 	cs, err := kubernetes.NewForConfig(mgr.GetConfig())
 	if err != nil {
-		return fmt.Errorf("host observer: creating clientset: %w", err)
+		return nil, fmt.Errorf("host observer: creating clientset: %w", err)
 	}
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &stargatev1.Server{}, serverHostIndex,
 		func(o client.Object) []string { return []string{o.(*stargatev1.Server).Status.Host} }); err != nil {
-		return fmt.Errorf("indexing servers by host: %w", err)
+		return nil, fmt.Errorf("indexing servers by host: %w", err)
 	}
 	o := &hostObserver{client: mgr.GetClient(), leases: mgr.GetAPIReader(), clientset: cs,
 		recorder: mgr.GetEventRecorder("stargate-host-observer"), opts: l, judge: hostlease.Judge{Grace: l.Grace},
 		limiter: rate.NewLimiter(rate.Limit(l.WritesPerSecond), int(2*l.WritesPerSecond))}
 	if err := mgr.Add(o); err != nil {
-		return fmt.Errorf("adding the host observer: %w", err)
+		return nil, fmt.Errorf("adding the host observer: %w", err)
 	}
-	return nil
+	return o, nil
 }
 
 // NeedLeaderElection is false: the observer runs its own election, so that the manager's other
@@ -137,6 +169,14 @@ func (o *hostObserver) Start(ctx context.Context) error {
 // judge each term: a new leader gives every host a full grace period.
 func (o *hostObserver) observe(ctx context.Context) {
 	o.judge = hostlease.Judge{Grace: o.opts.Grace}
+	o.mu.Lock()
+	o.leadingSince, o.verdicts = time.Now(), nil
+	o.mu.Unlock()
+	defer func() {
+		o.mu.Lock()
+		o.leadingSince, o.verdicts = time.Time{}, nil
+		o.mu.Unlock()
+	}()
 	t := time.NewTicker(o.opts.Interval)
 	defer t.Stop()
 	log := logf.FromContext(ctx).WithName("host-observer")
@@ -146,7 +186,14 @@ func (o *hostObserver) observe(ctx context.Context) {
 			o.judge.Blind()
 			log.Error(err, "listing host leases")
 		} else {
-			for _, v := range o.judge.Observe(time.Now(), list.Items) {
+			verdicts := o.judge.Observe(time.Now(), list.Items)
+			o.mu.Lock()
+			o.verdicts = map[string]hostlease.Verdict{}
+			for _, v := range verdicts {
+				o.verdicts[v.HostID] = v
+			}
+			o.mu.Unlock()
+			for _, v := range verdicts {
 				if err := o.show(ctx, v); err != nil && ctx.Err() == nil {
 					log.Error(err, "showing host state", "host", v.HostID)
 				}
