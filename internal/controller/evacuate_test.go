@@ -68,9 +68,7 @@ func TestEvacuateHandsALostHostsServerOver(t *testing.T) {
 		controllerutil.ContainsFinalizer(srv, controller.ServerFinalizer(ownerID)) {
 		t.Fatalf("evacuated Server: finalizers %v, status %+v", srv.Finalizers, srv.Status)
 	}
-	if !hasEvent(h.events("s1"), "Evacuated") {
-		t.Error("no Evacuated Event on the Server")
-	}
+	eventually(t, 5*time.Second, func() (bool, string) { return hasEvent(h.events("s1"), "Evacuated"), "no Evacuated Event on the Server" })
 
 	h.create(repave("op2", "s1", "p"))
 	h.waitPhase("op2", stargatev1.OperationSucceeded, 20*time.Second)
@@ -86,9 +84,7 @@ func TestEvacuateHandsALostHostsServerOver(t *testing.T) {
 		return !owner.hasMachine(h.ns, "s1") && other.hasMachine(h.ns, "s1"),
 			fmt.Sprintf("machine on the old host %v, on the new owner %v", owner.hasMachine(h.ns, "s1"), other.hasMachine(h.ns, "s1"))
 	})
-	if !hasEvent(h.events("s1"), "Fenced") {
-		t.Error("no Fenced Event on the Server")
-	}
+	eventually(t, 5*time.Second, func() (bool, string) { return hasEvent(h.events("s1"), "Fenced"), "no Fenced Event on the Server" })
 	consistently(t, time.Second, func() (bool, string) {
 		s := h.server("s1")
 		return s.Status.Host == other.id && s.Status.State == stargatev1.ServerReady && s.Status.PowerState == stargatev1.PowerOn,

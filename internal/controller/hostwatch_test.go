@@ -109,9 +109,7 @@ func TestLostHostIsShownAndNeverTaken(t *testing.T) {
 	if srv.Status.PowerState != stargatev1.PowerUnknown || !strings.Contains(c.Message, ownerID) || !strings.Contains(c.Message, "since") {
 		t.Fatalf("lost host's server: power %q, condition %+v", srv.Status.PowerState, c)
 	}
-	if !hasEvent(h.events("s1"), "HostLost") {
-		t.Error("no HostLost Event on the Server")
-	}
+	eventually(t, 5*time.Second, func() (bool, string) { return hasEvent(h.events("s1"), "HostLost"), "no HostLost Event on the Server" })
 	eventually(t, 5*time.Second, func() (bool, string) {
 		op := h.op("op2")
 		return hostReachable(op.Status.Conditions) == "False/HostLost", fmt.Sprintf("op2 conditions %+v", op.Status.Conditions)
