@@ -68,7 +68,9 @@ func TestEvacuateHandsALostHostsServerOver(t *testing.T) {
 		controllerutil.ContainsFinalizer(srv, controller.ServerFinalizer(ownerID)) {
 		t.Fatalf("evacuated Server: finalizers %v, status %+v", srv.Finalizers, srv.Status)
 	}
-	eventually(t, 5*time.Second, func() (bool, string) { return hasEvent(h.events("s1"), "Evacuated"), "no Evacuated Event on the Server" })
+	eventually(t, 5*time.Second, func() (bool, string) {
+		return hasEvent(h.events("s1"), "Evacuated"), "no Evacuated Event on the Server"
+	})
 
 	h.create(repave("op2", "s1", "p"))
 	h.waitPhase("op2", stargatev1.OperationSucceeded, 20*time.Second)
