@@ -58,7 +58,8 @@ func TestSameHostIDRefusedWhileTheFirstRuns(t *testing.T) {
 
 	start := time.Now()
 	err = Run(context.Background(), env.Config, opts(200))
-	if !errors.Is(err, hostlease.ErrHeldByAnother) || !strings.Contains(err.Error(), fmt.Sprintf("dup/b/%s/%d", hostlease.Self().PIDNS, os.Getpid())) || !strings.Contains(err.Error(), "--host-id") {
+	holder := fmt.Sprintf("dup/b/%s/%d", hostlease.Self().PIDNS, os.Getpid())
+	if !errors.Is(err, hostlease.ErrHeldByAnother) || !strings.Contains(err.Error(), holder) || !strings.Contains(err.Error(), "--host-id") {
 		t.Fatalf("duplicate start: %v; want a refusal naming the holder and the fix", err)
 	}
 	if took := time.Since(start); took > 3*time.Second {

@@ -180,6 +180,11 @@ func (o *hostObserver) observe(ctx context.Context) {
 	t := time.NewTicker(o.opts.Interval)
 	defer t.Stop()
 	log := logf.FromContext(ctx).WithName("host-observer")
+	type shownVerdict struct {
+		state hostlease.HostState
+		at    time.Time
+	}
+	shown := map[string]shownVerdict{}
 	for {
 		var list coordinationv1.LeaseList
 		if err := o.leases.List(ctx, &list, client.InNamespace(o.opts.Namespace), client.HasLabels{hostlease.LabelHostLease}); err != nil {
@@ -193,10 +198,21 @@ func (o *hostObserver) observe(ctx context.Context) {
 				o.verdicts[v.HostID] = v
 			}
 			o.mu.Unlock()
+			now := time.Now()
 			for _, v := range verdicts {
-				if err := o.show(ctx, v); err != nil && ctx.Err() == nil {
-					log.Error(err, "showing host state", "host", v.HostID)
+				// Servers are looked at when a verdict changes, and again once per grace period
+				// (new Operations, a write that lost a race): not on every tick, which would cost
+				// CPU in proportion to the fleet with nothing happening.
+				if last, ok := shown[v.HostID]; ok && last.state == v.State && now.Sub(last.at) < o.opts.Grace {
+					continue
 				}
+				if err := o.show(ctx, v); err != nil {
+					if ctx.Err() == nil {
+						log.Error(err, "showing host state", "host", v.HostID)
+					}
+					continue
+				}
+				shown[v.HostID] = shownVerdict{v.State, now}
 			}
 		}
 		select {

@@ -95,7 +95,9 @@ func TestRestartAfterCleanStopTakesOverAtOnce(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- first.Start(ctx) }()
 	cancel()
-	<-done
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	if _, err := Acquire(context.Background(), testConfig(t, "h1", 200)); err != nil {
 		t.Fatal(err)

@@ -10,11 +10,11 @@ import (
 type HostState int
 
 const (
-	// Undecided: the observer has not yet seen the Lease renewed, nor waited a full grace period.
+	// Undecided means the observer has not yet seen the Lease renewed, nor waited a full grace period.
 	Undecided HostState = iota
-	// Alive: the observer saw the Lease renewed within the grace period.
+	// Alive means the observer saw the Lease renewed within the grace period.
 	Alive
-	// Lost: the observer saw no renewal for a grace period.
+	// Lost means the observer saw no renewal for a grace period.
 	Lost
 )
 
