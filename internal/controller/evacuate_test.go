@@ -93,3 +93,40 @@ func TestEvacuateHandsALostHostsServerOver(t *testing.T) {
 			fmt.Sprintf("server status after the old host returned: %+v", s.Status)
 	})
 }
+
+// A repave that was running on the lost host fails with HostEvacuated when the Server is
+// evacuated, keeps none of that host's finalizers, and no longer holds the Server: the next repave
+// runs on the new owner.
+func TestEvacuateFailsTheLostHostsRunningOperation(t *testing.T) {
+	h := newHarness(t, time.Millisecond, controller.Options{})
+	h.stop()
+	a := startLiveHost(t, h, "host-a", "dc=x", mockdc.NewServer(mockdc.Config{StepDelay: 10 * time.Second}))
+	s := server("s1")
+	s.Labels = map[string]string{"dc": "x"}
+	h.create(s)
+	h.create(profile("p", okUserData))
+	h.waitServer("s1", 10*time.Second, func(st stargatev1.ServerStatus) bool { return st.Host == "host-a" })
+	b := startLiveHost(t, h, "host-b", "dc=x", nil)
+	h.create(repave("op1", "s1", "p"))
+	h.waitPhase("op1", stargatev1.OperationRunning, 10*time.Second)
+
+	a.stop()
+	h.waitServer("s1", testGrace+5*time.Second, func(st stargatev1.ServerStatus) bool {
+		return hostReachable(st.Conditions) == "False/HostLost"
+	})
+	if op := h.op("op1"); op.Status.Phase != stargatev1.OperationRunning {
+		t.Fatalf("the lost host's repave: phase %s, want it left Running until an evacuation", op.Status.Phase)
+	}
+	h.create(evacuate("evac", "s1"))
+	h.waitPhase("evac", stargatev1.OperationSucceeded, 10*time.Second)
+	op := h.waitPhase("op1", stargatev1.OperationFailed, 5*time.Second)
+	if c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionSucceeded); c == nil || c.Reason != "HostEvacuated" ||
+		controllerutil.ContainsFinalizer(op, controller.OperationFinalizer("host-a")) {
+		t.Fatalf("the lost host's repave after the evacuation: finalizers %v, status %+v", op.Finalizers, op.Status)
+	}
+	h.create(repave("op2", "s1", "p"))
+	h.waitPhase("op2", stargatev1.OperationSucceeded, 20*time.Second)
+	if s := h.server("s1"); s.Status.Host != "host-b" || b.dc.Repaves(h.ns, "s1") != 1 {
+		t.Fatalf("after the evacuation: owner %q, repaves on host-b %d", s.Status.Host, b.dc.Repaves(h.ns, "s1"))
+	}
+}

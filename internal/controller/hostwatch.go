@@ -298,6 +298,10 @@ func (o *hostObserver) markOperation(ctx context.Context, op *stargatev1.Operati
 	}
 	orig := op.DeepCopy()
 	meta.SetStatusCondition(&op.Status.Conditions, c)
+	if op.Status.Phase == "" && c.Status != metav1.ConditionTrue {
+		// Never accepted: nothing else says why it waits (its owner accepts it when it returns).
+		op.Status.Message = c.Message
+	}
 	if err := o.client.Status().Patch(ctx, op, client.MergeFromWithOptions(orig, client.MergeFromWithOptimisticLock{})); err != nil {
 		if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
 			return nil

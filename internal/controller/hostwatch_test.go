@@ -112,7 +112,8 @@ func TestLostHostIsShownAndNeverTaken(t *testing.T) {
 	eventually(t, 5*time.Second, func() (bool, string) { return hasEvent(h.events("s1"), "HostLost"), "no HostLost Event on the Server" })
 	eventually(t, 5*time.Second, func() (bool, string) {
 		op := h.op("op2")
-		return hostReachable(op.Status.Conditions) == "False/HostLost", fmt.Sprintf("op2 conditions %+v", op.Status.Conditions)
+		return hostReachable(op.Status.Conditions) == "False/HostLost" && strings.Contains(op.Status.Message, ownerID),
+			fmt.Sprintf("op2 message %q conditions %+v", op.Status.Message, op.Status.Conditions)
 	})
 	consistently(t, time.Second, func() (bool, string) {
 		op, s := h.op("op2"), h.server("s1")
