@@ -352,8 +352,15 @@ func newSimulator(o Options, log interface{ Info(string, ...any) }) (*simulator.
 // cleared by an evacuation), so that a host that returns never runs a second machine with the
 // identity of a Server handed over. Machines are local to the host that made them.
 func collectGarbage(ctx context.Context, reader client.Reader, sim *simulator.Provider, namespace, hostID string) error {
+	inScope := func(ns string) bool { return namespace == "" || ns == namespace }
+	return sim.CollectGarbage(ctx, ownedBy(reader, hostID), inScope)
+}
+
+// ownedBy reports whether a Server exists and hostID owns it (status.host), logging the fencing
+// of one it no longer owns.
+func ownedBy(reader client.Reader, hostID string) func(context.Context, types.NamespacedName) (bool, error) {
 	log := ctrl.Log.WithName("simulator")
-	mine := func(ctx context.Context, key types.NamespacedName) (bool, error) {
+	return func(ctx context.Context, key types.NamespacedName) (bool, error) {
 		server := &stargatev1.Server{}
 		err := reader.Get(ctx, key, server)
 		switch {
@@ -368,8 +375,6 @@ func collectGarbage(ctx context.Context, reader client.Reader, sim *simulator.Pr
 		}
 		return true, nil
 	}
-	inScope := func(ns string) bool { return namespace == "" || ns == namespace }
-	return sim.CollectGarbage(ctx, mine, inScope)
 }
 
 // holdLease takes this host's Lease, or says why it cannot (another live incarnation renews it).
