@@ -321,6 +321,8 @@ phase_done cluster-up "${t}"
 log "local cluster up in $((SECONDS - t)) s"
 
 k apply --server-side -f "${REPO}/config/crd/bases/" >/dev/null
+# The hosts' Leases live in stargate-system (--lease-namespace).
+k apply -f "${REPO}/config/rbac/namespace.yaml" >/dev/null
 k wait --for=condition=Established crd/servers.stargate.io crd/provisioningprofiles.stargate.io \
 	crd/operations.stargate.io --timeout=60s >/dev/null
 

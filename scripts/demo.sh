@@ -135,7 +135,7 @@ run() {
 	if [[ "${MODE}" == kind ]]; then setup_kind; else setup_local; fi
 	printf '%s\n' "${MODE}" >"${OUT_DIR}/mode"
 	log "installing the CRDs and the demo resources"
-	k apply -f "${REPO}/config/crd/bases/" >/dev/null
+	k apply -f "${REPO}/config/crd/bases/" -f "${REPO}/config/rbac/namespace.yaml" >/dev/null
 	k wait --for=condition=Established crd --all --timeout=60s >/dev/null
 	k apply -f "${OUT_DIR}/namespace.yaml" -f "${OUT_DIR}/server.yaml" -f "${PROFILE_FILE}"
 	start_simulator

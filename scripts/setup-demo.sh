@@ -188,7 +188,7 @@ main() {
 	log "ready: Kubernetes v${K8S_MINOR} in kind cluster ${CLUSTER_NAME}, API server at ${HOST_IP}:6443"
 	cat >&2 <<DONE
     manifests in ${OUT_DIR}: namespace.yaml server.yaml provisioningprofile-k8s-worker.yaml operation.yaml
-    next: make build && kubectl apply -f config/crd/bases/
+    next: make build && kubectl apply -f config/crd/bases/ -f config/rbac/namespace.yaml
           kubectl apply -f ${OUT_DIR}/namespace.yaml -f ${OUT_DIR}/server.yaml -f ${OUT_DIR}/provisioningprofile-k8s-worker.yaml
           sudo ./bin/simulator --kubeconfig ${OUT_DIR}/kubeconfig --dns \$(cat ${OUT_DIR}/dns)
           kubectl apply -f ${OUT_DIR}/operation.yaml

@@ -194,6 +194,22 @@ func TestInvalidObjectsAreRejected(t *testing.T) {
 			o.Spec.ProvisioningProfileRef = nil
 			return o
 		}, "a repave needs spec.provisioningProfileRef"},
+		{"evacuate with a profile", func() client.Object {
+			o := validOperation()
+			o.Spec.Operation = stargatev1.OperationEvacuate
+			return o
+		}, "only a repave takes spec.provisioningProfileRef"},
+		{"evacuate without a server", func() client.Object {
+			o := validOperation()
+			o.Spec.Operation, o.Spec.ProvisioningProfileRef, o.Spec.ServerRef.Name = stargatev1.OperationEvacuate, nil, ""
+			return o
+		}, "spec.serverRef.name"},
+		{"evacuate with a grace period", func() client.Object {
+			o := validOperation()
+			o.Spec.Operation, o.Spec.ProvisioningProfileRef = stargatev1.OperationEvacuate, nil
+			o.Spec.GracePeriod = &metav1.Duration{Duration: time.Second}
+			return o
+		}, "spec.gracePeriod applies to powerOff and reboot only"},
 		{"timeout too short", func() client.Object {
 			o := validOperation()
 			o.Spec.Timeout = &metav1.Duration{Duration: time.Second}

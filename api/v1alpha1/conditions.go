@@ -39,6 +39,8 @@ func (t OperationType) Steps() []string {
 		return []string{ConditionPoweredOff}
 	case OperationReboot:
 		return []string{ConditionPoweredOff, ConditionPoweredOn}
+	case OperationEvacuate:
+		return nil
 	}
 	return RepaveSteps
 }
@@ -47,6 +49,10 @@ func (t OperationType) Steps() []string {
 const (
 	// ConditionProvisioned is True while the Server runs an installation that finished successfully.
 	ConditionProvisioned = "Provisioned"
+	// ConditionHostReachable is False (reason HostLost) once the host that owns the Server stopped
+	// renewing its Lease for the grace period, and True again (HostRenewed) when it renews it. The
+	// unfinished Operations of such a Server carry it too. Only the elected host observer writes it.
+	ConditionHostReachable = "HostReachable"
 )
 
 // Condition types on a ProvisioningProfile.

@@ -5,7 +5,7 @@ import (
 )
 
 // OperationType names what an Operation does to its Server.
-// +kubebuilder:validation:Enum=repave;powerOn;powerOff;reboot
+// +kubebuilder:validation:Enum=repave;powerOn;powerOff;reboot;evacuate
 type OperationType string
 
 const (
@@ -19,6 +19,12 @@ const (
 	OperationPowerOff OperationType = "powerOff"
 	// OperationReboot powers the server off (as powerOff) and on again.
 	OperationReboot OperationType = "reboot"
+	// OperationEvacuate takes the Server away from its owner host after that host was lost (its
+	// Lease unrenewed for the grace period): ownership is cleared (status.hostEpoch counts it),
+	// the lost host's finalizers are removed and its running Operations fail (HostEvacuated), so
+	// that the next repave installs the Server on a host whose selector matches. Refused
+	// (HostNotLost) while the owner renews its Lease, and (NotOwned) when the Server has no owner.
+	OperationEvacuate OperationType = "evacuate"
 )
 
 // IsPower reports whether the Operation only changes the power state of its Server.
@@ -42,7 +48,8 @@ type LocalObjectReference struct {
 // +kubebuilder:validation:XValidation:rule="!has(self.gracePeriod) || self.operation == 'powerOff' || self.operation == 'reboot'",message="spec.gracePeriod applies to powerOff and reboot only"
 type OperationSpec struct {
 	// Operation is what to do: "repave" wipes the server and installs it from the profile;
-	// "powerOn", "powerOff" and "reboot" change its power state and keep what is installed.
+	// "powerOn", "powerOff" and "reboot" change its power state and keep what is installed;
+	// "evacuate" hands the Server of a lost host over (see OperationEvacuate).
 	Operation OperationType `json:"operation"`
 
 	// ServerRef names the Server to act on, in the Operation's namespace.

@@ -145,6 +145,12 @@ type ServerStatus struct {
 	// +optional
 	Host string `json:"host,omitempty"`
 
+	// HostEpoch counts the evacuations of this Server: each evacuate Operation that cleared
+	// status.host from a lost host increments it. A host that returns fences (destroys) its local
+	// machine of a Server it no longer owns.
+	// +optional
+	HostEpoch int64 `json:"hostEpoch,omitempty"`
+
 	// BMC is the Server's Redfish BMC, when it has one (spec.bmc).
 	// +optional
 	BMC *BMCStatus `json:"bmc,omitempty"`

@@ -31,6 +31,7 @@ import (
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/controller"
+	"stargate.io/stargate/internal/hostlease"
 	"stargate.io/stargate/internal/mockdc"
 	"stargate.io/stargate/internal/simulator"
 	"stargate.io/stargate/pkg/consolelog"
@@ -58,6 +59,13 @@ type Options struct {
 	MaxMemory      string
 	MaxCPUs        int
 	HostID         string
+	// Host liveness (hostlease): where this host's Lease lives, how often it is renewed, and how
+	// long a silent host Lease is waited for (at start, and by the host observer).
+	LeaseNamespace     string
+	LeaseRenewInterval time.Duration
+	HostGracePeriod    time.Duration
+	// incarnation overrides this process's (tests run several hosts in one process).
+	incarnation hostlease.Incarnation
 
 	RedfishAddress   string
 	RedfishURL       string
@@ -98,6 +106,12 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Namespace, "namespace", "", "watch only this namespace (default: all)")
 	fs.StringVar(&o.HostID, "host-id", "", "this host's identity, recorded in status.host of the Servers it owns and in its finalizers; "+
 		"give every host sharing a cluster its own (default: the host name)")
+	fs.StringVar(&o.LeaseNamespace, "lease-namespace", hostlease.DefaultNamespace, "namespace of the hosts' Leases (coordination.k8s.io), "+
+		"one per --host-id, and of the host observer's election Lease; every host sharing a cluster must use the same")
+	fs.DurationVar(&o.LeaseRenewInterval, "lease-renew-interval", hostlease.DefaultRenewInterval, "how often this host renews its Lease")
+	fs.DurationVar(&o.HostGracePeriod, "host-grace-period", hostlease.DefaultGracePeriod, "how long a host's Lease may go unrenewed "+
+		"(by the observer's own clock) before its Servers show HostReachable=False (HostLost); also how long a start waits "+
+		"before taking over the Lease of a silent earlier incarnation on another machine")
 	fs.StringVar(&o.ServerSelector, "server-selector", "", "label selector of the Servers this host manages, e.g. stargate.io/datacenter=lab1 (default: all)")
 	fs.IntVar(&o.MaxParallel, "max-parallel", 2, "repaves running at once; more wait in Pending (0: no limit)")
 	fs.StringVar(&o.MaxMemory, "max-memory", "", "memory the VMs being repaved may use together, e.g. 16Gi (default: 80% of this host's memory with --provider=qemu)")
@@ -156,6 +170,10 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		}
 		copts.ServerSelector = sel
 	}
+	if o.LeaseRenewInterval <= 0 || o.HostGracePeriod < 3*o.LeaseRenewInterval {
+		return fmt.Errorf("--host-grace-period %s must be at least 3 times --lease-renew-interval %s (a host may miss a renewal or two)",
+			o.HostGracePeriod, o.LeaseRenewInterval)
+	}
 	if o.MaxMemory != "" {
 		q, err := parseQuantity(o.MaxMemory)
 		if err != nil {
@@ -206,8 +224,18 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	if err := checkCRDs(mgr.GetRESTMapper()); err != nil {
 		return err
 	}
+	// The host's Lease comes first: a duplicate of this host must not touch its machines, not
+	// even to collect garbage.
+	lease, err := holdLease(ctx, cfg, o)
+	if err != nil {
+		return err
+	}
+	if err := mgr.Add(lease); err != nil {
+		return fmt.Errorf("adding the host lease renewal: %w", err)
+	}
+	copts.Liveness = &controller.Liveness{Namespace: o.LeaseNamespace, Grace: o.HostGracePeriod, Identity: lease.Holder(), Scope: o.Namespace}
 	if sim != nil {
-		if err := collectGarbage(ctx, mgr.GetAPIReader(), sim, o.Namespace); err != nil {
+		if err := collectGarbage(ctx, mgr.GetAPIReader(), sim, o.Namespace, o.HostID); err != nil {
 			return err
 		}
 	}
@@ -339,15 +367,47 @@ func consoleSize(o Options) (int64, error) {
 }
 
 // collectGarbage releases, before any reconcile, what this host holds for Servers deleted while
-// no simulator ran (or between a deletion and its release, when one was killed).
-func collectGarbage(ctx context.Context, reader client.Reader, sim *simulator.Provider, namespace string) error {
-	exists := func(ctx context.Context, key types.NamespacedName) (bool, error) {
-		err := reader.Get(ctx, key, &stargatev1.Server{})
-		if apierrors.IsNotFound(err) {
+// no simulator ran (or between a deletion and its release, when one was killed), and fences: it
+// destroys its machines of Servers it no longer owns (status.host names another host, or was
+// cleared by an evacuation), so that a host that returns never runs a second machine with the
+// identity of a Server handed over. Machines are local to the host that made them.
+func collectGarbage(ctx context.Context, reader client.Reader, sim *simulator.Provider, namespace, hostID string) error {
+	inScope := func(ns string) bool { return namespace == "" || ns == namespace }
+	return sim.CollectGarbage(ctx, ownedBy(reader, hostID), inScope)
+}
+
+// ownedBy reports whether a Server exists and hostID owns it (status.host), logging the fencing
+// of one it no longer owns.
+func ownedBy(reader client.Reader, hostID string) func(context.Context, types.NamespacedName) (bool, error) {
+	log := ctrl.Log.WithName("simulator")
+	return func(ctx context.Context, key types.NamespacedName) (bool, error) {
+		server := &stargatev1.Server{}
+		err := reader.Get(ctx, key, server)
+		switch {
+		case apierrors.IsNotFound(err):
+			return false, nil
+		case err != nil:
+			return false, fmt.Errorf("reading server %s: %w", key, err)
+		case server.Status.Host != hostID:
+			log.Info("fencing: this host no longer owns the Server; its local machine is destroyed", "server", key,
+				"owner", server.Status.Host, "hostEpoch", server.Status.HostEpoch)
 			return false, nil
 		}
-		return err == nil, err
+		return true, nil
 	}
-	inScope := func(ns string) bool { return namespace == "" || ns == namespace }
-	return sim.CollectGarbage(ctx, exists, inScope)
+}
+
+// holdLease takes this host's Lease, or says why it cannot (another live incarnation renews it).
+func holdLease(ctx context.Context, cfg *rest.Config, o Options) (*hostlease.Lease, error) {
+	c, err := client.New(cfg, client.Options{Scheme: Scheme()})
+	if err != nil {
+		return nil, fmt.Errorf("creating the host lease client: %w", err)
+	}
+	lease, err := hostlease.Acquire(ctx, hostlease.Config{Client: c, Namespace: o.LeaseNamespace, HostID: o.HostID,
+		RenewInterval: o.LeaseRenewInterval, GracePeriod: o.HostGracePeriod, Self: o.incarnation, Log: ctrl.Log.WithName("hostlease")})
+	if err != nil {
+		return nil, err
+	}
+	ctrl.Log.WithName("hostlease").Info("holding host lease", "lease", lease.Key(), "holder", lease.Holder())
+	return lease, nil
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -33,6 +34,7 @@ func TestRunRejectsBadFlagsClearly(t *testing.T) {
 		{"selector", func(o *Options) { o.ServerSelector = "a in (" }, "--server-selector"},
 		{"memory", func(o *Options) { o.MaxMemory = "lots" }, "--max-memory"},
 		{"provider", func(o *Options) { o.Provider = "vmware" }, "use qemu or mock"},
+		{"grace", func(o *Options) { o.HostGracePeriod = 15 * time.Second }, "--host-grace-period"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

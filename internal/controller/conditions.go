@@ -3,6 +3,7 @@ package controller
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -100,7 +101,8 @@ func validCondition(err error) metav1.Condition {
 // stuckAt names the first unfinished step of an Operation, for timeout messages ("" if none).
 func stuckAt(conds []metav1.Condition) string {
 	for _, c := range conds {
-		if c.Status != metav1.ConditionTrue && c.Type != stargatev1.ConditionSucceeded && c.Type != stargatev1.ConditionScheduled {
+		if c.Status != metav1.ConditionTrue && c.Type != stargatev1.ConditionSucceeded && c.Type != stargatev1.ConditionScheduled &&
+			c.Type != stargatev1.ConditionHostReachable {
 			return fmt.Sprintf("while at step %s (%s)", c.Type, c.Message)
 		}
 	}
@@ -159,4 +161,17 @@ func successMessage(op *stargatev1.Operation, server, took, ip string) string {
 		return fmt.Sprintf("Server %s rebooted%s", server, took)
 	}
 	return fmt.Sprintf("Server %s repaved%s; ready at %s", server, took, ip)
+}
+
+// hostReachableCondition says whether the host that owns a Server (or runs an Operation) renews its
+// Lease, as the host observer sees it; since is when the observer last saw the Lease change.
+func hostReachableCondition(renewing bool, host, lease string, since time.Time) metav1.Condition {
+	if renewing {
+		return metav1.Condition{Type: stargatev1.ConditionHostReachable, Status: metav1.ConditionTrue, Reason: "HostRenewed",
+			Message: fmt.Sprintf("Host %s renews its Lease %s again", host, lease)}
+	}
+	return metav1.Condition{Type: stargatev1.ConditionHostReachable, Status: metav1.ConditionFalse, Reason: "HostLost",
+		Message: truncate(fmt.Sprintf("Host %s has not renewed its Lease %s since %s: the state of its machines is unknown. "+
+			"No other host takes its Servers; hand them over explicitly (README, \"Several hosts\")",
+			host, lease, since.UTC().Format(time.RFC3339)), 1024)}
 }

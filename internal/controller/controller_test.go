@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
@@ -101,7 +102,7 @@ func (h *harness) start(p controller.Provider) {
 // startManager runs the Stargate reconcilers in a manager of their own, watching namespaces (Nodes
 // are cluster-wide), until cancel is called; done closes when it stopped.
 func startManager(t testing.TB, cfg *rest.Config, namespaces map[string]cache.Config, opts controller.Options,
-	p controller.Provider, reg *prometheus.Registry) (cancel context.CancelFunc, done chan struct{}) {
+	p controller.Provider, reg *prometheus.Registry, extra ...manager.Runnable) (cancel context.CancelFunc, done chan struct{}) {
 	t.Helper()
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                 env.Scheme,
@@ -116,6 +117,11 @@ func startManager(t testing.TB, cfg *rest.Config, namespaces map[string]cache.Co
 	}
 	if err := controller.Setup(mgr, p, opts, controller.NewMetrics(reg)); err != nil {
 		t.Fatal(err)
+	}
+	for _, r := range extra {
+		if err := mgr.Add(r); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done = make(chan struct{})

@@ -1,11 +1,6 @@
 package controller
 
-import (
-	"crypto/sha256"
-	"encoding/hex"
-	"regexp"
-	"strings"
-)
+import "stargate.io/stargate/internal/hostlease"
 
 // Several hosts (simulators, datacenter controllers) may share one management cluster, with
 // --server-selector saying which Servers each may take. A host owns a Server once it recorded
@@ -16,25 +11,8 @@ import (
 // finalizerPrefix starts the finalizers of one host.
 const finalizerPrefix = "stargate.io/"
 
-var notNameChar = regexp.MustCompile(`[^a-z0-9._-]+`)
-
-// hostToken turns a host identity into the name part of a finalizer: lower case, [a-z0-9._-], at
-// most 40 bytes (long identities end in a short hash, so they stay distinct).
-func hostToken(hostID string) string {
-	t := strings.Trim(notNameChar.ReplaceAllString(strings.ToLower(hostID), "-"), "-._")
-	if t == hostID && len(t) <= 40 && t != "" {
-		return t
-	}
-	sum := sha256.Sum256([]byte(hostID))
-	h := hex.EncodeToString(sum[:4])
-	if len(t) > 31 {
-		t = strings.Trim(t[:31], "-._")
-	}
-	if t == "" {
-		return h
-	}
-	return t + "-" + h
-}
+// hostToken turns a host identity into the name part of a finalizer (see hostlease.Token).
+func hostToken(hostID string) string { return hostlease.Token(hostID) }
 
 // ServerFinalizer is the finalizer with which a host guards the release of a Server's machine,
 // disks, tap, IP and Node.

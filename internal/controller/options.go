@@ -55,6 +55,9 @@ type Options struct {
 	// Wake, when set, makes the Server reconciler look at the Servers sent on it now (the BMC sends
 	// the Servers it changed, so that status shows the change at once).
 	Wake <-chan ctrlevent.GenericEvent
+	// Liveness, when set, runs the host observer (hostwatch.go) on this host, as a candidate of
+	// its election. Nil: this host does not watch the others.
+	Liveness *Liveness
 	// RedfishURL is where this host serves Redfish (e.g. https://10.0.0.5:8443), or empty when it
 	// does not; Servers with spec.bmc then show their BMC's address in status.bmc.
 	RedfishURL string

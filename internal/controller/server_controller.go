@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
@@ -74,6 +75,9 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		if guarded { // this host held it once: release what is left here
 			return ctrl.Result{}, r.release(ctx, server)
 		}
+		if err := r.fence(ctx, server); err != nil {
+			return ctrl.Result{}, err
+		}
 		if r.Options.manages(server) {
 			r.Recorder.Eventf(server, nil, corev1.EventTypeWarning, "OwnedByAnotherHost", "Take",
 				"Host %s matches this Server but leaves it alone: host %s owns it (status.host)", me, owner)
@@ -83,7 +87,7 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		if owner == me {
 			return r.handOver(ctx, server)
 		}
-		return ctrl.Result{}, nil
+		return ctrl.Result{}, r.fence(ctx, server)
 	}
 
 	// This host's Server (or free to take): finalizer first, then ownership, then status.
@@ -155,6 +159,28 @@ func (r *ServerReconciler) handOver(ctx context.Context, server *stargatev1.Serv
 	}
 	r.Recorder.Eventf(server, nil, corev1.EventTypeNormal, "HandedOver", "Take", "Host %s released this Server: it no longer matches its selector", r.Options.HostID)
 	return ctrl.Result{}, nil
+}
+
+// fence destroys this host's machine of a Server that was evacuated from it (status.hostEpoch > 0)
+// and that it no longer holds, so that a host that returns — restarted or reconnected — never runs
+// a second machine with the Server's identity. It never writes the Server's status: another host
+// owns it, or will. Machines are local to their host (each simulator, each mock datacenter).
+func (r *ServerReconciler) fence(ctx context.Context, server *stargatev1.Server) error {
+	if server.Status.HostEpoch == 0 || controllerutil.ContainsFinalizer(server, r.finalizer) {
+		return nil
+	}
+	info, err := r.Provider.Inspect(ctx, client.ObjectKeyFromObject(server))
+	if err != nil || !info.Exists {
+		return err
+	}
+	logf.FromContext(ctx).Info("fencing: destroying the local machine of a Server this host no longer owns",
+		"owner", server.Status.Host, "hostEpoch", server.Status.HostEpoch)
+	if err := r.Provider.Release(ctx, client.ObjectKeyFromObject(server)); err != nil {
+		return fmt.Errorf("fencing server %s: %w", server.Name, err)
+	}
+	r.Recorder.Eventf(server, nil, corev1.EventTypeNormal, "Fenced", "Fence",
+		"Host %s destroyed its stale machine of this Server: it was evacuated from this host (host epoch %d)", r.Options.HostID, server.Status.HostEpoch)
+	return nil
 }
 
 // saveStatus writes the Server's status when it changed, then records the Event its transition

@@ -6,6 +6,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
@@ -149,12 +150,19 @@ func expectedOff(latest *stargatev1.Operation) bool {
 // newer than the Server's last installation (an older Operation never overrides a newer result).
 func currentOperation(ops []stargatev1.Operation, st stargatev1.ServerStatus) *stargatev1.Operation {
 	var newest, last *stargatev1.Operation
+	evacuated := lastEvacuation(ops)
 	for i := range ops {
 		op := &ops[i]
 		if op.Name == st.LastOperation {
 			last = op
 		}
 		if op.Status.StartTime == nil || op.Spec.Operation != stargatev1.OperationRepave {
+			continue
+		}
+		// A repave that started before the Server's evacuation ran on the lost host: not this
+		// Server's state any more (times have one-second resolution, and such a repave started
+		// at least a grace period earlier).
+		if evacuated != nil && op.Status.StartTime.Before(evacuated) {
 			continue
 		}
 		if op.Status.Phase == stargatev1.OperationRunning {
@@ -219,4 +227,17 @@ func serverTransitionEvent(before, after stargatev1.ServerStatus) (serverEvent, 
 		return serverEvent{corev1.EventTypeWarning, "ProvisioningFailed", after.Message}, true
 	}
 	return serverEvent{}, false
+}
+
+// lastEvacuation is when the Server was last evacuated (nil if never).
+func lastEvacuation(ops []stargatev1.Operation) *metav1.Time {
+	var last *metav1.Time
+	for i := range ops {
+		op := &ops[i]
+		if op.Spec.Operation == stargatev1.OperationEvacuate && op.Status.Phase == stargatev1.OperationSucceeded &&
+			op.Status.CompletionTime != nil && (last == nil || last.Before(op.Status.CompletionTime)) {
+			last = op.Status.CompletionTime
+		}
+	}
+	return last
 }

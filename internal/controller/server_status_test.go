@@ -72,6 +72,14 @@ func TestDesiredServerStatus(t *testing.T) {
 			status: stargatev1.ServerStatus{State: stargatev1.ServerReady, LastOperation: "gone", ProvisionedAt: &provisionedAt, Message: "kept"},
 			ops:    []stargatev1.Operation{succeeded}, machine: up, state: stargatev1.ServerReady, last: "gone", msg: "kept"},
 		{name: "deleting", ops: []stargatev1.Operation{succeeded}, deleted: true, state: stargatev1.ServerDeleting, msg: "Releasing"},
+		{name: "evacuated: the lost host's installation is not the Server's state",
+			status:  stargatev1.ServerStatus{State: stargatev1.ServerAvailable, LastOperation: "evac", Message: "Evacuated from lost host a"},
+			ops:     []stargatev1.Operation{succeeded, powerOp("evac", stargatev1.OperationEvacuate, stargatev1.OperationSucceeded, 40)},
+			machine: &ServerInfo{}, state: stargatev1.ServerAvailable, last: "evac", msg: "Evacuated", power: stargatev1.PowerUnknown},
+		{name: "repaved after the evacuation", status: stargatev1.ServerStatus{State: stargatev1.ServerAvailable, LastOperation: "evac"},
+			ops: []stargatev1.Operation{succeeded, powerOp("evac", stargatev1.OperationEvacuate, stargatev1.OperationSucceeded, 40),
+				opAt("op4", 50, stargatev1.OperationSucceeded, 51)},
+			machine: up, state: stargatev1.ServerReady, last: "op4", reason: "Repaved"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			server := &stargatev1.Server{Status: tc.status}

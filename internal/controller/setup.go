@@ -32,6 +32,16 @@ func Setup(mgr ctrl.Manager, provider Provider, opts Options, metrics *Metrics) 
 	if err := (&ProfileReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader()}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up profile controller: %w", err)
 	}
+	if opts.Liveness != nil {
+		observer, err := setupHostObserver(mgr, *opts.Liveness)
+		if err != nil {
+			return err
+		}
+		if err := (&EvacuateReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder,
+			observer: observer, now: opts.Now}).SetupWithManager(mgr); err != nil {
+			return fmt.Errorf("setting up evacuate controller: %w", err)
+		}
+	}
 	return nil
 }
 

@@ -42,20 +42,22 @@ func LockWorkDir(workDir string) (release func(), err error) {
 	return func() { _ = l.Unlock() }, nil
 }
 
-// CollectGarbage removes what this host holds for Servers that no longer exist — VM directories
+// CollectGarbage removes what this host holds for Servers it no longer holds (mine reports false:
+// deleted, owned by another host, or evacuated from this one, which fences a host that returns
+// after its Servers were handed over) — VM directories
 // (with their QEMU processes, found by pidfile), QMP sockets, IP allocations and taps on this
 // host's bridge — and logs each removal. It runs at startup, before any reconcile: a crash or
 // SIGKILL may have come between a Server's deletion and its release. inScope limits it to the
 // namespaces this host watches (a Server outside them cannot be looked up). It removes what
 // interrupted downloads and removals left in the image and media caches
 // (imagecache.Cache.CollectDebris). Last, it prunes the image cache (prune).
-func (p *Provider) CollectGarbage(ctx context.Context, exists func(context.Context, types.NamespacedName) (bool, error),
+func (p *Provider) CollectGarbage(ctx context.Context, mine func(context.Context, types.NamespacedName) (bool, error),
 	inScope func(namespace string) bool) error {
 	gone := func(server types.NamespacedName) (bool, error) {
 		if !inScope(server.Namespace) {
 			return false, nil
 		}
-		ok, err := exists(ctx, server)
+		ok, err := mine(ctx, server)
 		return !ok, err
 	}
 	var errs []error
@@ -83,7 +85,7 @@ func (p *Provider) CollectGarbage(ctx context.Context, exists func(context.Conte
 				errs = append(errs, err)
 				kept[hostnet.TapName(identity(server))] = true
 			case isGone:
-				p.cfg.Log.Info("garbage: releasing the VM of a Server that no longer exists", "server", identity(server))
+				p.cfg.Log.Info("garbage: releasing the VM of a Server this host no longer holds", "server", identity(server))
 				if err := p.Release(ctx, server); err != nil {
 					errs = append(errs, err)
 				}
@@ -105,7 +107,7 @@ func (p *Provider) CollectGarbage(ctx context.Context, exists func(context.Conte
 		if isGone, err := gone(server); err != nil {
 			errs = append(errs, err)
 		} else if isGone {
-			p.cfg.Log.Info("garbage: releasing the address of a Server that no longer exists", "server", owner, "ip", addr)
+			p.cfg.Log.Info("garbage: releasing the address of a Server this host no longer holds", "server", owner, "ip", addr)
 			if err := p.ipam.Release(owner); err != nil {
 				errs = append(errs, err)
 			}

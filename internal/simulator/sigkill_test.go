@@ -180,6 +180,7 @@ func faultSuite(t testing.TB) time.Duration {
 	}
 
 	must(c.Create(ctx, testenv.Namespace(kns)))
+	must(c.Create(ctx, testenv.Namespace("stargate-system"))) // the host Lease's (--lease-namespace)
 	mem, disk := resourceQ("1536Mi"), resourceQ("4Gi")
 	must(c.Create(ctx, &stargatev1.Server{ObjectMeta: metav1.ObjectMeta{Name: srvName, Namespace: kns},
 		Spec: stargatev1.ServerSpec{CPUs: 2, Memory: &mem, Disk: &disk}}))
