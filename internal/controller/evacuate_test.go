@@ -30,23 +30,8 @@ func (l *liveHost) hasMachine(ns, name string) bool {
 // owner is lost: the other host takes it and repaves it; the old host, restarted, destroys its
 // stale machine (fencing), so one machine is left in total.
 func TestEvacuateHandsALostHostsServerOver(t *testing.T) {
-	h := newHarness(t, time.Millisecond, controller.Options{})
-	h.stop()
-	hosts := map[string]*liveHost{}
-	for _, id := range []string{"host-a", "host-b"} {
-		hosts[id] = startLiveHost(t, h, id, "dc=x", nil)
-	}
-	s := server("s1")
-	s.Labels = map[string]string{"dc": "x"}
-	h.create(s)
-	h.create(profile("p", okUserData))
-	h.create(repave("op1", "s1", "p"))
-	h.waitPhase("op1", stargatev1.OperationSucceeded, 20*time.Second)
-	ownerID := h.server("s1").Status.Host
-	owner, other := hosts[ownerID], hosts["host-a"]
-	if ownerID == "host-a" {
-		other = hosts["host-b"]
-	}
+	h, owner, other := twoHostsOneServer(t)
+	ownerID := owner.id
 
 	h.create(evacuate("evac-fresh", "s1"))
 	op := h.waitPhase("evac-fresh", stargatev1.OperationFailed, testGrace+10*time.Second)

@@ -72,29 +72,8 @@ func hostReachable(conds []metav1.Condition) string {
 // other host starts nothing, and nothing fails; when the owner comes back it says so, and runs
 // the Operation.
 func TestLostHostIsShownAndNeverTaken(t *testing.T) {
-	h := newHarness(t, time.Millisecond, controller.Options{})
-	h.stop()
-	hosts := map[string]*liveHost{}
-	for _, id := range []string{"host-a", "host-b"} {
-		hosts[id] = startLiveHost(t, h, id, "dc=x", nil)
-	}
-	s := server("s1")
-	s.Labels = map[string]string{"dc": "x"}
-	h.create(s)
-	h.create(profile("p", okUserData))
-	h.create(repave("op1", "s1", "p"))
-	h.waitPhase("op1", stargatev1.OperationSucceeded, 20*time.Second)
-	ownerID := h.server("s1").Status.Host
-	owner := hosts[ownerID]
-	var other *liveHost
-	for id, lh := range hosts {
-		if id != ownerID {
-			other = lh
-		}
-	}
-	if owner == nil || owner.dc.Repaves(h.ns, "s1")+other.dc.Repaves(h.ns, "s1") != 1 {
-		t.Fatalf("owner %q; want one repave in total", ownerID)
-	}
+	h, owner, other := twoHostsOneServer(t)
+	ownerID := owner.id
 
 	owner.stop()
 	stopped := time.Now()
@@ -135,4 +114,34 @@ func TestLostHostIsShownAndNeverTaken(t *testing.T) {
 	if n := other.dc.Repaves(h.ns, "s1"); n != 0 {
 		t.Errorf("the other host repaved the lost host's Server %d times", n)
 	}
+}
+
+// twoHostsOneServer starts host-a and host-b with one selector, and a Server s1 both match,
+// repaved once by one of them: it returns the harness, the owner and the other host.
+func twoHostsOneServer(t *testing.T) (h *harness, owner, other *liveHost) {
+	t.Helper()
+	h = newHarness(t, time.Millisecond, controller.Options{})
+	h.stop()
+	hosts := map[string]*liveHost{}
+	for _, id := range []string{"host-a", "host-b"} {
+		hosts[id] = startLiveHost(t, h, id, "dc=x", nil)
+	}
+	s := server("s1")
+	s.Labels = map[string]string{"dc": "x"}
+	h.create(s)
+	h.create(profile("p", okUserData))
+	h.create(repave("op1", "s1", "p"))
+	h.waitPhase("op1", stargatev1.OperationSucceeded, 20*time.Second)
+	ownerID := h.server("s1").Status.Host
+	for id, lh := range hosts {
+		if id == ownerID {
+			owner = lh
+		} else {
+			other = lh
+		}
+	}
+	if owner == nil || owner.dc.Repaves(h.ns, "s1")+other.dc.Repaves(h.ns, "s1") != 1 {
+		t.Fatalf("owner %q; want one repave in total", ownerID)
+	}
+	return h, owner, other
 }
