@@ -43,9 +43,12 @@ type Options struct {
 	KeepFailedVMs    bool
 	ReferenceWait    time.Duration
 	PollInterval     time.Duration
-	MetricsAddr      string
-	ProbeAddr        string
-	Teardown         bool
+	// MachineChecksPerSecond budgets the background checks of machines (--machine-checks-per-second).
+	MachineChecksPerSecond float64
+	MetricsAddr            string
+	ProbeAddr              string
+	PprofAddr              string
+	Teardown               bool
 
 	// Image policy (images.go): which image URLs profiles may name, and download limits.
 	ImageDirs       []string
@@ -92,8 +95,12 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.ReferenceWait, "reference-wait", controller.DefaultReferenceWait,
 		"how long an Operation waits for a missing Server or ProvisioningProfile before failing")
 	fs.DurationVar(&o.PollInterval, "poll-interval", controller.DefaultPollInterval, "how often a running repave is checked")
+	fs.Float64Var(&o.MachineChecksPerSecond, "machine-checks-per-second", controller.DefaultMachineChecksPerSecond,
+		"budget of background checks that a Server's machine still runs as its status says: each machine is checked every 30 s, "+
+			"or less often when the host owns more machines than this budget allows (10,000 at 20/s: each every 500 s; 0: every 30 s)")
 	fs.StringVar(&o.MetricsAddr, "metrics-bind-address", "127.0.0.1:8080", "Prometheus metrics address (0 disables)")
 	fs.StringVar(&o.ProbeAddr, "health-probe-bind-address", "127.0.0.1:8081", "health and readiness probe address (0 disables)")
+	fs.StringVar(&o.PprofAddr, "pprof-bind-address", "0", "Go profiling (net/http/pprof) address, e.g. 127.0.0.1:6060, to find what bounds a busy host (0 disables)")
 	fs.BoolVar(&o.Teardown, "teardown", false, "stop and remove every VM in --work-dir, then the bridge and NAT rules, and exit (no cluster needed)")
 	o.bindImageFlags(fs)
 	o.bindRedfishFlags(fs)

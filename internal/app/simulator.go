@@ -69,8 +69,12 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		}
 		o.HostID = name
 	}
+	if o.MachineChecksPerSecond < 0 {
+		return fmt.Errorf("--machine-checks-per-second %g: must be 0 (no budget) or more", o.MachineChecksPerSecond)
+	}
 	copts := controller.Options{HostID: o.HostID, ReferenceWait: o.ReferenceWait, PollInterval: o.PollInterval, MaxParallel: o.MaxParallel,
-		MaxCPUs: max(o.MaxCPUs, 0), KeepFailedMachines: o.KeepFailedVMs}
+		MachineChecksPerSecond: o.MachineChecksPerSecond,
+		MaxCPUs:                max(o.MaxCPUs, 0), KeepFailedMachines: o.KeepFailedVMs}
 	if o.ServerSelector != "" {
 		sel, err := labels.Parse(o.ServerSelector)
 		if err != nil {
@@ -121,6 +125,7 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		Scheme:                 Scheme(),
 		Metrics:                metricsserver.Options{BindAddress: o.MetricsAddr},
 		HealthProbeBindAddress: o.ProbeAddr,
+		PprofBindAddress:       o.PprofAddr,
 	}
 	if o.Namespace != "" {
 		mopts.Cache = cache.Options{DefaultNamespaces: map[string]cache.Config{o.Namespace: {}}}

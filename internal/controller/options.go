@@ -17,8 +17,10 @@ const (
 	DefaultPollInterval = 3 * time.Second
 	// DefaultReferenceWait is how long an Operation waits for a missing Server, profile or Secret.
 	DefaultReferenceWait = 2 * time.Minute
-	// DefaultMaxConcurrentReconciles of the Operation controller.
+	// DefaultMaxConcurrentReconciles of the Operation and Server controllers.
 	DefaultMaxConcurrentReconciles = 4
+	// DefaultMachineChecksPerSecond is the budget of background machine checks.
+	DefaultMachineChecksPerSecond = 20
 )
 
 // Options tune the reconcilers.
@@ -44,8 +46,13 @@ type Options struct {
 	ReferenceWait time.Duration
 	// PollInterval is how often a running Operation is checked.
 	PollInterval time.Duration
-	// MaxConcurrentReconciles of the Operation controller.
+	// MaxConcurrentReconciles of the Operation and the Server controllers.
 	MaxConcurrentReconciles int
+	// MachineChecksPerSecond bounds the background checks of machines (is it still running?) that
+	// nothing else asked for: each machine is checked every 30 s, or less often when that would
+	// exceed this budget (10,000 machines at 20/s: each every 500 s). 0: every 30 s, whatever the
+	// fleet's size.
+	MachineChecksPerSecond float64
 	// Now returns the current time; tests may replace it.
 	Now func() time.Time
 

@@ -3,6 +3,8 @@ package controller
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -12,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
@@ -21,7 +24,8 @@ import (
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 )
 
-// healthInterval is how often a server's machine is checked.
+// healthInterval is how often a server's machine is checked at most, when nothing else made the
+// Server reconcile; Options.MachineChecksPerSecond stretches it for large fleets.
 const healthInterval = 30 * time.Second
 
 // ServerReconciler of the owning host is the only writer of a Server's status, which it computes
@@ -35,13 +39,46 @@ type ServerReconciler struct {
 
 	// finalizer is this host's ServerFinalizer.
 	finalizer string
+	// checked are the Servers whose machine is looked at again in the background.
+	checked machineChecks
+}
+
+// machineChecks spreads the background checks of machines: each is looked at every healthInterval,
+// or less often when that would make more than the budget of checks per second, so that an idle
+// fleet of ten thousand machines costs no more than one of a few hundred.
+type machineChecks struct {
+	perSecond float64
+	mu        sync.Mutex
+	keys      map[types.NamespacedName]struct{}
+}
+
+// next records whether server's machine is checked in the background, and returns when to look
+// again (zero: not at all), with a tenth of jitter so that checks do not come in waves.
+func (m *machineChecks) next(server types.NamespacedName, exists bool) time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.keys == nil {
+		m.keys = map[types.NamespacedName]struct{}{}
+	}
+	if !exists {
+		delete(m.keys, server)
+		return 0
+	}
+	m.keys[server] = struct{}{}
+	every := healthInterval
+	if m.perSecond > 0 {
+		every = max(every, time.Duration(float64(len(m.keys))/m.perSecond*float64(time.Second)))
+	}
+	return every - every/10 + rand.N(every/5)
 }
 
 // SetupWithManager registers the reconciler; every change of an Operation wakes its Server.
 func (r *ServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.Options.defaults()
 	r.finalizer = ServerFinalizer(r.Options.HostID)
+	r.checked.perSecond = r.Options.MachineChecksPerSecond
 	b := ctrl.NewControllerManagedBy(mgr).Named("server").For(&stargatev1.Server{}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: r.Options.MaxConcurrentReconciles}).
 		Watches(&stargatev1.Operation{}, handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
 			op := o.(*stargatev1.Operation)
 			return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: op.Namespace, Name: op.Spec.ServerRef.Name}}}
@@ -56,10 +93,14 @@ func (r *ServerReconciler) SetupWithManager(mgr ctrl.Manager) error {
 func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	server := &stargatev1.Server{}
 	if err := r.Client.Get(ctx, req.NamespacedName, server); err != nil {
+		r.checked.next(req.NamespacedName, false)
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	me, owner := r.Options.HostID, server.Status.Host
 	guarded := controllerutil.ContainsFinalizer(server, r.finalizer)
+	if !server.DeletionTimestamp.IsZero() || (owner != "" && owner != me) || !r.Options.manages(server) {
+		r.checked.next(req.NamespacedName, false) // not this host's machine to watch (any more)
+	}
 	switch {
 	case !server.DeletionTimestamp.IsZero():
 		if !guarded {
@@ -111,12 +152,9 @@ func (r *ServerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	if saved, err := r.saveStatus(ctx, server, desiredServerStatus(obs)); err != nil || !saved {
 		return ctrl.Result{RequeueAfter: conflictRetry}, err
 	}
-	if obs.machine != nil && obs.machine.Exists {
-		// A machine can stop (or start) without any Kubernetes change: look again, so powerState
-		// and MachineStopped stay true.
-		return ctrl.Result{RequeueAfter: healthInterval}, nil
-	}
-	return ctrl.Result{}, nil
+	// A machine can stop (or start) without any Kubernetes change: look again, so powerState and
+	// MachineStopped stay true.
+	return ctrl.Result{RequeueAfter: r.checked.next(req.NamespacedName, obs.machine != nil && obs.machine.Exists)}, nil
 }
 
 // observe reads what the Server's status is computed from: its Operations and its machine.

@@ -51,6 +51,9 @@ type Server struct {
 	overlaps int
 	// maxInstalling is the most installations ever in progress at once, counted whenever one starts.
 	maxInstalling int
+	// started are the machines whose installation may still be in progress: the only ones
+	// installing() looks at, so that counting stays cheap in a fleet of thousands of machines.
+	started map[string]struct{}
 }
 
 // MaxInstalling returns the most installations that were ever in progress at the same time, as
@@ -61,12 +64,20 @@ func (s *Server) MaxInstalling() int {
 	return s.maxInstalling
 }
 
-// installing counts the machines whose current installation is neither done nor failed.
+// installing counts the machines whose current installation is neither done nor failed, and
+// forgets those that finished.
 func (s *Server) installing() int {
 	n := 0
-	for key, m := range s.machines {
+	for key := range s.started {
+		m := s.machines[key]
+		if m == nil {
+			delete(s.started, key)
+			continue
+		}
 		if rep := s.report(key); m.InstanceID != "" && m.Running && !rep.Done && !rep.Failed {
 			n++
+		} else {
+			delete(s.started, key)
 		}
 	}
 	return n
@@ -90,8 +101,10 @@ func (s *Server) Repaves(namespace, name string) int {
 type machine struct {
 	InstanceID string
 	Started    time.Time
-	FailStep   string
-	Running    bool
+	// StepDelay is how long each step of this installation takes (the datacenter's, when it started).
+	StepDelay time.Duration
+	FailStep  string
+	Running   bool
 	// ShutdownAt is when a graceful shutdown completes (zero: none asked).
 	ShutdownAt time.Time
 	// IgnoresACPI marks a guest that ignores the power button (IgnoreACPIMarker in its user-data).
@@ -158,7 +171,14 @@ func NewServer(cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Server{cfg: cfg, machines: map[string]*machine{}, installs: map[string]int{}, nextIP: 11}
+	return &Server{cfg: cfg, machines: map[string]*machine{}, installs: map[string]int{}, started: map[string]struct{}{}, nextIP: 11}
+}
+
+// SetStepDelay changes how long each step of the repaves that start from now on takes.
+func (s *Server) SetStepDelay(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cfg.StepDelay = d
 }
 
 // Requests returns how many API calls were served.
@@ -207,9 +227,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				s.overlaps++
 			}
 			m.InstanceID, m.Started, m.Running, m.FailStep = body.InstanceID, s.cfg.Now(), true, failStep(body.UserData)
+			m.StepDelay = s.cfg.StepDelay
 			m.ShutdownAt, m.IgnoresACPI = time.Time{}, strings.Contains(body.UserData, IgnoreACPIMarker)
 			m.Repaves++
 			s.installs[key]++
+			s.started[key] = struct{}{}
 			s.maxInstalling = max(s.maxInstalling, s.installing())
 		}
 		w.WriteHeader(http.StatusAccepted)
@@ -313,7 +335,7 @@ func (s *Server) report(key string) ServerReport {
 	elapsed := s.cfg.Now().Sub(m.Started)
 	rep.Done = true
 	for i, step := range Steps {
-		doneAt := time.Duration(i+1) * s.cfg.StepDelay
+		doneAt := time.Duration(i+1) * m.StepDelay
 		sr := StepReport{Type: step}
 		switch {
 		case rep.Failed:
@@ -324,7 +346,7 @@ func (s *Server) report(key string) ServerReport {
 			rep.Failed, rep.Done, rep.Message = true, false, sr.Message
 		case elapsed >= doneAt:
 			sr.State, sr.Message = "Done", "mock datacenter: "+step+" done"
-		case elapsed >= doneAt-s.cfg.StepDelay:
+		case elapsed >= doneAt-m.StepDelay:
 			sr.State, sr.Message = "InProgress", "mock datacenter: "+step+" in progress"
 			rep.Done = false
 		default:

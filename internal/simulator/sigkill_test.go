@@ -17,8 +17,6 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
@@ -101,7 +99,7 @@ func faultSuite(t testing.TB) time.Duration {
 		t.Fatalf("building the simulator: %v\n%s", err, out)
 	}
 	kubeconfig := filepath.Join(tmp, "kubeconfig")
-	must(writeKubeconfig(env, kubeconfig))
+	must(env.WriteKubeconfig(kubeconfig, ""))
 	ctl, wrapDir := filepath.Join(tmp, "ctl"), filepath.Join(tmp, "wrappers")
 	must(writeWrappers(wrapDir, ctl, realImg, realQEMU))
 
@@ -435,17 +433,6 @@ exit $rc
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, "qemu-system-x86_64"), []byte(qemu), 0o755)
-}
-
-// writeKubeconfig writes a kubeconfig for envtest's apiserver.
-func writeKubeconfig(env *testenv.Env, path string) error {
-	cfg := env.Config
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
-	kc.AuthInfos["envtest"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken}
-	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "envtest"}
-	kc.CurrentContext = "envtest"
-	return clientcmd.WriteToFile(*kc, path)
 }
 
 // simulatorPaths asks the simulator binary where it keeps a Server's things.

@@ -15,8 +15,6 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
@@ -62,7 +60,7 @@ func TestTwoSimulatorsHandOverWithQEMU(t *testing.T) {
 		t.Fatalf("building the simulator: %v\n%s", err, out)
 	}
 	kubeconfig := filepath.Join(tmp, "kubeconfig")
-	must(writeKubeconfig(env, kubeconfig))
+	must(env.WriteKubeconfig(kubeconfig, ""))
 	// host-b runs in a network namespace of its own, as on another machine (tap names derive from
 	// the Server, so two hosts cannot share one namespace), joined to this one by a veth; it reaches
 	// the API server (on this namespace's loopback) through a TCP relay on the veth's address.
@@ -86,7 +84,7 @@ func TestTwoSimulatorsHandOverWithQEMU(t *testing.T) {
 	must(err)
 	relay := relayTo(t, "10.251.0.1:0", api.Host)
 	kubeconfigB := filepath.Join(tmp, "kubeconfig-b")
-	must(writeKubeconfigVia(env, kubeconfigB, "https://"+relay))
+	must(env.WriteKubeconfig(kubeconfigB, "https://"+relay))
 
 	flags := func(id, bridge, gateway string) []string {
 		return []string{"--kubeconfig", kubeconfig, "--work-dir", filepath.Join(tmp, id), "--bridge", bridge, "--gateway", gateway,
@@ -228,16 +226,4 @@ func relayTo(t *testing.T, listen, target string) string {
 		}
 	}()
 	return l.Addr().String()
-}
-
-// writeKubeconfigVia writes a kubeconfig for env's API server reached at server (a relay): the
-// certificate is checked against the name the API server's certificate holds.
-func writeKubeconfigVia(env *testenv.Env, path, server string) error {
-	cfg := env.Config
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["envtest"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: cfg.CAData, TLSServerName: "localhost"}
-	kc.AuthInfos["envtest"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken}
-	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "envtest"}
-	kc.CurrentContext = "envtest"
-	return clientcmd.WriteToFile(*kc, path)
 }

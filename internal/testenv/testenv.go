@@ -16,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -74,6 +76,23 @@ func Start() (*Env, error) {
 		return nil, fmt.Errorf("creating client: %w", err)
 	}
 	return &Env{Config: cfg, Client: c, Scheme: s, env: env}, nil
+}
+
+// WriteKubeconfig writes a kubeconfig for the apiserver, for the processes a test starts (a
+// simulator binary). server overrides the address (a relay in another network namespace); the
+// certificate is then checked against the name the apiserver's certificate holds.
+func (e *Env) WriteKubeconfig(path, server string) error {
+	cfg := e.Config
+	cluster := &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
+	if server != "" {
+		cluster.Server, cluster.TLSServerName = server, "localhost"
+	}
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["envtest"] = cluster
+	kc.AuthInfos["envtest"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken}
+	kc.Contexts["envtest"] = &clientcmdapi.Context{Cluster: "envtest", AuthInfo: "envtest"}
+	kc.CurrentContext = "envtest"
+	return clientcmd.WriteToFile(*kc, path)
 }
 
 // Stop stops the apiserver and etcd.
