@@ -143,13 +143,13 @@ func New(cfg Config) (*Client, error) {
 	}
 	transport := &http.Transport{
 		// No proxy from the environment: the connection must go to the address that was checked.
-		Proxy:                 nil,
-		DialContext:           dialer.DialContext,
-		TLSClientConfig:       &tls.Config{RootCAs: cfg.RootCAs, InsecureSkipVerify: cfg.InsecureSkipVerify, MinVersion: tls.VersionTLS12}, //nolint:gosec // the operator's explicit opt-in
-		TLSHandshakeTimeout:   c.timeout,
-		ResponseHeaderTimeout: c.timeout,
-		MaxIdleConnsPerHost:   2,
-		IdleConnTimeout:       90 * time.Second,
+		Proxy:       nil,
+		DialContext: dialer.DialContext,
+		// InsecureSkipVerify is the operator's explicit opt-in, which Verified reports.
+		TLSClientConfig:     &tls.Config{RootCAs: cfg.RootCAs, InsecureSkipVerify: cfg.InsecureSkipVerify, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: c.timeout,
+		MaxIdleConnsPerHost: 2,
+		IdleConnTimeout:     90 * time.Second,
 		// BMCs are small: one request at a time is what many of them can take.
 		MaxConnsPerHost: 4,
 	}
@@ -294,22 +294,26 @@ func (c *Client) do(ctx context.Context, method, path string, body any, header h
 			return nil, fmt.Errorf("%s %s: %w", method, path, err)
 		}
 	}
-	var last error
+	var prev error // the previous attempt's, for an error after the caller's context ended
 	for attempt := 1; ; attempt++ {
 		resp, err := c.once(ctx, method, path, payload, header)
-		if err == nil {
+		switch {
+		case err == nil:
 			return resp, nil
+		case ctx.Err() != nil && prev != nil:
+			return nil, fmt.Errorf("%s %s: %w (last error: %w)", method, path, err, prev)
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("%s %s: %w", method, path, err)
 		}
-		last = err
 		wait, retry := c.retryable(err, attempt)
-		if !retry {
-			break
-		}
-		if attempt >= c.attempts {
-			last = fmt.Errorf("gave up after %d attempts: %w", attempt, err)
-			break
+		switch {
+		case !retry:
+			return nil, fmt.Errorf("%s %s: %w", method, path, err)
+		case attempt >= c.attempts:
+			return nil, fmt.Errorf("%s %s: gave up after %d attempts: %w", method, path, attempt, err)
 		}
 		c.log.V(1).Info("Redfish request failed; retrying", "method", method, "path", path, "attempt", attempt, "wait", wait, "reason", err.Error())
+		prev = err
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -318,7 +322,6 @@ func (c *Client) do(ctx context.Context, method, path string, body any, header h
 		case <-t.C:
 		}
 	}
-	return nil, fmt.Errorf("%s %s: %w", method, path, last)
 }
 
 // once sends one attempt of a request, bounded by the per-request timeout.
@@ -412,8 +415,6 @@ func (c *Client) retryable(err error, attempt int) (time.Duration, bool) {
 		return 0, false
 	case errors.As(err, &to):
 		return wait, true
-	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-		return 0, false // the caller's context
 	case errors.As(err, &refused), errors.As(err, &certErr):
 		return 0, false
 	}

@@ -246,3 +246,7 @@ func wantError(t *testing.T, err error, parts ...string) {
 		t.Errorf("error %q holds the password", err)
 	}
 }
+
+func readAll(r *http.Request) ([]byte, error) { return io.ReadAll(io.LimitReader(r.Body, 1<<20)) }
+
+func contains(list []string, s string) bool { return slices.Contains(list, s) }
