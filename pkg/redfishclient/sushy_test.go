@@ -72,6 +72,9 @@ func needSushyEmulator(t *testing.T) {
 // emulator downloads and attaches to the domain's CD drive) and eject it. What the emulator says
 // is checked against libvirt's own view of the domain.
 func TestSushyEmulator(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts libvirtd, QEMU and sushy-emulator; skipped in -short mode")
+	}
 	if netnstest.RanIsolated(t) {
 		return // it ran in a network namespace of its own: output and verdict above
 	}

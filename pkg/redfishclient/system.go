@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 )
@@ -283,6 +284,17 @@ func (s *System) SetBootOverride(ctx context.Context, b BootOverride) error {
 	if b.Enabled == "" {
 		b.Enabled = BootOnce
 	}
+	// A BMC whose ETag changed between the read and the PATCH (the System's state moved on)
+	// answers 412: read it again, once.
+	err := s.setBootOverride(ctx, b)
+	var he *HTTPError
+	if errors.As(err, &he) && he.StatusCode == http.StatusPreconditionFailed {
+		err = s.setBootOverride(ctx, b)
+	}
+	return err
+}
+
+func (s *System) setBootOverride(ctx context.Context, b BootOverride) error {
 	sys, etag, err := s.c.readSystemTagged(ctx, s.Path)
 	if err != nil {
 		return err

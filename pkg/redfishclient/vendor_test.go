@@ -432,12 +432,16 @@ func TestSlowBMC(t *testing.T) {
 }
 
 // TestETag: a BMC (iLO 5, OpenBMC) that refuses a PATCH without the resource's ETag in If-Match
-// (428) or with a stale one (412) gets the one it sent.
+// (428) or with a stale one (412) gets the one it sent, read again after a 412.
 func TestETag(t *testing.T) {
 	b := newBackend(t)
 	var etag atomic.Int64
+	var staleOnce atomic.Bool
 	m := newBMC(t, b, bmcOptions{vendor: func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPatch && staleOnce.CompareAndSwap(true, false) {
+				etag.Add(1)
+			}
 			current := `W/"boot-` + string(rune('0'+etag.Load())) + `"`
 			switch {
 			case r.URL.Path != sysPath:
@@ -456,6 +460,9 @@ func TestETag(t *testing.T) {
 		})
 	}})
 	sys := m.system(t)
+	// The BMC's ETag moves on between the client's read and its PATCH (as when the System's
+	// state changes): the client reads it again, once.
+	staleOnce.Store(true)
 	for _, target := range []string{redfishclient.BootCd, redfishclient.BootHdd} {
 		if err := sys.SetBootOverride(t.Context(), redfishclient.BootOverride{Target: target, Enabled: redfishclient.BootContinuous}); err != nil {
 			t.Fatal(err)
@@ -467,7 +474,8 @@ func TestETag(t *testing.T) {
 			ifMatch = append(ifMatch, e.ifMatch+" "+e.String())
 		}
 	}
-	if want := []string{`W/"boot-0" PATCH ` + sysPath + " 204", `W/"boot-1" PATCH ` + sysPath + " 204"}; !reflect.DeepEqual(ifMatch, want) {
+	want := []string{`W/"boot-0" PATCH ` + sysPath + " 412", `W/"boot-1" PATCH ` + sysPath + " 204", `W/"boot-2" PATCH ` + sysPath + " 204"}
+	if !reflect.DeepEqual(ifMatch, want) {
 		t.Errorf("PATCHes %q, want %q", ifMatch, want)
 	}
 	got, err := b.System(t.Context(), systemID)
