@@ -79,6 +79,9 @@ type Config struct {
 	RequestTimeout time.Duration
 	// Attempts is how many times a request is tried when it fails in a way worth retrying (5xx,
 	// 409, 429, timeout, dropped connection); zero means DefaultAttempts, 1 means no retry.
+	// Actions are retried too, so a BMC that acted on a request whose answer was lost sees it
+	// again: the requests this client sends are meant to be safe to repeat (a second ForceOff
+	// or InsertMedia of the same image changes nothing; a second ForceRestart restarts again).
 	Attempts int
 	// MinBackoff and MaxBackoff bound the wait between attempts, which doubles from MinBackoff
 	// up to MaxBackoff (a Retry-After the BMC sends is honoured up to MaxBackoff). Zero means
@@ -187,6 +190,10 @@ func parseEndpoint(endpoint string) (*url.URL, error) {
 	}
 	return &url.URL{Scheme: u.Scheme, Host: u.Host}, nil
 }
+
+// CloseIdleConnections closes the connections kept open for the next request, e.g. when a
+// caller is done with the BMC for a while.
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
 
 // Verified reports whether the BMC's identity is verified: https with its certificate checked.
 // It is false over plain http and with InsecureSkipVerify.
@@ -345,6 +352,7 @@ func (c *Client) once(ctx context.Context, method, path string, payload []byte, 
 		req.Header[k] = v
 	}
 	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", "stargate-redfishclient")
 	req.Header.Set("OData-Version", "4.0")
 	if payload != nil {
 		req.Header.Set("Content-Type", "application/json")

@@ -237,6 +237,10 @@ func (s *System) InsertMedia(ctx context.Context, imageURL string) error {
 		}
 	}
 	if err := s.c.insert(ctx, sl, imageURL, scheme); err != nil {
+		// A retried request may fail only because its first try, whose answer was lost, did it.
+		if now, rerr := s.c.readSlot(ctx, sl.Path); rerr == nil && now.Image == imageURL && now.res.Inserted != nil && *now.res.Inserted {
+			return nil
+		}
 		return fmt.Errorf("insert media into %s: %w", sl.Path, err)
 	}
 	return nil
@@ -252,6 +256,9 @@ func (s *System) EjectMedia(ctx context.Context) error {
 		return nil
 	}
 	if err := s.c.eject(ctx, sl); err != nil {
+		if now, rerr := s.c.readSlot(ctx, sl.Path); rerr == nil && !now.inserted() {
+			return nil // done by a try whose answer was lost
+		}
 		return fmt.Errorf("eject media from %s: %w", sl.Path, err)
 	}
 	return nil

@@ -361,7 +361,7 @@ func startSushyEmulator(t *testing.T) *sushyEmulator {
 		if errors.As(err, &he) && he.StatusCode == http.StatusUnauthorized {
 			return nil
 		}
-		return fmt.Errorf("not ready: %v", err)
+		return fmt.Errorf("not ready: %w", err)
 	})
 	return e
 }

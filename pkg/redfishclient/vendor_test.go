@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strings"
 	"sync/atomic"
@@ -352,6 +353,31 @@ func TestRetries(t *testing.T) {
 		wantError(t, err, "GET "+sysPath+": gave up after 4 attempts: ")
 		if !strings.Contains(err.Error(), "reset") && !strings.Contains(err.Error(), "EOF") {
 			t.Errorf("error %q does not name the dropped connection", err)
+		}
+	})
+	t.Run("answer lost after the insert", func(t *testing.T) {
+		// The BMC inserts the image but the connection drops before it answers; the retry is
+		// refused (409: a medium is in), yet the image is in, which is what was asked.
+		b := newBackend(t)
+		m := newBMC(t, b, bmcOptions{vendor: func(next http.Handler) http.Handler {
+			var dropped atomic.Bool
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, insertPath) && dropped.CompareAndSwap(false, true) {
+					next.ServeHTTP(httptest.NewRecorder(), r) // done, answer lost
+					resetConnection(w, r)
+					return
+				}
+				next.ServeHTTP(w, r)
+			})
+		}})
+		if err := m.system(t).InsertMedia(t.Context(), image); err != nil {
+			t.Fatal(err)
+		}
+		if n := m.log.count(http.MethodPost, sysCd+insertPath); n < 2 {
+			t.Errorf("InsertMedia POSTed %d times, want the lost one and its retries", n)
+		}
+		if got := b.Calls(); len(got) != 1 || got[0].Op != "InsertMedia" {
+			t.Errorf("backend calls %+v", got)
 		}
 	})
 	t.Run("400 is not retried", func(t *testing.T) {
