@@ -153,7 +153,7 @@ func New(cfg Config) (*Client, error) {
 		TLSHandshakeTimeout: c.timeout,
 		MaxIdleConnsPerHost: 2,
 		IdleConnTimeout:     90 * time.Second,
-		// BMCs are small: one request at a time is what many of them can take.
+		// BMCs are small: a few connections are what many of them can take.
 		MaxConnsPerHost: 4,
 	}
 	c.http = &http.Client{Transport: transport, CheckRedirect: c.checkRedirect}
@@ -171,7 +171,8 @@ func orDefault(d, def time.Duration) time.Duration {
 func parseEndpoint(endpoint string) (*url.URL, error) {
 	u, err := url.Parse(endpoint)
 	if err != nil {
-		return nil, fmt.Errorf("BMC endpoint: %w", err)
+		// Not the parser's error: it quotes the URL, which may hold a password.
+		return nil, errors.New("BMC endpoint: not a URL")
 	}
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":

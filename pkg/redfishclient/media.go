@@ -97,7 +97,14 @@ func (s *System) cdSlot(ctx context.Context) (slot, error) {
 			}
 			visited[mp] = true
 			sl, err := s.c.readSlot(ctx, mp)
-			if err != nil {
+			var he *HTTPError
+			switch {
+			case errors.As(err, &he) && he.StatusCode >= 400 && he.StatusCode < 500:
+				// Some BMCs list slots they then refuse to show (a license missing, a disabled
+				// USB slot): another slot may still serve.
+				seen = append(seen, fmt.Sprintf("%s (%d)", mp, he.StatusCode))
+				continue
+			case err != nil:
 				return slot{}, err
 			}
 			if slices.ContainsFunc(sl.MediaTypes, func(t string) bool { return t == "CD" || t == "DVD" }) {

@@ -78,12 +78,12 @@ func TestMediaUnderManager(t *testing.T) {
 }
 
 // floppyFirst is a BMC (Supermicro, iLO) whose VirtualMedia collection lists a slot that takes
-// no CD before the one that does; withoutCd lists only that slot.
+// no CD and one it refuses to show before the one that takes a CD; withoutCd lists only those two.
 func floppyFirst(withoutCd bool) func(http.Handler) http.Handler {
 	const floppy = sysMedia + "/Floppy1"
 	return func(next http.Handler) http.Handler {
 		edit := func(obj map[string]any) {
-			members := []any{map[string]any{"@odata.id": floppy}}
+			members := []any{map[string]any{"@odata.id": floppy}, map[string]any{"@odata.id": sysMedia + "/USB9"}}
 			if !withoutCd {
 				members = append(members, obj["Members"].([]any)...)
 			}
@@ -98,6 +98,11 @@ func floppyFirst(withoutCd bool) func(http.Handler) http.Handler {
 			if r.URL.Path == floppy && r.Method == http.MethodGet {
 				writeJSON(w, http.StatusOK, map[string]any{"@odata.id": floppy, "Id": "Floppy1", "MediaTypes": []string{"Floppy", "USBStick"},
 					"Image": nil, "Inserted": false, "Actions": map[string]any{"#VirtualMedia.InsertMedia": map[string]any{"target": floppy + insertPath}}})
+				return
+			}
+			if r.URL.Path == sysMedia+"/USB9" {
+				// Listed, but the BMC will not show it (iLO without its license, say).
+				redfishError(w, http.StatusForbidden, "InsufficientPrivilege", "There are insufficient privileges for the account or credentials associated with the current session to perform the requested operation.")
 				return
 			}
 			if strings.HasPrefix(r.URL.Path, floppy) {
@@ -121,7 +126,7 @@ func TestSlotWithoutCdFirst(t *testing.T) {
 
 	m = newBMC(t, newBackend(t), bmcOptions{vendor: floppyFirst(true)})
 	_, err := m.system(t).VirtualMedia(t.Context())
-	wantError(t, err, "no virtual media slot takes a CD or DVD (found: "+sysMedia+"/Floppy1 [Floppy USBStick])")
+	wantError(t, err, "no virtual media slot takes a CD or DVD (found: "+sysMedia+"/Floppy1 [Floppy USBStick], "+sysMedia+"/USB9 (403))")
 }
 
 // insertBodies records the InsertMedia bodies a BMC got, and refuses, as a vendor's BMC does,
