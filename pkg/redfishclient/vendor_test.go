@@ -102,7 +102,8 @@ func floppyFirst(withoutCd bool) func(http.Handler) http.Handler {
 			}
 			if r.URL.Path == sysMedia+"/USB9" {
 				// Listed, but the BMC will not show it (iLO without its license, say).
-				redfishError(w, http.StatusForbidden, "InsufficientPrivilege", "There are insufficient privileges for the account or credentials associated with the current session to perform the requested operation.")
+				redfishError(w, http.StatusForbidden, "InsufficientPrivilege",
+					"There are insufficient privileges for the account or credentials associated with the current session to perform the requested operation.")
 				return
 			}
 			if strings.HasPrefix(r.URL.Path, floppy) {
