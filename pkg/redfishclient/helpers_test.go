@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -69,6 +70,8 @@ func newBMC(t *testing.T, b *redfish.MemoryBackend, opt bmcOptions) *bmc {
 	}
 	log := &requestLog{}
 	srv := httptest.NewUnstartedServer(log.wrap(h))
+	// The server's own complaints (a TLS handshake a test's client refused) go to the test's log.
+	srv.Config.ErrorLog = stdlog.New(testLogWriter{t}, "BMC: ", 0)
 	m := &bmc{backend: b, srv: srv, log: log}
 	if opt.https {
 		dir := t.TempDir()
@@ -250,3 +253,11 @@ func wantError(t *testing.T, err error, parts ...string) {
 func readAll(r *http.Request) ([]byte, error) { return io.ReadAll(io.LimitReader(r.Body, 1<<20)) }
 
 func contains(list []string, s string) bool { return slices.Contains(list, s) }
+
+// testLogWriter writes to the test's log.
+type testLogWriter struct{ t *testing.T }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}

@@ -597,3 +597,39 @@ func TestHostileBMC(t *testing.T) {
 		}
 	})
 }
+
+// TestResetActionInfo: a BMC (OpenBMC, iDRAC) that lists the reset types it allows in the
+// action's ActionInfo rather than inline: a type it does not list is refused before anything is
+// sent, one it lists is sent.
+func TestResetActionInfo(t *testing.T) {
+	const infoPath = sysPath + "/ResetActionInfo"
+	b := newBackend(t)
+	m := newBMC(t, b, bmcOptions{vendor: func(next http.Handler) http.Handler {
+		sys := rewriteJSON(next, sysPath, func(obj map[string]any) {
+			reset := obj["Actions"].(map[string]any)["#ComputerSystem.Reset"].(map[string]any)
+			delete(reset, "ResetType@Redfish.AllowableValues")
+			reset["@Redfish.ActionInfo"] = infoPath
+		})
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == infoPath {
+				writeJSON(w, http.StatusOK, map[string]any{"@odata.id": infoPath, "Id": "ResetActionInfo", "Parameters": []any{
+					map[string]any{"Name": "ResetType", "Required": true, "DataType": "String", "AllowableValues": []string{"On", "ForceOff"}},
+				}})
+				return
+			}
+			sys.ServeHTTP(w, r)
+		})
+	}})
+	sys := m.system(t)
+	err := sys.Reset(t.Context(), redfishclient.ResetForceRestart)
+	wantError(t, err, `ResetType "ForceRestart" (it allows: On, ForceOff)`)
+	if err := sys.Reset(t.Context(), redfishclient.ResetForceOff); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"POST " + sysPath + "/Actions/ComputerSystem.Reset 204"}; !reflect.DeepEqual(m.log.changes(), want) {
+		t.Errorf("requests %q, want %q", m.log.changes(), want)
+	}
+	if got := b.Calls(); len(got) != 1 || got[0].Arg != "ForceOff" {
+		t.Errorf("backend calls %+v", got)
+	}
+}
