@@ -67,10 +67,11 @@ func needSushyEmulator(t *testing.T) {
 
 // TestSushyEmulator drives a BMC no one on this project wrote: OpenStack's sushy-emulator (the
 // BMC of Ironic's and Metal3's CI) in front of a libvirt domain (TCG, an empty disk and a CD
-// drive), over https with basic auth, as a Redfish datacenter would: find the system, power it on
-// and off, set a boot override to CD, insert an ISO the test serves over HTTP (which the
-// emulator downloads and attaches to the domain's CD drive) and eject it. What the emulator says
-// is checked against libvirt's own view of the domain.
+// drive; a second domain makes it a BMC of two systems), over https with basic auth, as a
+// Redfish datacenter would: find the system by its UUID, power it on and off, set a boot override
+// to CD, insert an ISO the test serves over HTTP (which the emulator downloads and attaches to
+// the domain's CD drive) and eject it. What the emulator says is checked against libvirt's own
+// view of the domain.
 func TestSushyEmulator(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts libvirtd, QEMU and sushy-emulator; skipped in -short mode")
@@ -113,7 +114,13 @@ func TestSushyEmulator(t *testing.T) {
 	if !c.Verified() {
 		t.Error("the emulator's certificate is not verified")
 	}
-	sys, err := c.System(ctx, "")
+	// Two domains, two Systems: the caller must say which.
+	_, err = c.System(ctx, "")
+	if err == nil || !strings.Contains(err.Error(), "the BMC has 2 systems") || !strings.Contains(err.Error(), e.uuid) ||
+		!strings.Contains(err.Error(), e.other) {
+		t.Errorf("System without an id: %v; want an error naming both systems", err)
+	}
+	sys, err := c.System(ctx, strings.ToUpper(e.uuid)) // a UUID in capitals is the same UUID
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,6 +215,8 @@ type sushyEmulator struct {
 	libvirtURI string
 	domain     string
 	uuid       string
+	// other is the UUID of a second domain, which the test leaves alone.
+	other string
 	// pool is the directory of the libvirt storage pool "default", where the emulator keeps
 	// inserted images.
 	pool string
@@ -298,25 +307,31 @@ func startSushyEmulator(t *testing.T) *sushyEmulator {
 	e := &sushyEmulator{libvirtURI: uri, domain: "sg-bmc-test", uuid: "5b1b2c6e-9a41-4c3e-8d2f-0e6f1a2b3c4d", pool: filepath.Join(dir, "pool")}
 	e.virsh(t, "pool-define-as", "default", "dir", "--target", e.pool)
 	e.virsh(t, "pool-start", "default")
-	disk := filepath.Join(e.pool, "disk.raw")
-	if err := os.WriteFile(disk, nil, 0o600); err != nil {
-		t.Fatal(err)
+	// The domain the test drives, and another one (never started), so the BMC has two systems.
+	e.other = "0c2d3e4f-5a6b-4c7d-8e9f-a0b1c2d3e4f5"
+	for _, d := range []struct{ name, uuid string }{{e.domain, e.uuid}, {"sg-bmc-other", e.other}} {
+		disk := filepath.Join(e.pool, d.name+".raw")
+		if err := os.WriteFile(disk, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(disk, 64<<20); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(disk, bmcUID, bmcUID); err != nil {
+			t.Fatal(err)
+		}
+		domXML := filepath.Join(dir, d.name+".xml")
+		if err := os.WriteFile(domXML, []byte(fmt.Sprintf(domainXML, d.name, d.uuid, disk)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		e.virsh(t, "define", domXML)
+		t.Cleanup(func() {
+			// The domain's QEMU is not libvirtd's child: end it before libvirtd goes.
+			_, _ = virsh(uri, "destroy", d.name)
+			_, _ = virsh(uri, "undefine", d.name)
+		})
 	}
-	if err := os.Truncate(disk, 64<<20); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(disk, bmcUID, bmcUID); err != nil {
-		t.Fatal(err)
-	}
-	domXML := filepath.Join(dir, "domain.xml")
-	if err := os.WriteFile(domXML, []byte(fmt.Sprintf(domainXML, e.domain, e.uuid, disk)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	e.virsh(t, "define", domXML)
 	t.Cleanup(func() {
-		// The domain's QEMU is not libvirtd's child: end it before libvirtd goes.
-		_, _ = virsh(uri, "destroy", e.domain)
-		_, _ = virsh(uri, "undefine", e.domain)
 		_, _ = virsh(uri, "pool-destroy", "default")
 		_, _ = virsh(uri, "pool-undefine", "default")
 	})
