@@ -29,8 +29,13 @@ import (
 func TestMain(m *testing.M) { os.Exit(netnstest.Main(m)) }
 
 // sushyTools is the source tree of OpenStack's sushy-tools (see ../shared/third_party/README.md
-// from the repository's root), relative to this package.
-const sushyTools = "../../../shared/third_party/sushy-tools"
+// from the repository's root): $STARGATE_SUSHY_TOOLS, or that tree relative to this package.
+func sushyTools() string {
+	if dir := os.Getenv("STARGATE_SUSHY_TOOLS"); dir != "" {
+		return dir
+	}
+	return "../../../shared/third_party/sushy-tools"
+}
 
 // debianPython is the interpreter with Debian's python3-* modules (a python3 earlier on PATH may
 // have none of them).
@@ -60,8 +65,9 @@ func needSushyEmulator(t *testing.T) {
 	if out, err := exec.Command(debianPython, "-c", "import "+modules).CombinedOutput(); err != nil {
 		testreq.Need(t, "Python modules "+modules+" for sushy-emulator ("+strings.TrimSpace(string(out))+")", install)
 	}
-	if _, err := os.Stat(filepath.Join(sushyTools, "sushy_tools", "emulator", "main.py")); err != nil {
-		testreq.Need(t, "sushy-tools' source tree at ../shared/third_party/sushy-tools from the repository's root", "see that directory's README.md")
+	if _, err := os.Stat(filepath.Join(sushyTools(), "sushy_tools", "emulator", "main.py")); err != nil {
+		testreq.Need(t, "sushy-tools' source tree at ../shared/third_party/sushy-tools from the repository's root (or $STARGATE_SUSHY_TOOLS)",
+			"see ../shared/third_party/README.md")
 	}
 }
 
@@ -345,7 +351,7 @@ func startSushyEmulator(t *testing.T) *sushyEmulator {
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	tree, err := filepath.Abs(sushyTools)
+	tree, err := filepath.Abs(sushyTools())
 	if err != nil {
 		t.Fatal(err)
 	}
