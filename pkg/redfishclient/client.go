@@ -212,10 +212,11 @@ func (c *Client) checkRedirect(req *http.Request, via []*http.Request) error {
 	}
 	prev := via[len(via)-1].URL
 	to := req.URL
-	sameHost := strings.EqualFold(to.Hostname(), c.base.Hostname())
-	scheme := to.Scheme == prev.Scheme || (prev.Scheme == "http" && to.Scheme == "https")
-	if !sameHost || !scheme || to.User != nil {
+	switch {
+	case !strings.EqualFold(to.Hostname(), c.base.Hostname()) || to.User != nil:
 		return &refusedError{fmt.Errorf("the BMC redirected to %s://%s, which is not its own address %s", to.Scheme, to.Host, c.base)}
+	case to.Scheme != prev.Scheme && (prev.Scheme != "http" || to.Scheme != "https"):
+		return &refusedError{fmt.Errorf("the BMC redirected from %s to %s, which would send the credentials in clear", prev.Scheme, to.Scheme)}
 	}
 	return nil
 }
@@ -228,7 +229,6 @@ func (e *refusedError) Unwrap() error { return e.err }
 
 // response is a BMC's answer to one request.
 type response struct {
-	status int
 	header http.Header
 	body   []byte
 }
@@ -374,7 +374,7 @@ func (c *Client) once(ctx context.Context, method, path string, payload []byte, 
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, newHTTPError(resp, data)
 	}
-	return &response{status: resp.StatusCode, header: resp.Header, body: data}, nil
+	return &response{header: resp.Header, body: data}, nil
 }
 
 // timeoutError is the cause of an attempt that took longer than the per-request timeout.

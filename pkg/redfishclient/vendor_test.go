@@ -556,6 +556,19 @@ func TestHostileBMC(t *testing.T) {
 			t.Errorf("GET Systems %d times, want 1 (a refused redirect is not retried)", n)
 		}
 	})
+	t.Run("redirect from https to http", func(t *testing.T) {
+		m := newBMC(t, newBackend(t), bmcOptions{https: true, vendor: func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/redfish/v1/Systems" {
+					http.Redirect(w, r, "http://127.0.0.1:1/redfish/v1/Systems", http.StatusFound)
+					return
+				}
+				next.ServeHTTP(w, r)
+			})
+		}})
+		_, err := m.client(t).System(t.Context(), "")
+		wantError(t, err, "the BMC redirected from https to http, which would send the credentials in clear")
+	})
 	t.Run("redirect on its own host", func(t *testing.T) {
 		m := newBMC(t, newBackend(t), bmcOptions{vendor: func(next http.Handler) http.Handler {
 			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
