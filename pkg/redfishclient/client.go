@@ -127,8 +127,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	c.maxWait = max(c.maxWait, c.minWait)
 	check := cfg.CheckAddress
+	// No dial or handshake timeouts of their own: each attempt's context bounds the whole
+	// exchange, so that a timeout always reads the same.
 	dialer := &net.Dialer{
-		Timeout:   c.timeout,
 		KeepAlive: 30 * time.Second,
 		ControlContext: func(_ context.Context, _, address string, _ syscall.RawConn) error {
 			if check == nil {
@@ -150,7 +151,6 @@ func New(cfg Config) (*Client, error) {
 		DialContext: dialer.DialContext,
 		// InsecureSkipVerify is the operator's explicit opt-in, which Verified reports.
 		TLSClientConfig:     &tls.Config{RootCAs: cfg.RootCAs, InsecureSkipVerify: cfg.InsecureSkipVerify, MinVersion: tls.VersionTLS12},
-		TLSHandshakeTimeout: c.timeout,
 		MaxIdleConnsPerHost: 2,
 		IdleConnTimeout:     90 * time.Second,
 		// BMCs are small: a few connections are what many of them can take.
