@@ -21,6 +21,9 @@ readonly PACKAGES=(
 	debootstrap e2fsprogs fdisk grub-pc-bin                                        # the offline guest image
 	xorriso                                                                        # with grub-pc-bin, grub-mkrescue: the virtual media test's bootable ISO
 	python3-sushy                                                                  # pkg/redfish: OpenStack Ironic's Redfish client
+	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients                      # pkg/redfishclient: libvirt behind sushy-emulator
+	python3-libvirt python3-flask python3-tenacity python3-bcrypt python3-webob    # sushy-emulator (OpenStack's BMC emulator, from
+	python3-pbr python3-requests                                                   #   ../shared/third_party/sushy-tools)
 	shellcheck                                                                     # make lint
 )
 
