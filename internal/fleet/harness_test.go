@@ -60,6 +60,7 @@ type fleet struct {
 	dc      *mockdc.Server
 	c       client.WithWatch // the users' client: fast, so that it never bounds what is measured
 	metrics string           // the controller's /metrics URL
+	pprof   string           // the controller's /debug/pprof URL
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	log     *os.File
@@ -98,11 +99,11 @@ func startFleet(t testing.TB, stepDelay time.Duration, flags ...string) *fleet {
 	if err := env.WriteKubeconfig(kubeconfig, ""); err != nil {
 		t.Fatal(err)
 	}
-	metricsAddr := freeAddr(t)
-	f.metrics = "http://" + metricsAddr + "/metrics"
+	metricsAddr, pprofAddr := freeAddr(t), freeAddr(t)
+	f.metrics, f.pprof = "http://"+metricsAddr+"/metrics", "http://"+pprofAddr+"/debug/pprof"
 	args := append([]string{"--provider=mock", "--mock-url", srv.URL, "--kubeconfig", kubeconfig, "--host-id", f.ns,
 		"--namespace", f.ns, "--lease-namespace", f.ns, "--work-dir", filepath.Join(tmp, "work"),
-		"--metrics-bind-address", metricsAddr, "--health-probe-bind-address", "0", "--max-parallel", "0"}, flags...)
+		"--metrics-bind-address", metricsAddr, "--pprof-bind-address", pprofAddr, "--health-probe-bind-address", "0", "--max-parallel", "0"}, flags...)
 	f.cmd = exec.Command(bin, args...)
 	if f.log, err = os.Create(filepath.Join(tmp, "simulator.log")); err != nil {
 		t.Fatal(err)
@@ -113,6 +114,7 @@ func startFleet(t testing.TB, stepDelay time.Duration, flags ...string) *fleet {
 		t.Fatal(err)
 	}
 	go func() { _ = f.cmd.Wait(); close(f.exited) }()
+	t.Logf("controller: pid %d, %s, %s, log %s", f.cmd.Process.Pid, f.metrics, f.pprof, f.log.Name())
 	t.Cleanup(f.stop)
 	f.create(&stargatev1.ProvisioningProfile{ObjectMeta: metav1.ObjectMeta{Name: f.profile}, Spec: stargatev1.ProvisioningProfileSpec{
 		CloudInit: "#cloud-config\nruncmd: [[touch, /ok]]\n", Image: stargatev1.ImageSource{URL: "file:///images/fleet.qcow2"}}})
@@ -194,36 +196,49 @@ func serverName(i int) string { return fmt.Sprintf("s%05d", i) }
 // more than the controller does.
 func (f *fleet) grow(n int) time.Duration {
 	f.t.Helper()
-	ctx := context.Background()
-	w, err := f.c.Watch(ctx, &stargatev1.ServerList{}, client.InNamespace(f.ns))
-	if err != nil {
-		f.failf("watching servers: %v", err)
-	}
-	defer w.Stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	allOwned := make(chan struct{})
+	watchErr := make(chan error, 1)
+	go func() { // read while creating: the API server drops a watcher that falls behind
+		owned := map[string]bool{}
+		for ctx.Err() == nil {
+			// Without a resource version a watch starts with every existing Server, so a
+			// new watch (the API server ends them now and then) counts from scratch.
+			w, err := f.c.Watch(ctx, &stargatev1.ServerList{}, client.InNamespace(f.ns))
+			if err != nil {
+				watchErr <- err
+				return
+			}
+			for ev := range w.ResultChan() {
+				if s, ok := ev.Object.(*stargatev1.Server); ok && s.Status.Host == f.ns {
+					owned[s.Name] = true
+				}
+				if len(owned) == n {
+					w.Stop()
+					close(allOwned)
+					return
+				}
+			}
+			w.Stop()
+		}
+	}()
 	start := time.Now()
-	err = parallel(f.servers, n, func(i int) error {
+	err := parallel(f.servers, n, func(i int) error {
 		s := &stargatev1.Server{ObjectMeta: metav1.ObjectMeta{Name: serverName(i), Namespace: f.ns}}
 		return f.c.Create(ctx, s)
 	})
 	if err != nil {
 		f.failf("creating servers: %v", err)
 	}
-	owned := map[string]bool{}
-	timeout := time.After(15 * time.Minute)
-	for len(owned) < n {
-		select {
-		case ev, ok := <-w.ResultChan():
-			if !ok || ev.Type == watch.Error {
-				f.failf("watching servers: %v", ev.Object)
-			}
-			if s, ok := ev.Object.(*stargatev1.Server); ok && s.Status.Host == f.ns {
-				owned[s.Name] = true
-			}
-		case <-f.exited:
-			f.failf("the controller exited while taking %d Servers (%d owned)", n, len(owned))
-		case <-timeout:
-			f.failf("the controller owned %d of %d Servers after 15 minutes", len(owned), n)
-		}
+	select {
+	case <-allOwned:
+	case err := <-watchErr:
+		f.failf("watching servers: %v", err)
+	case <-f.exited:
+		f.failf("the controller exited while taking %d Servers", n)
+	case <-time.After(15 * time.Minute):
+		f.failf("the controller did not own all %d Servers within 15 minutes", n)
 	}
 	f.servers = n
 	return time.Since(start)
@@ -285,25 +300,38 @@ func (f *fleet) run(ops, inflight int) runResult {
 		err := f.c.List(ctx, &list, client.InNamespace(f.ns))
 		return len(list.Items) == 0, err
 	})
-	w, err := f.c.Watch(ctx, &stargatev1.OperationList{}, client.InNamespace(f.ns))
-	if err != nil {
-		f.failf("watching operations: %v", err)
-	}
-	defer w.Stop()
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
 
 	var mu sync.Mutex
 	created := map[string]time.Time{}
 	var latencies []time.Duration
 	slots := make(chan struct{}, inflight)
-	failed := make(chan string, 1)
+	failed := make(chan string, 2)
 	allDone := make(chan struct{})
-	go func() { // the users' view: when each Operation is seen Succeeded
-		seen := map[string]bool{}
-		for ev := range w.ResultChan() {
-			if ev.Type == watch.Error {
-				failed <- fmt.Sprintf("watch error: %v", ev.Object)
+	events := make(chan watch.Event)
+	go func() { // one watch after another: the API server ends them now and then
+		defer close(events)
+		for watchCtx.Err() == nil {
+			w, err := f.c.Watch(watchCtx, &stargatev1.OperationList{}, client.InNamespace(f.ns))
+			if err != nil {
+				if watchCtx.Err() == nil {
+					failed <- fmt.Sprintf("watching operations: %v", err)
+				}
 				return
 			}
+			for ev := range w.ResultChan() {
+				select {
+				case events <- ev:
+				case <-watchCtx.Done():
+				}
+			}
+			w.Stop()
+		}
+	}()
+	go func() { // the users' view: when each Operation is seen Succeeded
+		seen := map[string]bool{}
+		for ev := range events {
 			op, ok := ev.Object.(*stargatev1.Operation)
 			if !ok || seen[op.Name] {
 				continue
@@ -390,6 +418,31 @@ func (f *fleet) sample() sample {
 		f.failf("reading the controller's metrics: %v", err)
 	}
 	return s
+}
+
+// memory samples the controller after a garbage collection (its pprof heap endpoint runs one), so
+// that what is reported is what the fleet keeps, not garbage of the last run; the heap profile is
+// written to dir when it is not empty.
+func (f *fleet) memory(dir, name string) sample {
+	f.t.Helper()
+	resp, err := http.Get(f.pprof + "/heap?gc=1") //nolint:noctx // loopback, the test's own process
+	if err != nil {
+		f.failf("collecting the controller's garbage: %v", err)
+	}
+	defer resp.Body.Close()
+	out := io.Discard
+	if dir != "" {
+		file, err := os.Create(filepath.Join(dir, name+".controller-heap.pprof"))
+		if err != nil {
+			f.failf("%v", err)
+		}
+		defer file.Close()
+		out = file
+	}
+	if _, err := io.Copy(out, resp.Body); err != nil {
+		f.failf("reading the controller's heap profile: %v", err)
+	}
+	return f.sample()
 }
 
 func (f *fleet) scrape() (sample, error) {
@@ -494,14 +547,18 @@ func (f *fleet) objectWrites(d time.Duration) (map[string]int, error) {
 	return counts, firstErr
 }
 
+var profiling sync.Mutex
+
 // profileAPIServer writes a CPU profile of the API server, taken over d, to path: what bounds a
 // fleet on one machine is often the API server, not the controller.
 func profileAPIServer(path string, d time.Duration) error {
+	profiling.Lock() // the API server takes one CPU profile at a time
+	defer profiling.Unlock()
 	hc, err := rest.HTTPClientFor(env.Config)
 	if err != nil {
 		return err
 	}
-	resp, err := hc.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", env.Config.Host, int(d.Seconds()))) //nolint:noctx // bounded by d
+	resp, err := hc.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", strings.TrimRight(env.Config.Host, "/"), int(d.Seconds()))) //nolint:noctx // bounded by d
 	if err != nil {
 		return err
 	}

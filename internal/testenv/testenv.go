@@ -65,6 +65,8 @@ func Start() (*Env, error) {
 	args := env.ControlPlane.GetAPIServer().Configure()
 	args.Set("advertise-address", "127.0.0.1")
 	args.Set("endpoint-reconciler-type", "none")
+	// /debug/pprof: the fleet benchmark profiles the API server, often what bounds a fleet here.
+	args.Set("profiling", "true")
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("starting envtest (etcd + kube-apiserver from %s): %w", os.Getenv("KUBEBUILDER_ASSETS"), err)
