@@ -1,0 +1,41 @@
+// Command stargate-installer is the installer agent: /init of the installer ISO's initramfs. It
+// installs the raw image its Spec names (see internal/installer and pkg/installspec), then powers
+// the machine off, whether the install worked or not; a failure is reported to the controller and
+// printed on the console first.
+//
+// Run as anything but PID 1 (for debugging), it mounts nothing and does not power off:
+//
+//	stargate-installer -config spec.json
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+
+	"stargate.io/stargate/internal/installer"
+)
+
+func main() {
+	config := flag.String("config", "", "install spec to read (default: the initramfs' own)")
+	flag.Parse()
+	isInit := os.Getpid() == 1
+	if isInit {
+		if err := installer.SetUpInit(); err != nil {
+			fmt.Fprintf(os.Stderr, "stargate-installer: setting up: %v\n", err)
+			installer.PowerOff()
+		}
+	}
+	agent := &installer.Agent{ConfigPath: *config}
+	err := agent.Run(context.Background())
+	if err == nil {
+		fmt.Fprintln(os.Stderr, "stargate-installer: install complete")
+	}
+	if isInit {
+		installer.PowerOff()
+	}
+	if err != nil {
+		os.Exit(1)
+	}
+}
