@@ -146,7 +146,7 @@ type ModuleLoader struct {
 	// Dir is the modules directory, /lib/modules/$(uname -r).
 	Dir string
 	// Log receives one line per module loaded or failed.
-	Log func(format string, args ...any)
+	Log    func(format string, args ...any)
 	loaded map[string]bool
 }
 
