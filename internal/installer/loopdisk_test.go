@@ -166,49 +166,7 @@ func testImageAndSeed(t *testing.T, label string) {
 		t.Fatalf("seed partition = %+v, want partition 3 of the %s after the image, within the disk", part, wantTable)
 	}
 
-	// util-linux reads a consistent table: no complaint (a GPT's backup header must now be at the
-	// end of the disk, the protective MBR must cover the disk), the image's partitions unchanged.
-	out, err := exec.Command("sfdisk", "--list", devPath).CombinedOutput()
-	if err != nil {
-		t.Fatalf("sfdisk --list: %v\n%s", err, out)
-	}
-	for _, complaint := range []string{"mismatch", "not on the end", "corrupt", "invalid", "differ"} {
-		if strings.Contains(strings.ToLower(string(out)), complaint) {
-			t.Errorf("sfdisk --list complains (%q):\n%s", complaint, out)
-		}
-	}
-	if out, err := exec.Command("sfdisk", "--verify", devPath).CombinedOutput(); err != nil {
-		t.Errorf("sfdisk --verify: %v\n%s", err, out)
-	}
-	after := sfdiskJSON(t, devPath)
-	if len(after.PartitionTable.Partitions) != 3 {
-		t.Fatalf("partitions after = %+v, want the image's 2 and cidata", after.PartitionTable.Partitions)
-	}
-	for i, p := range before.PartitionTable.Partitions {
-		q := after.PartitionTable.Partitions[i]
-		if p.Start != q.Start || p.Size != q.Size || p.Type != q.Type || p.Name != q.Name {
-			t.Errorf("partition %d changed: %+v -> %+v", i+1, p, q)
-		}
-	}
-	seed := after.PartitionTable.Partitions[2]
-	if seed.Start*512 != part.Start || seed.Size*512 != part.Size {
-		t.Errorf("cidata partition in the table = %+v, want start %d size %d bytes", seed, part.Start, part.Size)
-	}
-	if label == "gpt" && (seed.Name != SeedLabel || after.PartitionTable.LastLBA != diskSize/512-34) {
-		t.Errorf("GPT: cidata name %q, last usable LBA %d; want %q and %d (the table grown to the disk)",
-			seed.Name, after.PartitionTable.LastLBA, SeedLabel, diskSize/512-34)
-	}
-
-	// blkid finds both file systems by label, as the guest's cloud-init and fstab will.
-	probe := func(offset int64) string {
-		return run(t, "blkid", "--probe", "--offset", itoa(offset), "--output", "export", devPath)
-	}
-	if got := probe(rootStart); !strings.Contains(got, "LABEL=rootfs") || !strings.Contains(got, "TYPE=ext4") {
-		t.Errorf("blkid at the root partition: %s", got)
-	}
-	if got := probe(part.Start); !strings.Contains(got, "LABEL=cidata") || !strings.Contains(got, "TYPE=iso9660") {
-		t.Errorf("blkid at the cidata partition: %s", got)
-	}
+	after := checkInstalledDisk(t, devPath, before, part, files)
 
 	// The root file system is intact: e2fsck passes and it mounts with its file.
 	rootSize := after.PartitionTable.Partitions[1].Size * 512
@@ -222,34 +180,6 @@ func testImageAndSeed(t *testing.T, label string) {
 	run(t, "umount", mnt)
 	if err != nil || string(hello) != "from the image\n" {
 		t.Errorf("/hello on the installed root = %q, %v", hello, err)
-	}
-
-	// The seed: this host's kernel has no iso9660 driver, so go-diskfs reads it back.
-	seedCopy, err := os.Create(filepath.Join(t.TempDir(), "seed.iso"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer seedCopy.Close()
-	if _, err := io.Copy(seedCopy, io.NewSectionReader(dev, part.Start, part.Size)); err != nil {
-		t.Fatal(err)
-	}
-	seedFS, err := iso9660.Read(file.New(seedCopy, true), part.Size, 0, 2048)
-	if err != nil {
-		t.Fatalf("reading the seed file system: %v", err)
-	}
-	if l := strings.TrimRight(seedFS.Label(), " \x00"); l != SeedLabel {
-		t.Errorf("seed volume label = %q, want %q", l, SeedLabel)
-	}
-	for name, want := range files {
-		f, err := seedFS.OpenFile("/"+name, os.O_RDONLY)
-		if err != nil {
-			t.Errorf("seed file %s: %v", name, err)
-			continue
-		}
-		got, err := io.ReadAll(f)
-		if err != nil || !bytes.Equal(got, want) {
-			t.Errorf("seed file %s = %q, %v; want %q", name, got, err, want)
-		}
 	}
 }
 
@@ -292,6 +222,102 @@ func TestDigestMismatchWipesLoopDevice(t *testing.T) {
 	if !bytes.Equal(image[18432*512:18432*512+4096], mid) {
 		t.Error("the middle of the image was cleared as well")
 	}
+}
+
+// checkInstalledDisk checks a disk (device or file) after an install: util-linux reads a
+// consistent partition table in which the image's partitions are unchanged and the seed partition
+// is where part says; blkid finds the image's root (label rootfs) and the seed (label cidata); the
+// seed file system holds files. It returns the table as sfdisk reads it.
+func checkInstalledDisk(t *testing.T, devPath string, before sfdiskDump, part SeedPartition, files map[string][]byte) sfdiskDump {
+	t.Helper()
+	st, err := os.Stat(devPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	diskSize := st.Size()
+	if st.Mode()&os.ModeDevice != 0 {
+		diskSize, err = strconv.ParseInt(strings.TrimSpace(run(t, "blockdev", "--getsize64", devPath)), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	dev, err := os.Open(devPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	// util-linux reads a consistent table: no complaint (a GPT's backup header must now be at the
+	// end of the disk, the protective MBR must cover the disk), the image's partitions unchanged.
+	out, err := exec.Command("sfdisk", "--list", devPath).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sfdisk --list: %v\n%s", err, out)
+	}
+	for _, complaint := range []string{"mismatch", "not on the end", "corrupt", "invalid", "differ"} {
+		if strings.Contains(strings.ToLower(string(out)), complaint) {
+			t.Errorf("sfdisk --list complains (%q):\n%s", complaint, out)
+		}
+	}
+	if out, err := exec.Command("sfdisk", "--verify", devPath).CombinedOutput(); err != nil {
+		t.Errorf("sfdisk --verify: %v\n%s", err, out)
+	}
+	after := sfdiskJSON(t, devPath)
+	if len(after.PartitionTable.Partitions) != 3 {
+		t.Fatalf("partitions after = %+v, want the image's 2 and cidata", after.PartitionTable.Partitions)
+	}
+	for i, p := range before.PartitionTable.Partitions {
+		q := after.PartitionTable.Partitions[i]
+		if p.Start != q.Start || p.Size != q.Size || p.Type != q.Type || p.Name != q.Name {
+			t.Errorf("partition %d changed: %+v -> %+v", i+1, p, q)
+		}
+	}
+	seed := after.PartitionTable.Partitions[2]
+	if seed.Start*512 != part.Start || seed.Size*512 != part.Size {
+		t.Errorf("cidata partition in the table = %+v, want start %d size %d bytes", seed, part.Start, part.Size)
+	}
+	if part.Table == "gpt" && (seed.Name != SeedLabel || after.PartitionTable.LastLBA != diskSize/512-34) {
+		t.Errorf("GPT: cidata name %q, last usable LBA %d; want %q and %d (the table grown to the disk)",
+			seed.Name, after.PartitionTable.LastLBA, SeedLabel, diskSize/512-34)
+	}
+
+	// blkid finds both file systems by label, as the guest's cloud-init and fstab will.
+	probe := func(offset int64) string {
+		return run(t, "blkid", "--probe", "--offset", itoa(offset), "--output", "export", devPath)
+	}
+	if got := probe(before.PartitionTable.Partitions[1].Start * 512); !strings.Contains(got, "LABEL=rootfs") || !strings.Contains(got, "TYPE=ext4") {
+		t.Errorf("blkid at the root partition: %s", got)
+	}
+	if got := probe(part.Start); !strings.Contains(got, "LABEL=cidata") || !strings.Contains(got, "TYPE=iso9660") {
+		t.Errorf("blkid at the cidata partition: %s", got)
+	}
+
+	// The seed: this host's kernel has no iso9660 driver, so go-diskfs reads it back.
+	seedCopy, err := os.Create(filepath.Join(t.TempDir(), "seed.iso"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer seedCopy.Close()
+	if _, err := io.Copy(seedCopy, io.NewSectionReader(dev, part.Start, part.Size)); err != nil {
+		t.Fatal(err)
+	}
+	seedFS, err := iso9660.Read(file.New(seedCopy, true), part.Size, 0, 2048)
+	if err != nil {
+		t.Fatalf("reading the seed file system: %v", err)
+	}
+	if l := strings.TrimRight(seedFS.Label(), " \x00"); l != SeedLabel {
+		t.Errorf("seed volume label = %q, want %q", l, SeedLabel)
+	}
+	for name, want := range files {
+		f, err := seedFS.OpenFile("/"+name, os.O_RDONLY)
+		if err != nil {
+			t.Errorf("seed file %s: %v", name, err)
+			continue
+		}
+		got, err := io.ReadAll(f)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Errorf("seed file %s = %q, %v; want %q", name, got, err, want)
+		}
+	}
+	return after
 }
 
 func writeTemp(t *testing.T, b []byte) string {
