@@ -1,0 +1,201 @@
+package installer
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"stargate.io/stargate/internal/netnstest"
+	"stargate.io/stargate/internal/testreq"
+	"stargate.io/stargate/pkg/installeriso"
+	"stargate.io/stargate/pkg/installspec"
+)
+
+func TestMain(m *testing.M) { os.Exit(netnstest.Main(m)) }
+
+// envInstallerISO names the base installer ISO (hack/installer-iso/build.sh prints its path).
+const envInstallerISO = "STARGATE_INSTALLER_ISO"
+
+// controllerStub is the controller's side of an install, as small as a test can make it: it serves
+// the image and takes the agent's reports.
+type controllerStub struct {
+	image []byte
+	token string
+
+	mu       sync.Mutex
+	reports  []installspec.Report
+	badToken int
+}
+
+func (c *controllerStub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.Method == http.MethodGet && r.URL.Path == "/images/test.raw":
+		http.ServeContent(w, r, "test.raw", time.Time{}, bytes.NewReader(c.image))
+	case r.Method == http.MethodPost && r.URL.Path == "/callback":
+		if r.Header.Get("Authorization") != "Bearer "+c.token {
+			c.mu.Lock()
+			c.badToken++
+			c.mu.Unlock()
+			http.Error(w, "wrong token", http.StatusUnauthorized)
+			return
+		}
+		rep, err := installspec.DecodeReport(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		c.mu.Lock()
+		c.reports = append(c.reports, *rep)
+		c.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func (c *controllerStub) phases() []installspec.Phase {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []installspec.Phase
+	for _, r := range c.reports {
+		if len(out) == 0 || out[len(out)-1] != r.Phase {
+			out = append(out, r.Phase)
+		}
+	}
+	return out
+}
+
+// TestInstallerBootsAndInstalls boots the real installer ISO (BIOS, TCG) with the Spec in its
+// config slot, two virtio disks (the target named by serial, and a decoy that would fit too) and a
+// virtio NIC on QEMU's user network, inside a test-made network namespace. The agent must load its
+// drivers, configure the static address, stream the image from the stub controller, report each
+// step with the token, write the seed partition and power the VM off. Then the target disk holds
+// the image and the seed, and the decoy is untouched.
+func TestInstallerBootsAndInstalls(t *testing.T) {
+	if netnstest.RanIsolated(t) {
+		return
+	}
+	isoPath := os.Getenv(envInstallerISO)
+	if isoPath == "" {
+		testreq.Need(t, envInstallerISO+" (the base installer ISO)", envInstallerISO+"=$(hack/installer-iso/build.sh) go test ...")
+	}
+	qemuBin := testreq.Command(t, "qemu-system-x86_64", "sudo apt-get install -y qemu-system-x86")
+	testreq.Command(t, "sfdisk", "sudo apt-get install -y fdisk")
+
+	image, _ := makeImage(t, "gpt")
+	before := sfdiskJSON(t, writeTemp(t, image))
+	sum := sha256.Sum256(image)
+	stub := &controllerStub{image: image, token: rand.Text() + rand.Text()}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: stub, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	// QEMU's user network: the guest reaches the host's loopback (of this namespace) as 10.0.2.2.
+	host := fmt.Sprintf("http://10.0.2.2:%d", port)
+	files := map[string][]byte{
+		"meta-data": []byte("instance-id: i-vm\nlocal-hostname: vm\n"),
+		"user-data": []byte("#cloud-config\nfinal_message: installed by the test\n"),
+	}
+	spec := &installspec.Spec{
+		APIVersion: installspec.APIVersion,
+		Image:      installspec.Image{URL: host + "/images/test.raw", SHA256: hex.EncodeToString(sum[:]), SizeBytes: int64(len(image))},
+		Network:    installspec.Network{MAC: "52:54:00:5a:7e:01", Address: "10.0.2.15/24", Gateway: "10.0.2.2"},
+		RootDevice: installspec.RootDeviceHint{Serial: "stargate-target"},
+		Seed:       installspec.Seed{MetaData: files["meta-data"], UserData: files["user-data"]},
+		Callback:   installspec.Callback{URL: host + "/callback", Token: stub.token},
+	}
+
+	dir := t.TempDir()
+	base, err := installeriso.OpenBase(isoPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer base.Close()
+	medium, err := base.NewMedium(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	isoFile := filepath.Join(dir, "installer.iso")
+	if err := medium.WriteFile(isoFile); err != nil {
+		t.Fatal(err)
+	}
+	target, decoy := filepath.Join(dir, "target.raw"), filepath.Join(dir, "decoy.raw")
+	for _, d := range []string{target, decoy} {
+		if err := os.WriteFile(d, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(d, 160*mib); err != nil {
+			t.Fatal(err)
+		}
+	}
+	console := filepath.Join(dir, "console.log")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, qemuBin,
+		"-machine", "q35", "-accel", "tcg", "-smp", "1", "-m", "1024", "-display", "none", "-no-reboot",
+		"-serial", "file:"+console, "-monitor", "none",
+		"-drive", "file="+isoFile+",media=cdrom,readonly=on", "-boot", "order=d",
+		"-drive", "file="+target+",if=none,id=target,format=raw", "-device", "virtio-blk-pci,drive=target,serial=stargate-target",
+		"-drive", "file="+decoy+",if=none,id=decoy,format=raw", "-device", "virtio-blk-pci,drive=decoy,serial=decoy",
+		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:5a:7e:01",
+	)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	consoleLog, _ := os.ReadFile(console)
+	t.Logf("QEMU ran %s", time.Since(start).Round(time.Second))
+	if err != nil || ctx.Err() != nil {
+		t.Fatalf("QEMU: %v (%v)\n%s\nconsole:\n%s", err, ctx.Err(), out, consoleLog)
+	}
+	for _, line := range strings.Split(string(consoleLog), "\n") {
+		if strings.Contains(line, "stargate-installer:") {
+			t.Log("console: " + strings.TrimSpace(line))
+		}
+	}
+	if !strings.Contains(string(consoleLog), "stargate-installer: install complete") {
+		t.Fatalf("the console does not say the install completed:\n%s", consoleLog)
+	}
+
+	want := []installspec.Phase{installspec.PhaseBooted, installspec.PhaseWriting, installspec.PhaseWritten,
+		installspec.PhaseSeeded, installspec.PhaseDone}
+	if got := stub.phases(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("report phases = %v, want %v\nconsole:\n%s", got, want, consoleLog)
+	}
+	stub.mu.Lock()
+	last := stub.reports[len(stub.reports)-1]
+	badToken := stub.badToken
+	stub.mu.Unlock()
+	if last.BytesWritten != int64(len(image)) || !strings.Contains(last.Disk, "serial stargate-target") {
+		t.Errorf("Done report = %+v, want %d bytes written to the disk with serial stargate-target", last, len(image))
+	}
+	if badToken != 0 {
+		t.Errorf("%d reports came with a wrong token", badToken)
+	}
+
+	// The seed partition lies where the agent's own code puts it on a disk of this size.
+	part := SeedPartition{Table: "gpt", Number: 3, Size: SeedPartitionBytes,
+		Start: (160*mib - gptReservedSectors*512 - SeedPartitionBytes) / partitionAlign * partitionAlign}
+	checkInstalledDisk(t, target, before, part, files)
+	decoyBytes, err := os.ReadFile(decoy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(decoyBytes, make([]byte, len(decoyBytes))) {
+		t.Error("the decoy disk was written to")
+	}
+}
