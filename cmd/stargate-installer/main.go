@@ -13,9 +13,14 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"time"
 
 	"stargate.io/stargate/internal/installer"
 )
+
+// consoleHold is how long a failure nobody could be told about stays on the console before the
+// machine powers off.
+const consoleHold = 10 * time.Minute
 
 func main() {
 	config := flag.String("config", "", "install spec to read (default: the initramfs' own)")
@@ -33,6 +38,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "stargate-installer: install complete")
 	}
 	if isInit {
+		if err != nil && !agent.FailureReported {
+			// Nobody heard about the failure: leave the reason on the console for a human first.
+			fmt.Fprintf(os.Stderr, "stargate-installer: the controller could not be told; powering off in %s\n", consoleHold)
+			time.Sleep(consoleHold)
+		}
 		installer.PowerOff()
 	}
 	if err != nil {

@@ -36,6 +36,10 @@ type Agent struct {
 	Console    io.Writer
 	// NetworkTimeout bounds the wait for the NIC and its carrier; DiskTimeout the wait for disks.
 	NetworkTimeout, DiskTimeout time.Duration
+
+	// FailureReported is set by Run when it failed and the controller took the Failed report:
+	// nobody needs to read the console then.
+	FailureReported bool
 }
 
 // seedReserve is what the image may not use at the end of the disk: the cidata partition, its
@@ -99,8 +103,12 @@ func (a *Agent) Run(ctx context.Context) (err error) {
 			return
 		}
 		a.logf("FAILED: %v", err)
-		if reporter != nil && !errors.Is(err, ErrOperationOver) {
-			_ = reporter.Send(context.WithoutCancel(ctx), installspec.Report{Phase: installspec.PhaseFailed, Message: err.Error()})
+		switch {
+		case errors.Is(err, ErrOperationOver):
+			a.FailureReported = true // the controller ended it; there is nothing to tell
+		case reporter != nil:
+			sendErr := reporter.Send(context.WithoutCancel(ctx), installspec.Report{Phase: installspec.PhaseFailed, Message: err.Error()})
+			a.FailureReported = sendErr == nil
 		}
 	}()
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"stargate.io/stargate/pkg/installspec"
 )
@@ -55,7 +56,7 @@ func ConfigureNetwork(ctx context.Context, n installspec.Network, resolvConf str
 	}
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: prefix.Addr().AsSlice(), Mask: net.CIDRMask(prefix.Bits(), prefix.Addr().BitLen())}}
 	if prefix.Addr().Is6() {
-		addr.Flags = 0x02 // IFA_F_NODAD: duplicate address detection would delay the address for seconds
+		addr.Flags = unix.IFA_F_NODAD // duplicate address detection would delay the address for seconds
 	}
 	if err := netlink.AddrReplace(link, addr); err != nil {
 		return "", fmt.Errorf("adding %s to %s: %w", prefix, name, err)

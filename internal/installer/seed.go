@@ -112,7 +112,8 @@ func tableKind(dev io.ReaderAt, sectorSize int) (string, error) {
 	return "mbr", nil
 }
 
-// seedEnd returns where the cidata partition starts for a disk whose usable area ends at end.
+// seedStart returns where the cidata partition starts when the usable area of the disk ends at
+// byte end and the image and its partitions end at imageSize and lastPartitionEnd.
 func seedStart(end, imageSize, lastPartitionEnd int64) (int64, error) {
 	start := (end - SeedPartitionBytes) / partitionAlign * partitionAlign
 	floor := max(imageSize, lastPartitionEnd)
