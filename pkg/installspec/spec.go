@@ -120,6 +120,27 @@ func (s Seed) Files() map[string][]byte {
 	return files
 }
 
+// SeedFromFiles makes a Seed of NoCloud files by name (pkg/cloudinit's Config.Files), refusing
+// names NoCloud does not read.
+func SeedFromFiles(files map[string][]byte) (Seed, error) {
+	var s Seed
+	for name, content := range files {
+		switch name {
+		case "meta-data":
+			s.MetaData = content
+		case "user-data":
+			s.UserData = content
+		case "network-config":
+			s.NetworkConfig = content
+		case "vendor-data":
+			s.VendorData = content
+		default:
+			return Seed{}, fmt.Errorf("seed file %q is not one NoCloud reads", truncate(name))
+		}
+	}
+	return s, s.validate()
+}
+
 // Callback is where Reports go.
 type Callback struct {
 	// URL receives each Report as a POST.

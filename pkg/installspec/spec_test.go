@@ -3,8 +3,11 @@ package installspec
 import (
 	"bytes"
 	"encoding/json"
+	"net/netip"
 	"strings"
 	"testing"
+
+	"stargate.io/stargate/pkg/cloudinit"
 )
 
 const testCA = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -150,5 +153,28 @@ func TestDecodeReport(t *testing.T) {
 		if _, err := DecodeReport(strings.NewReader(bad)); err == nil {
 			t.Errorf("DecodeReport(%.80s) accepted it", bad)
 		}
+	}
+}
+
+func TestSeedFromCloudInitFiles(t *testing.T) {
+	cfg := cloudinit.Config{
+		InstanceID: "op-1", Hostname: "worker-1", UserData: []byte("#cloud-config\n"),
+		Network: &cloudinit.GuestNetwork{MAC: "52:54:00:12:34:56", Address: netip.MustParsePrefix("10.0.0.11/24"),
+			Gateway: netip.MustParseAddr("10.0.0.1")},
+	}
+	files, err := cfg.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, err := SeedFromFiles(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := seed.Files(); len(got) != len(files) || string(got["network-config"]) != string(files["network-config"]) ||
+		!strings.Contains(string(got["meta-data"]), "instance-id: op-1") {
+		t.Errorf("seed files = %q, want cloudinit's %q", got, files)
+	}
+	if _, err := SeedFromFiles(map[string][]byte{"meta-data": []byte("x"), "../etc/passwd": nil}); err == nil {
+		t.Error("SeedFromFiles accepted a file NoCloud does not read")
 	}
 }
