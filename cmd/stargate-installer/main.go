@@ -12,6 +12,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -26,21 +27,23 @@ func main() {
 	config := flag.String("config", "", "install spec to read (default: the initramfs' own)")
 	flag.Parse()
 	isInit := os.Getpid() == 1
+	var console io.Writer = os.Stderr
 	if isInit {
 		if err := installer.SetUpInit(); err != nil {
 			fmt.Fprintf(os.Stderr, "stargate-installer: setting up: %v\n", err)
 			installer.PowerOff()
 		}
+		console = installer.OpenConsoles(os.Stderr)
 	}
-	agent := &installer.Agent{ConfigPath: *config}
+	agent := &installer.Agent{ConfigPath: *config, Console: console}
 	err := agent.Run(context.Background())
 	if err == nil {
-		fmt.Fprintln(os.Stderr, "stargate-installer: install complete")
+		fmt.Fprintln(console, "stargate-installer: install complete")
 	}
 	if isInit {
 		if err != nil && !agent.FailureReported {
 			// Nobody heard about the failure: leave the reason on the console for a human first.
-			fmt.Fprintf(os.Stderr, "stargate-installer: the controller could not be told; powering off in %s\n", consoleHold)
+			fmt.Fprintf(console, "stargate-installer: the controller could not be told; powering off in %s\n", consoleHold)
 			time.Sleep(consoleHold)
 		}
 		installer.PowerOff()

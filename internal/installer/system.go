@@ -3,6 +3,7 @@ package installer
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -42,6 +43,32 @@ func SetUpInit() error {
 		}
 	}
 	return console.Close()
+}
+
+// OpenConsoles returns a writer to every console the kernel writes to (/sys/class/tty/console/active,
+// e.g. "tty0 ttyS0"): /dev/console is only the last of them, and an operator may be watching the
+// screen through the BMC's remote console or the serial port through serial-over-LAN. Without any,
+// it returns fallback.
+func OpenConsoles(fallback io.Writer) io.Writer {
+	active, err := os.ReadFile("/sys/class/tty/console/active")
+	if err != nil {
+		return fallback
+	}
+	var writers []io.Writer
+	for _, name := range strings.Fields(string(active)) {
+		if strings.ContainsAny(name, "/.") {
+			continue
+		}
+		f, err := os.OpenFile("/dev/"+name, os.O_WRONLY|unix.O_NOCTTY, 0)
+		if err != nil {
+			continue
+		}
+		writers = append(writers, f)
+	}
+	if len(writers) == 0 {
+		return fallback
+	}
+	return io.MultiWriter(writers...)
 }
 
 // KernelRelease is uname -r: the directory of the running kernel's modules under /lib/modules.
