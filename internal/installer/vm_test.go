@@ -269,3 +269,71 @@ func assertZeros(t *testing.T, path string, n int64) {
 		t.Errorf("%s: the first %d bytes are not all zero", filepath.Base(path), n)
 	}
 }
+
+// TestGuestBootsFromSeedPartition proves the layout the agent leaves behind on the project's real
+// guest image (Debian 12, MBR, cloud-init): the image converted to raw on a larger disk, the seed
+// added by WriteSeedPartition, the disk booted (TCG) — cloud-init's NoCloud datasource must find
+// the cidata partition and run its user-data (final_message on the serial console). The image
+// write itself is what the VM tests above cover; this boot is about the guest's side.
+func TestGuestBootsFromSeedPartition(t *testing.T) {
+	if netnstest.RanIsolated(t) {
+		return
+	}
+	guest := os.Getenv("STARGATE_GUEST_IMAGE")
+	if guest == "" {
+		testreq.Need(t, "STARGATE_GUEST_IMAGE (the offline guest image)", "STARGATE_GUEST_IMAGE=$(hack/guest-image/build.sh) go test ...")
+	}
+	qemuImg := testreq.Command(t, "qemu-img", "sudo apt-get install -y qemu-utils")
+	qemuBin := testreq.Command(t, "qemu-system-x86_64", "sudo apt-get install -y qemu-system-x86")
+
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk.raw")
+	run(t, qemuImg, "convert", "-f", "qcow2", "-O", "raw", guest, disk)
+	st, err := os.Stat(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	imageSize, diskSize := st.Size(), st.Size()+256*mib
+	if err := os.Truncate(disk, diskSize); err != nil {
+		t.Fatal(err)
+	}
+	const marker = "stargate: the seed came from the cidata partition"
+	files := map[string][]byte{
+		"meta-data":      []byte("instance-id: seed-partition-test\nlocal-hostname: seeded\n"),
+		"user-data":      []byte("#cloud-config\nfinal_message: \"" + marker + "\"\n"),
+		"network-config": []byte("version: 2\nethernets: {}\n"), // no NIC: nothing to wait for
+	}
+	f, err := os.OpenFile(disk, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part, err := WriteSeedPartition(f, diskSize, imageSize, 512, files, dir)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("seed: partition %d of the %s at byte %d", part.Number, part.Table, part.Start)
+
+	console := filepath.Join(dir, "console.log")
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, qemuBin, "-machine", "q35", "-accel", "tcg", "-smp", "1", "-m", "1024",
+		"-display", "none", "-monitor", "none", "-no-reboot", "-nic", "none", "-serial", "file:"+console,
+		"-drive", "file="+disk+",if=virtio,format=raw")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	start := time.Now()
+	for {
+		b, _ := os.ReadFile(console)
+		if strings.Contains(string(b), marker) {
+			t.Logf("cloud-init ran the partition's user-data after %s", time.Since(start).Round(time.Second))
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no %q on the console after %s:\n%s", marker, time.Since(start).Round(time.Second), b)
+		}
+		time.Sleep(2 * time.Second)
+	}
+}
