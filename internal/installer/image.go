@@ -70,7 +70,7 @@ func (w *ImageWriter) Write(ctx context.Context, dev Device) (int64, error) {
 	if w.Source.Size > 0 && w.Source.Size > w.Capacity {
 		return 0, fmt.Errorf("the image (%d bytes) does not fit the %d bytes available on the disk", w.Source.Size, w.Capacity)
 	}
-	st := &writeState{w: w, dev: dev, sum: sha256.New(), start: time.Now(), buf: make([]byte, writeChunk)}
+	st := &writeState{w: w, dev: dev, sum: sha256.New(), start: time.Now()}
 	var lastErr error
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
@@ -148,7 +148,6 @@ type writeState struct {
 	total      int64
 	start      time.Time
 	lastReport time.Time
-	buf        []byte
 }
 
 // fetch issues one request (a Range request when resuming) and writes what it receives. done
@@ -192,23 +191,26 @@ func (s *writeState) fetch(ctx context.Context) (done bool, err error) {
 	if s.total > s.w.Capacity {
 		return false, permanent("the image (%d bytes) does not fit the %d bytes available on the disk", s.total, s.w.Capacity)
 	}
-	for {
-		n, rerr := io.ReadFull(resp.Body, s.buf)
-		if n > 0 {
+	stop := make(chan struct{})
+	defer close(stop) // runs before the body is closed: the reader goroutine ends with both
+	chunks, free := readAhead(resp.Body, readAheadChunks, writeChunk, stop)
+	for c := range chunks {
+		if n := len(c.data); n > 0 {
 			if s.written+int64(n) > s.w.Capacity {
 				return false, permanent("the image is larger than the %d bytes available on the disk", s.w.Capacity)
 			}
-			if _, err := s.dev.WriteAt(s.buf[:n], s.written); err != nil {
+			if _, err := s.dev.WriteAt(c.data, s.written); err != nil {
 				return false, permanent("writing the disk at byte %d: %w", s.written, err)
 			}
-			s.sum.Write(s.buf[:n])
+			s.sum.Write(c.data)
 			s.written += int64(n)
 			s.report(false)
 		}
+		free <- c.data[:cap(c.data)]
 		switch {
-		case rerr == nil:
+		case c.err == nil:
 			continue
-		case errors.Is(rerr, io.EOF) || errors.Is(rerr, io.ErrUnexpectedEOF):
+		case errors.Is(c.err, io.EOF) || errors.Is(c.err, io.ErrUnexpectedEOF):
 			if s.total >= 0 && s.written < s.total {
 				return false, fmt.Errorf("the connection ended after %d of %d bytes", s.written, s.total)
 			}
@@ -217,9 +219,47 @@ func (s *writeState) fetch(ctx context.Context) (done bool, err error) {
 			}
 			return true, nil
 		default:
-			return false, fmt.Errorf("reading the image: %w", rerr)
+			return false, fmt.Errorf("reading the image: %w", c.err)
 		}
 	}
+	return false, errors.New("the image reader stopped early") // not reached: the last chunk carries an error
+}
+
+// readAheadChunks is how many chunks the network may run ahead of the disk.
+const readAheadChunks = 3
+
+type chunk struct {
+	data []byte
+	err  error // set on the last chunk
+}
+
+// readAhead reads r in chunks of size from its own goroutine, so the next chunk arrives while the
+// current one is hashed and written. The caller hands each chunk's buffer back on free; there are
+// only n buffers, so neither channel ever fills. The goroutine ends after the chunk that carries
+// an error, or when done is closed.
+func readAhead(r io.Reader, n, size int, done <-chan struct{}) (<-chan chunk, chan<- []byte) {
+	out := make(chan chunk, n)
+	free := make(chan []byte, n)
+	for range n {
+		free <- make([]byte, size)
+	}
+	go func() {
+		defer close(out)
+		for {
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-done:
+				return
+			}
+			got, err := io.ReadFull(r, buf)
+			out <- chunk{data: buf[:got], err: err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return out, free
 }
 
 func (s *writeState) report(final bool) {
