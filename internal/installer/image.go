@@ -63,23 +63,24 @@ type ImageWriter struct {
 }
 
 // Write streams the image to dev, resuming a broken download where the server allows it, and
-// verifies its sha256. On a digest mismatch (or a size that disagrees with the Spec) it wipes the
-// first and last MiB it wrote, so the disk cannot boot a corrupted image, and returns an error
-// wrapping ErrDigestMismatch. It returns the number of bytes written.
+// verifies its sha256. On a digest mismatch it wipes the first and last MiB it wrote, so the disk
+// cannot boot a corrupted image, and returns an error wrapping ErrDigestMismatch; after other
+// failures the caller decides (Wipe). It returns the number of bytes written.
 func (w *ImageWriter) Write(ctx context.Context, dev Device) (int64, error) {
 	if w.Source.Size > 0 && w.Source.Size > w.Capacity {
 		return 0, fmt.Errorf("the image (%d bytes) does not fit the %d bytes available on the disk", w.Source.Size, w.Capacity)
 	}
 	st := &writeState{w: w, dev: dev, sum: sha256.New(), start: time.Now()}
 	var lastErr error
-	for attempt := 0; ; attempt++ {
-		if attempt > 0 {
-			if attempt > resumeAttempts {
-				return st.written, fmt.Errorf("downloading the image failed %d times, last: %w", attempt, lastErr)
+	failures := 0 // in a row: a resume that made progress starts the count again
+	for {
+		if failures > 0 {
+			if failures > resumeAttempts {
+				return st.written, fmt.Errorf("downloading the image failed %d times in a row, last: %w", failures, lastErr)
 			}
-			wait := time.Duration(attempt) * time.Second
+			wait := time.Duration(failures) * time.Second
 			if w.Backoff != nil {
-				wait = w.Backoff(attempt)
+				wait = w.Backoff(failures)
 			}
 			w.logf("download broke after %d bytes (%v); resuming in %s", st.written, lastErr, wait)
 			select {
@@ -88,6 +89,7 @@ func (w *ImageWriter) Write(ctx context.Context, dev Device) (int64, error) {
 			case <-time.After(wait):
 			}
 		}
+		before := st.written
 		done, err := st.fetch(ctx)
 		if done {
 			break
@@ -97,6 +99,10 @@ func (w *ImageWriter) Write(ctx context.Context, dev Device) (int64, error) {
 			return st.written, err
 		}
 		lastErr = err
+		if st.written > before {
+			failures = 0
+		}
+		failures++
 	}
 	if err := dev.Sync(); err != nil {
 		return st.written, fmt.Errorf("syncing the disk: %w", err)

@@ -145,6 +145,12 @@ func TestImageWriterRefuses(t *testing.T) {
 	defer srv.Close()
 	notFound := httptest.NewServer(http.NotFoundHandler())
 	defer notFound.Close()
+	var unavailableCalls atomic.Int32
+	unavailable := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		unavailableCalls.Add(1)
+		http.Error(w, "busy", http.StatusServiceUnavailable)
+	}))
+	defer unavailable.Close()
 	for _, tc := range []struct {
 		name     string
 		src      ImageSource
@@ -155,6 +161,7 @@ func TestImageWriterRefuses(t *testing.T) {
 		{"served image too big for the disk", ImageSource{URL: srv.URL, SHA256: sum}, 2 << 20, "does not fit"},
 		{"size differs from the spec", ImageSource{URL: srv.URL, SHA256: sum, Size: 3 << 20}, 8 << 20, "the spec says"},
 		{"not found", ImageSource{URL: notFound.URL, SHA256: sum}, 8 << 20, "404"},
+		{"server keeps failing", ImageSource{URL: unavailable.URL, SHA256: sum}, 8 << 20, "failed 6 times in a row"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.src.Client = srv.Client()
@@ -164,6 +171,9 @@ func TestImageWriterRefuses(t *testing.T) {
 				t.Errorf("Write = %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+	if n := unavailableCalls.Load(); n != 1+resumeAttempts {
+		t.Errorf("a failing server was asked %d times, want %d", n, 1+resumeAttempts)
 	}
 }
 
