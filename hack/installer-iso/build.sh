@@ -123,13 +123,13 @@ start=${SECONDS}
 mirror="$(debian_mirror "${SUITE}")"
 apt_dir="${work}/apt"
 debs="${out_root}/.debs" # downloaded packages, reused by later builds (apt verifies them)
-mkdir -p "${apt_dir}/lists/partial" "${apt_dir}/parts" "${debs}/partial"
+mkdir -p "${apt_dir}/lists/partial" "${apt_dir}/parts" "${debs}"
 printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s main\n' "${mirror}" "${SUITE}" >"${apt_dir}/sources.list"
 : >"${apt_dir}/status"
 apt_opts=(
 	-o "Dir::Etc::SourceList=${apt_dir}/sources.list" -o "Dir::Etc::SourceParts=${apt_dir}/parts"
 	-o "Dir::State::Lists=${apt_dir}/lists" -o "Dir::State::Status=${apt_dir}/status"
-	-o "Dir::Cache=${apt_dir}/cache" -o "Dir::Cache::Archives=${debs}" -o "Debug::NoLocking=1"
+	-o "Dir::Cache=${apt_dir}/cache" -o "Debug::NoLocking=1"
 	-o "APT::Sandbox::User=$(id -un)"
 )
 log "reading ${SUITE}'s package index from ${mirror}"
@@ -139,8 +139,10 @@ kernel_pkg="$(apt-cache "${apt_opts[@]}" depends "${KERNEL_PACKAGE}" |
 [[ -n "${kernel_pkg}" ]] || die "${KERNEL_PACKAGE} depends on no linux-image-<version> package in ${SUITE}"
 kernel_version="$(apt-cache "${apt_opts[@]}" show --no-all-versions "${kernel_pkg}" | awk '$1 == "Version:" { print $2; exit }')"
 log "kernel package ${kernel_pkg} ${kernel_version}"
-(cd "${apt_dir}" && apt-get "${apt_opts[@]}" -qq download "${kernel_pkg}" >&2) || die "downloading ${kernel_pkg} failed"
-deb="$(find "${apt_dir}" -maxdepth 1 -name "${kernel_pkg}_*.deb" -print -quit)"
+# apt-get download saves into the current directory and fetches nothing when a file there already
+# has the index's checksum: the cache directory keeps the package across builds.
+(cd "${debs}" && apt-get "${apt_opts[@]}" -qq download "${kernel_pkg}" >&2) || die "downloading ${kernel_pkg} failed"
+deb="$(find "${debs}" -maxdepth 1 -name "${kernel_pkg}_*.deb" -print -quit)"
 [[ -n "${deb}" ]] || die "apt-get download left no ${kernel_pkg}_*.deb"
 kroot="${work}/kernel"
 dpkg-deb -x "${deb}" "${kroot}"
