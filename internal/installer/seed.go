@@ -74,8 +74,8 @@ func WriteSeedPartition(dev *os.File, diskSize, imageSize int64, sectorSize int,
 	if err != nil {
 		return SeedPartition{}, err
 	}
-	// The file system goes in before anything could look for it by label: whatever the
-	// partition held before (old data of the disk) is overwritten in full.
+	// The whole partition is written, so nothing of the disk's old data shows through; until it
+	// is, the new partition carries no cidata label that cloud-init could half-read.
 	padded := make([]byte, part.Size)
 	copy(padded, iso)
 	if _, err := dev.WriteAt(padded, part.Start); err != nil {
@@ -104,7 +104,8 @@ func tableKind(dev io.ReaderAt, sectorSize int) (string, error) {
 	for i := range 4 {
 		if sector0[446+16*i+4] == 0xee {
 			if string(header) != "EFI PART" {
-				return "", errors.New("the image's MBR announces a GPT (type 0xee) but LBA 1 holds no GPT header")
+				return "", fmt.Errorf("the image's MBR announces a GPT (type 0xee) but LBA 1 (byte %d on this disk's %d-byte sectors) "+
+					"holds no GPT header: an image made for another sector size?", sectorSize, sectorSize)
 			}
 			return "gpt", nil
 		}
