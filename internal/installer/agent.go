@@ -212,14 +212,26 @@ func (a *Agent) chooseDisk(ctx context.Context, hint installspec.RootDeviceHint,
 	}
 }
 
-func (a *Agent) install(ctx context.Context, spec *installspec.Spec, disk Disk, client *http.Client, reporter *Reporter) error {
+// install writes the image and the seed to disk. Once anything was written, a failure — the
+// Operation ending included — leaves the disk wiped: a half-installed disk must not boot.
+func (a *Agent) install(ctx context.Context, spec *installspec.Spec, disk Disk, client *http.Client, reporter *Reporter) (err error) {
 	dev, err := os.OpenFile(disk.Path, os.O_RDWR|unix.O_EXCL, 0)
 	if err != nil {
 		return fmt.Errorf("opening %s: %w", disk.Path, err)
 	}
 	defer dev.Close()
+	var written int64
+	wiped := false
+	defer func() {
+		if err != nil && written > 0 && !wiped {
+			err = errors.Join(err, Wipe(dev, written))
+		}
+	}()
 
-	progress := newProgressSender(ctx, reporter, disk.String())
+	// A 410 on a progress report (the Operation ended) stops the write at once.
+	writeCtx, stopWrite := context.WithCancelCause(ctx)
+	defer stopWrite(nil)
+	progress := newProgressSender(writeCtx, reporter, disk.String(), stopWrite)
 	writer := &ImageWriter{
 		Source:        ImageSource{Client: client, URL: spec.Image.URL, SHA256: spec.Image.SHA256, Size: spec.Image.SizeBytes},
 		Capacity:      disk.SizeBytes - seedReserve,
@@ -228,16 +240,14 @@ func (a *Agent) install(ctx context.Context, spec *installspec.Spec, disk Disk, 
 		Log:           a.logf,
 	}
 	a.logf("writing %s to %s", spec.Image.URL, disk.Path)
-	written, err := writer.Write(ctx, dev)
+	written, err = writer.Write(writeCtx, dev)
 	progress.stop()
 	if err != nil {
-		if written > 0 && !errors.Is(err, ErrDigestMismatch) { // a mismatch was wiped already
-			err = errors.Join(err, Wipe(dev, written))
+		wiped = errors.Is(err, ErrDigestMismatch) // Write wiped it already
+		if cause := context.Cause(writeCtx); errors.Is(cause, ErrOperationOver) {
+			err = cause
 		}
 		return fmt.Errorf("writing the image to %s: %w", disk.Path, err)
-	}
-	if err := progress.err(); errors.Is(err, ErrOperationOver) {
-		return err
 	}
 	rate := progress.last().BytesPerSecond
 	a.logf("image written: %d bytes, sha256 %s, %d bytes/s", written, spec.Image.SHA256, rate)
@@ -252,7 +262,7 @@ func (a *Agent) install(ctx context.Context, spec *installspec.Spec, disk Disk, 
 	}
 	part, err := WriteSeedPartition(dev, disk.SizeBytes, written, sectorSize, spec.Seed.Files(), a.WorkDir)
 	if err != nil {
-		return errors.Join(fmt.Errorf("writing the cidata partition: %w", err), Wipe(dev, written))
+		return fmt.Errorf("writing the cidata partition: %w", err)
 	}
 	a.logf("seed: partition %d (%s) at byte %d", part.Number, part.Table, part.Start)
 	if err := reporter.Send(ctx, installspec.Report{Phase: installspec.PhaseSeeded, Disk: disk.String(),

@@ -9,11 +9,13 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"io"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -142,4 +144,53 @@ func selfSignedCA(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+// TestOperationOverStopsTheWrite: when the controller answers a progress report with 410 Gone,
+// the write stops (the image server is still sending), what was written is wiped, and the error
+// says the Operation is over.
+func TestOperationOverStopsTheWrite(t *testing.T) {
+	image, sum := testImage(24 << 20)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/image.raw", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(image)))
+		_, _ = w.Write(image[:8<<20])
+		w.(http.Flusher).Flush()
+		// The rest never comes: only stopping the write on the 410 ends the download.
+		<-r.Context().Done()
+	})
+	var failedReports atomic.Int32
+	mux.HandleFunc("/callback", func(w http.ResponseWriter, r *http.Request) {
+		rep, err := installspec.DecodeReport(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if rep.Phase == installspec.PhaseFailed {
+			failedReports.Add(1)
+		}
+		w.WriteHeader(http.StatusGone)
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+
+	dir := t.TempDir()
+	diskPath := filepath.Join(dir, "disk.raw")
+	if err := os.WriteFile(diskPath, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(diskPath, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{SysRoot: dir, WorkDir: dir, Console: io.Discard}
+	spec := &installspec.Spec{Image: installspec.Image{URL: srv.URL + "/image.raw", SHA256: sum}}
+	reporter := &Reporter{Client: srv.Client(), URL: srv.URL + "/callback", Token: strings.Repeat("t", 32), Log: t.Logf}
+	err := a.install(context.Background(), spec, Disk{Name: "vdz", Path: diskPath, SizeBytes: 64 << 20}, srv.Client(), reporter)
+	if !errors.Is(err, ErrOperationOver) {
+		t.Fatalf("install = %v, want ErrOperationOver", err)
+	}
+	if failedReports.Load() != 0 {
+		t.Error("a Failed report was sent for an Operation that is over")
+	}
+	assertZeros(t, diskPath, 1<<20)
 }

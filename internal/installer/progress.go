@@ -2,6 +2,7 @@ package installer
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"stargate.io/stargate/pkg/installspec"
@@ -15,22 +16,20 @@ type progressSender struct {
 	pending  chan Progress
 	done     chan struct{}
 
-	mu      sync.Mutex
-	latest  Progress
-	sendErr error
+	mu     sync.Mutex
+	latest Progress
 }
 
-func newProgressSender(ctx context.Context, reporter *Reporter, disk string) *progressSender {
+// newProgressSender starts the sender; a 410 Gone answer (ErrOperationOver) calls abort with it.
+func newProgressSender(ctx context.Context, reporter *Reporter, disk string, abort context.CancelCauseFunc) *progressSender {
 	p := &progressSender{reporter: reporter, disk: disk, pending: make(chan Progress, 1), done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		for pr := range p.pending {
 			err := reporter.Send(ctx, installspec.Report{Phase: installspec.PhaseWriting, Disk: disk,
 				BytesWritten: pr.Written, TotalBytes: pr.Total, BytesPerSecond: pr.BytesPerSecond})
-			if err != nil {
-				p.mu.Lock()
-				p.sendErr = err
-				p.mu.Unlock()
+			if errors.Is(err, ErrOperationOver) {
+				abort(err)
 			}
 		}
 	}()
@@ -65,11 +64,4 @@ func (p *progressSender) last() Progress {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.latest
-}
-
-// err is the last delivery error (ErrOperationOver ends the install).
-func (p *progressSender) err() error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.sendErr
 }
