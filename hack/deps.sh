@@ -20,6 +20,8 @@ readonly PACKAGES=(
 	qemu-system-x86 qemu-utils                                                     # VMs, disks (qemu-img, qemu-io)
 	debootstrap e2fsprogs fdisk grub-pc-bin                                        # the offline guest image
 	xorriso                                                                        # with grub-pc-bin, grub-mkrescue: the virtual media test's bootable ISO
+	grub-efi-amd64-bin mtools kmod cpio                                            # the installer ISO (UEFI GRUB, its FAT image, depmod, initramfs)
+	ovmf                                                                           # UEFI firmware: the installer ISO's UEFI boot test
 	python3-sushy                                                                  # pkg/redfish: OpenStack Ironic's Redfish client
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients                      # pkg/redfishclient: libvirt behind sushy-emulator
 	python3-libvirt python3-flask python3-tenacity python3-bcrypt python3-webob    # sushy-emulator (OpenStack's BMC emulator, from

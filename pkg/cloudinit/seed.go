@@ -76,6 +76,10 @@ func (n GuestNetwork) networkConfig() ([]byte, error) {
 	})
 }
 
+// Files returns the seed's files by their NoCloud names: exactly what WriteNoCloudISO writes, for
+// media that carry the seed another way (the installer's cidata partition, see pkg/installspec).
+func (c Config) Files() (map[string][]byte, error) { return c.files() }
+
 // files returns the seed's files by name.
 func (c Config) files() (map[string][]byte, error) {
 	if c.InstanceID == "" || c.Hostname == "" {
