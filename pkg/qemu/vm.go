@@ -101,6 +101,9 @@ type VMSpec struct {
 	BootCD bool `json:",omitempty"`
 	// NoReboot makes a reboot of the guest exit QEMU instead (a bake VM must not boot twice).
 	NoReboot bool `json:",omitempty"`
+	// NoSeed leaves out the cloud-init seed drive: a blank machine (a server never installed)
+	// has nothing but its empty disk, as a new server has.
+	NoSeed bool `json:",omitempty"`
 }
 
 // Cmdline returns QEMU's arguments for spec. It is a pure function so the command line can be
@@ -119,10 +122,12 @@ func Cmdline(spec VMSpec) []string {
 		"-m", strconv.FormatInt(spec.MemoryMiB, 10),
 		"-nodefaults", "-display", "none", "-vga", "none",
 		"-drive", "file="+filepath.Join(spec.Dir, filenames.DiskFile)+",if=virtio,format=qcow2,discard=unmap",
+	)
+	if !spec.NoSeed {
 		// The seed on virtio too: minimal cloud kernels may have no ATA/CD-ROM drivers, and
 		// cloud-init finds the seed by its label on any block device.
-		"-drive", "file="+filepath.Join(spec.Dir, filenames.SeedFile)+",if=virtio,format=raw,readonly=on",
-	)
+		args = append(args, "-drive", "file="+filepath.Join(spec.Dir, filenames.SeedFile)+",if=virtio,format=raw,readonly=on")
+	}
 	if spec.CD != "" {
 		// A real CD-ROM on the q35 machine's built-in AHCI controller, at the port QEMU's own
 		// -cdrom uses, so installers find it as a CD (ISO 9660, El Torito). Always raw: QEMU never
@@ -183,7 +188,7 @@ func (v VMs) binary() string {
 	return "qemu-system-x86_64"
 }
 
-// Start launches QEMU for spec, detached. The disk and seed must exist. The console log is
+// Start launches QEMU for spec, detached. The disk and, unless NoSeed, the seed must exist. The console log is
 // truncated first and its markers (lines kept from dropped parts, see pkg/consolelog) removed:
 // everything in them belongs to this boot.
 func (v VMs) Start(ctx context.Context, spec VMSpec) error {
@@ -192,7 +197,11 @@ func (v VMs) Start(ctx context.Context, spec VMSpec) error {
 	} else if st.Running {
 		return fmt.Errorf("VM in %s is already running (pid %d)", spec.Dir, st.PID)
 	}
-	for _, f := range []string{filenames.DiskFile, filenames.SeedFile} {
+	files := []string{filenames.DiskFile, filenames.SeedFile}
+	if spec.NoSeed {
+		files = files[:1]
+	}
+	for _, f := range files {
 		if _, err := os.Stat(filepath.Join(spec.Dir, f)); err != nil {
 			return fmt.Errorf("cannot start VM: %w", err)
 		}
