@@ -40,7 +40,8 @@ var _ controller.BlankMachines = (*Provider)(nil)
 // has is refused with controller.ErrUnsupported, as a repave refuses it.
 func (p *Provider) EnsureBlankMachine(_ context.Context, m controller.BlankMachine) error {
 	if m.CPUs <= 0 || m.MemoryMiB <= 0 || m.DiskBytes <= 0 {
-		return fmt.Errorf("blank machine %s: %d CPUs, %d MiB of memory and a disk of %d bytes: all must be positive", identity(m.Server), m.CPUs, m.MemoryMiB, m.DiskBytes)
+		return fmt.Errorf("blank machine %s: %d CPUs, %d MiB of memory and a disk of %d bytes: all must be positive",
+			identity(m.Server), m.CPUs, m.MemoryMiB, m.DiskBytes)
 	}
 	defer p.lock(m.Server)()
 	dir := p.VMDir(m.Server)
