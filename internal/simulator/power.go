@@ -41,9 +41,10 @@ func (p *Provider) Shutdown(_ context.Context, server types.NamespacedName) erro
 
 // PowerOn boots the server's installed disk again with the settings it was installed with: same
 // CPUs, memory, MAC, tap and address; the seed keeps the instance-id, so cloud-init does not run
-// the installation again. A blank machine (blank.go) boots its disk, empty at its first power-on,
-// without a seed. A server that is neither is controller.ErrNotInstalled. The virtual CD, when one is inserted, is attached, and booted first when
-// the boot override says Cd (Once or Continuous); a Once override is used up by this boot.
+// the installation again. A blank machine (blank.go) boots its disk, empty at its first
+// power-on, without a seed. A server that is neither is controller.ErrNotInstalled. The virtual
+// CD, when one is inserted, is attached, and booted first when the boot override says Cd (Once or
+// Continuous); a Once override is used up by this boot.
 func (p *Provider) PowerOn(ctx context.Context, server types.NamespacedName) error {
 	defer p.lock(server)()
 	dir := p.VMDir(server)
