@@ -79,8 +79,9 @@ func (p *Provider) PowerOn(ctx context.Context, server types.NamespacedName) err
 		return err
 	}
 	spec.Dir, spec.QMPSocket, spec.Accel, spec.Tap = dir, qmp, p.cfg.Accel, hostnet.TapName(identity(server))
-	// An installation boots with its seed, a blank machine without any: whatever the file says.
-	spec.NoSeed = isBlank
+	// An installation boots with its seed, a blank machine without any, its firmware on the
+	// console to say what it boots or that it finds nothing: whatever the file says.
+	spec.NoSeed, spec.FirmwareConsole = isBlank, isBlank
 	if isBlank {
 		if err := ensureBlankDisk(ctx, dir, blank); err != nil {
 			return err

@@ -104,7 +104,16 @@ type VMSpec struct {
 	// NoSeed leaves out the cloud-init seed drive: a blank machine (a server never installed)
 	// has nothing but its empty disk, as a new server has.
 	NoSeed bool `json:",omitempty"`
+	// FirmwareConsole makes the firmware (SeaBIOS) print on the serial console: its boot messages
+	// and "No bootable device", which a machine with nothing to boot (a blank machine) shows there
+	// as a real server shows them over serial-over-LAN. Installed VMs keep a console that starts
+	// with their boot loader.
+	FirmwareConsole bool `json:",omitempty"`
 }
+
+// serconPort is the I/O port of the first serial port (COM1), where SeaBIOS's serial console
+// writes when the fw_cfg file etc/sercon-port names it (a little-endian 16-bit integer).
+var serconPort = []byte{0xf8, 0x03}
 
 // Cmdline returns QEMU's arguments for spec. It is a pure function so the command line can be
 // tested byte for byte (golden test) without running anything.
@@ -154,6 +163,9 @@ func Cmdline(spec VMSpec) []string {
 		// Detached: the VM outlives the controller, which finds it again by pidfile and socket.
 		"-daemonize",
 	)
+	if spec.FirmwareConsole {
+		args = append(args, "-fw_cfg", "name=etc/sercon-port,file="+filepath.Join(spec.Dir, filenames.SerconPortFile))
+	}
 	if spec.NoReboot {
 		args = append(args, "-no-reboot")
 	}
@@ -222,6 +234,11 @@ func (v VMs) Start(ctx context.Context, spec VMSpec) error {
 	// The console may echo user-data (and its tokens): root only.
 	if err := os.WriteFile(filepath.Join(spec.Dir, filenames.ConsoleFile), nil, 0o600); err != nil {
 		return fmt.Errorf("creating console log: %w", err)
+	}
+	if spec.FirmwareConsole {
+		if err := os.WriteFile(filepath.Join(spec.Dir, filenames.SerconPortFile), serconPort, 0o600); err != nil {
+			return fmt.Errorf("writing the firmware console setting: %w", err)
+		}
 	}
 	args := Cmdline(spec)
 	cmd := exec.CommandContext(ctx, v.binary(), args...)
