@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
@@ -13,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
+	"github.com/go-logr/logr/testr"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -72,9 +73,13 @@ func TestBlankMachineWithQEMU(t *testing.T) {
 	iso := buildGrubImage(t, filepath.Join(images, "installer.iso"), "STARGATE-ISO-BOOTED")
 	osImage := buildGrubImage(t, filepath.Join(images, "os.img"), "STARGATE-DISK-BOOTED")
 
-	cfg := simulator.Config{WorkDir: t.TempDir(), Accel: qemu.AccelTCG, Log: logr.Discard(), BootTimeout: 5 * time.Minute,
+	// The ISO is served over HTTP, as a BMC client names it (Redfish takes http(s) URLs only),
+	// from loopback, which the host's policy refuses unless allowed.
+	isoSrv := httptest.NewServer(http.FileServer(http.Dir(images)))
+	t.Cleanup(isoSrv.Close)
+	cfg := simulator.Config{WorkDir: t.TempDir(), Accel: qemu.AccelTCG, Log: testr.New(t), BootTimeout: 5 * time.Minute,
 		Network: hostnet.Config{Bridge: "sgblank-br0", Gateway: netip.MustParsePrefix("192.168.78.1/24")},
-		Images:  simulator.ImagePolicy{FileDirs: []string{images}}}
+		Images:  simulator.ImagePolicy{FileDirs: []string{images}, AllowHosts: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}}
 	p, err := simulator.New(cfg)
 	must(err)
 	server := &stargatev1.Server{ObjectMeta: metav1.ObjectMeta{Namespace: "hardware", Name: "blank-1", UID: "uid-blank-1"},
@@ -100,7 +105,7 @@ func TestBlankMachineWithQEMU(t *testing.T) {
 		}).Build()
 	backend := &bmc.Backend{Client: kube, APIReader: kube, Provider: p, Recorder: events.NewFakeRecorder(100),
 		Locks: &controller.ServerLocks{}, HostID: "host-a", MaxCPUs: 2, MaxMemoryBytes: 1 << 30}
-	bmcSrv := httptest.NewServer(&redfish.Service{Backend: backend})
+	bmcSrv := httptest.NewServer(&redfish.Service{Backend: backend, Log: testr.New(t)})
 	t.Cleanup(bmcSrv.Close)
 	sushy := func(steps ...string) []sushyStep {
 		t.Helper()
@@ -110,12 +115,13 @@ func TestBlankMachineWithQEMU(t *testing.T) {
 
 	// 1. The virtual CD, booted once: the machine is made, its empty disk created, the CD booted.
 	start := time.Now()
-	seen := sushy("insert file://"+iso, "boot_cd_once", "on")
+	seen := sushy("insert "+isoSrv.URL+"/"+filepath.Base(iso), "boot_cd_once", "on")
 	if last := seen[len(seen)-1]; last.Power != "On" || last.BootEnabled != "Disabled" || !last.MediaInserted {
 		t.Errorf("after insert, boot Cd once, on: sushy sees %+v, want on, the override used up, the CD inserted", last)
 	}
 	waitConsole(t, console, "STARGATE-ISO-BOOTED", "STARGATE-DISK-BOOTED", 90*time.Second)
-	t.Logf("the blank machine booted its virtual CD %s after the first Redfish request (TCG)", time.Since(start).Round(100*time.Millisecond))
+	t.Logf("the blank machine booted its virtual CD %s after the first Redfish request (TCG); its console:\n%s",
+		time.Since(start).Round(100*time.Millisecond), readConsole(t, console))
 	info, err := p.Inspect(ctx, key)
 	must(err)
 	if !info.Running || !info.Blank || info.InstanceID != "" || info.IPAddress == "" {
@@ -153,7 +159,8 @@ func TestBlankMachineWithQEMU(t *testing.T) {
 		t.Errorf("after eject, on: sushy sees %+v", last)
 	}
 	waitConsole(t, console, noBootableDevice, "STARGATE-ISO-BOOTED", 120*time.Second)
-	t.Logf("the blank machine found no bootable device %s after power-on (TCG)", time.Since(start).Round(100*time.Millisecond))
+	t.Logf("the blank machine found no bootable device %s after power-on (TCG); its console:\n%s",
+		time.Since(start).Round(100*time.Millisecond), readConsole(t, console))
 	if seen := sushy("force_off"); seen[0].Power != "Off" {
 		t.Errorf("after ForceOff: %+v", seen[0])
 	}
@@ -194,12 +201,26 @@ func TestBlankMachineWithQEMU(t *testing.T) {
 	if info, err := p.Inspect(ctx, key); err != nil || info.Exists {
 		t.Errorf("after Release: %+v %v", info, err)
 	}
-	if claims, _ := os.ReadDir(filepath.Join(simulator.Layout{WorkDir: cfg.WorkDir}.IPAMDir(), cfg.Network.Bridge)); len(claims) != 0 {
-		t.Errorf("address claims left after Release: %v", claims)
+	files, _ := os.ReadDir(filepath.Join(simulator.Layout{WorkDir: cfg.WorkDir}.IPAMDir(), cfg.Network.Bridge))
+	for _, f := range files {
+		if _, err := netip.ParseAddr(f.Name()); err == nil { // a claim is a file named by its address
+			b, _ := os.ReadFile(filepath.Join(simulator.Layout{WorkDir: cfg.WorkDir}.IPAMDir(), cfg.Network.Bridge, f.Name()))
+			t.Errorf("address %s still claimed after Release, by %s", f.Name(), b)
+		}
 	}
 	if n := countQEMU(t, cfg.WorkDir); n != 0 {
 		t.Errorf("%d QEMU processes left", n)
 	}
+}
+
+// readConsole is the console log, for the test's output.
+func readConsole(t *testing.T, console string) string {
+	t.Helper()
+	b, err := os.ReadFile(console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 // noBootableDevice is what SeaBIOS prints when no device boots.
