@@ -283,11 +283,20 @@ func (v VMs) Status(dir string) (VMStatus, error) {
 		return VMStatus{}, nil // the PID now belongs to someone else
 	}
 	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		if fields := strings.Fields(string(st[bytes.LastIndexByte(st, ')')+1:])); len(fields) > 0 && fields[0] == "Z" {
+		if fields := strings.Fields(string(st[bytes.LastIndexByte(st, ')')+1:])); len(fields) > 0 && fields[0] == "Z" && !threadsLeft(pid) {
 			return VMStatus{}, nil // exited, not yet reaped
 		}
 	}
 	return VMStatus{Running: true, PID: pid}, nil
+}
+
+// threadsLeft reports whether threads of pid other than its main one still exist. A killed QEMU's
+// main thread turns zombie before its vCPU threads are gone, and those still hold the disk's lock
+// and the tap: until they are gone the VM is not off, and a new QEMU on the same disk and tap
+// would fail to start.
+func threadsLeft(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	return err == nil && len(tasks) > 1
 }
 
 // Stop stops the VM of dir. With a positive grace period it asks the guest to power down over
