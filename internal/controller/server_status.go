@@ -122,7 +122,7 @@ func blankMachineMessage(running bool) string {
 	if running {
 		power = "powered on"
 	}
-	return "Blank machine, " + power + ": nothing installed by Stargate; its disk holds only what was written from its BMC's virtual media. " +
+	return "Blank machine, " + power + ": nothing installed by Stargate; its disk holds only what software booted from its BMC's virtual media wrote. " +
 		"Create a repave Operation to install it"
 }
 
