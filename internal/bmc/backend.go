@@ -16,6 +16,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -144,7 +145,7 @@ func (b *Backend) Reset(ctx context.Context, id string, t redfish.ResetType, use
 	return b.change(ctx, id, user, "PowerChangedByBMC", "reset "+string(t), func(s *stargatev1.Server, key types.NamespacedName) error {
 		switch t {
 		case redfish.ResetOn, redfish.ResetForceRestart, redfish.ResetGracefulRestart:
-			if err := b.ensureMachine(ctx, s); err != nil {
+			if err := b.ensureMachine(ctx, s, user); err != nil {
 				return err
 			}
 		}
@@ -196,7 +197,7 @@ func (b *Backend) finishRestart(key types.NamespacedName) {
 func (b *Backend) SetBoot(ctx context.Context, id string, boot redfish.Boot, user string) error {
 	what := fmt.Sprintf("boot override %s/%s/%s", boot.Target, boot.Enabled, boot.Mode)
 	return b.change(ctx, id, user, "BootChangedByBMC", what, func(s *stargatev1.Server, key types.NamespacedName) error {
-		if err := b.ensureMachine(ctx, s); err != nil {
+		if err := b.ensureMachine(ctx, s, user); err != nil {
 			return err
 		}
 		return b.Provider.SetBoot(ctx, key, controller.BootOverride{Target: boot.Target, Enabled: boot.Enabled, Mode: boot.Mode})
@@ -206,7 +207,7 @@ func (b *Backend) SetBoot(ctx context.Context, id string, boot redfish.Boot, use
 // InsertMedia attaches the image as the Server's virtual CD.
 func (b *Backend) InsertMedia(ctx context.Context, id, imageURL, user string) error {
 	return b.change(ctx, id, user, "MediaChangedByBMC", "insert virtual media "+imageURL, func(s *stargatev1.Server, key types.NamespacedName) error {
-		if err := b.ensureMachine(ctx, s); err != nil {
+		if err := b.ensureMachine(ctx, s, user); err != nil {
 			return err
 		}
 		return b.Provider.InsertMedia(ctx, key, imageURL)
@@ -250,7 +251,7 @@ func (b *Backend) change(ctx context.Context, id, user, reason, what string, do 
 // powered on before anything is installed on it. Its hardware comes from the Server's spec, and
 // must fit the limits a repave of the Server would have to fit: through its BMC a user starts no
 // larger machine than the controller would. An installed or running machine is left as it is.
-func (b *Backend) ensureMachine(ctx context.Context, s *stargatev1.Server) error {
+func (b *Backend) ensureMachine(ctx context.Context, s *stargatev1.Server, user string) error {
 	blank, ok := b.Provider.(controller.BlankMachines)
 	if !ok {
 		return nil
@@ -266,8 +267,15 @@ func (b *Backend) ensureMachine(ctx context.Context, s *stargatev1.Server) error
 	if err := controller.FitsHost(&s.Spec, s.Name, b.MaxMemoryBytes, b.MaxCPUs); err != nil {
 		return &redfish.BadRequestError{Message: "this server cannot be powered on as a blank machine here: " + err.Error()}
 	}
-	return blank.EnsureBlankMachine(ctx, controller.BlankMachine{Server: key, CPUs: s.Spec.CPUCount(),
-		MemoryMiB: s.Spec.MemoryBytes() >> 20, DiskBytes: s.Spec.DiskBytes(), MAC: s.Spec.MACAddress})
+	m := controller.BlankMachine{Server: key, CPUs: s.Spec.CPUCount(), MemoryMiB: s.Spec.MemoryBytes() >> 20,
+		DiskBytes: s.Spec.DiskBytes(), MAC: s.Spec.MACAddress}
+	changed, err := blank.EnsureBlankMachine(ctx, m)
+	if err == nil && changed {
+		b.Recorder.Eventf(s, nil, corev1.EventTypeNormal, "BlankMachineByBMC", "Redfish",
+			"BMC user %q: blank machine of %d CPUs, %d MiB of memory and an empty %s disk (nothing installed)",
+			user, m.CPUs, m.MemoryMiB, resource.NewQuantity(m.DiskBytes, resource.BinarySI))
+	}
+	return err
 }
 
 // providerError maps what a Provider refuses to a 400 the client can act on.

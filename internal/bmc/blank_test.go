@@ -2,6 +2,7 @@ package bmc_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -26,11 +27,11 @@ type blankDC struct {
 	made []controller.BlankMachine
 }
 
-func (d *blankDC) EnsureBlankMachine(_ context.Context, m controller.BlankMachine) error {
+func (d *blankDC) EnsureBlankMachine(_ context.Context, m controller.BlankMachine) (bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.made = append(d.made, m)
-	return nil
+	return len(d.made) == 1, nil // made once, then unchanged
 }
 
 func (d *blankDC) madeFor(name string) []controller.BlankMachine {
@@ -74,6 +75,15 @@ func TestBMCMakesBlankMachinesWithinTheHostLimits(t *testing.T) {
 	if made := dc.madeFor("fits"); len(made) != 2 || made[0] != want || made[1] != want {
 		t.Errorf("blank machines made for a boot override and a power-on: %+v, want twice %+v", made, want)
 	}
+	eventually(t, 10*time.Second, func() (bool, string) {
+		n := 0
+		for _, e := range w.events("fits") {
+			if e.Reason == "BlankMachineByBMC" && strings.Contains(e.Note, `BMC user "tenant": blank machine of 2 CPUs, 1024 MiB of memory and an empty 5Gi disk`) {
+				n++
+			}
+		}
+		return n == 1, fmt.Sprintf("%d BlankMachineByBMC events naming the user and the hardware, want 1 (made once)", n)
+	})
 	w.call("POST", sys+"/Actions/ComputerSystem.Reset", "tenant", "pw", `{"ResetType":"ForceOff"}`)
 	if made := dc.madeFor("fits"); len(made) != 2 {
 		t.Errorf("a power-off made a blank machine: %+v", made)

@@ -75,9 +75,10 @@ type CapacitySharer interface {
 // media, set the boot override and power it on: it powers on into an empty disk.
 type BlankMachines interface {
 	// EnsureBlankMachine makes the blank machine of m.Server — its CPUs, memory, disk size and MAC,
-	// its network claims — or brings a powered-off one up to date with m. A server with an
-	// installation, or whose machine runs, is left as it is. Calling it again changes nothing.
-	EnsureBlankMachine(ctx context.Context, m BlankMachine) error
+	// its network claims — or brings a powered-off one up to date with m, and reports whether it
+	// did either. A server with an installation, or whose machine runs, is left as it is. Calling
+	// it again changes nothing.
+	EnsureBlankMachine(ctx context.Context, m BlankMachine) (changed bool, err error)
 }
 
 // BlankMachine is the hardware of a server that has no installation, from its Server's spec.

@@ -38,18 +38,18 @@ var _ controller.BlankMachines = (*Provider)(nil)
 // settings — without starting it, or updates the settings of one that is off. A server with an
 // installation (instance-id), or whose VM runs, is left as it is. A MAC another VM of this host
 // has is refused with controller.ErrUnsupported, as a repave refuses it.
-func (p *Provider) EnsureBlankMachine(_ context.Context, m controller.BlankMachine) error {
+func (p *Provider) EnsureBlankMachine(_ context.Context, m controller.BlankMachine) (bool, error) {
 	if m.CPUs <= 0 || m.MemoryMiB <= 0 || m.DiskBytes <= 0 {
-		return fmt.Errorf("blank machine %s: %d CPUs, %d MiB of memory and a disk of %d bytes: all must be positive",
+		return false, fmt.Errorf("blank machine %s: %d CPUs, %d MiB of memory and a disk of %d bytes: all must be positive",
 			identity(m.Server), m.CPUs, m.MemoryMiB, m.DiskBytes)
 	}
 	defer p.lock(m.Server)()
 	dir := p.VMDir(m.Server)
 	if installed, err := hasInstallation(dir); err != nil || installed {
-		return err
+		return false, err
 	}
 	if vm, err := p.vms.Status(dir); err != nil || vm.Running {
-		return err // a running machine keeps the hardware it started with, as a real one does
+		return false, err // a running machine keeps the hardware it started with, as a real one does
 	}
 	id := identity(m.Server)
 	mac := m.MAC
@@ -58,34 +58,34 @@ func (p *Provider) EnsureBlankMachine(_ context.Context, m controller.BlankMachi
 	}
 	owner, err := claimMAC(p.layout, dir, mac)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if owner != "" {
-		return fmt.Errorf("MAC address %s is already used by %s on this host: give this Server another spec.macAddress, "+
+		return false, fmt.Errorf("MAC address %s is already used by %s on this host: give this Server another spec.macAddress, "+
 			"or leave it empty for one derived from its name: %w", mac, owner, controller.ErrUnsupported)
 	}
 	if _, err := p.ipam.Allocate(id); err != nil {
 		if errors.Is(err, ipam.ErrPoolExhausted) {
-			return fmt.Errorf("no address left on this host's bridge for the blank machine: %w", err)
+			return false, fmt.Errorf("no address left on this host's bridge for the blank machine: %w", err)
 		}
-		return fmt.Errorf("claiming the blank machine's address: %w", err)
+		return false, fmt.Errorf("claiming the blank machine's address: %w", err)
 	}
 	// The settings first, the mark last: a crash between them leaves no blank machine, and the
 	// next call makes it again.
 	if err := writeVMSpec(dir, qemu.VMSpec{Name: m.Server.Namespace + "." + m.Server.Name, CPUs: m.CPUs, MemoryMiB: m.MemoryMiB,
 		MAC: mac, NoSeed: true}); err != nil {
-		return err
+		return false, err
 	}
 	want := blankFile{CPUs: m.CPUs, MemoryMiB: m.MemoryMiB, DiskBytes: m.DiskBytes, MAC: mac}
 	var cur blankFile
 	if ok, err := readJSON(filepath.Join(dir, filenames.BlankFile), &cur); err == nil && ok && cur == want {
-		return nil
+		return false, nil
 	}
 	if err := writeJSON(dir, filenames.BlankFile, want); err != nil {
-		return err
+		return false, err
 	}
 	p.cfg.Log.Info("blank machine ready", "server", id, "cpus", m.CPUs, "memoryMiB", m.MemoryMiB, "disk", formatBytes(m.DiskBytes), "mac", mac)
-	return nil
+	return true, nil
 }
 
 // hasInstallation reports whether the VM directory holds an installation a repave started.

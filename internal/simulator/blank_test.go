@@ -48,8 +48,8 @@ func TestBlankMachineIsMadeOnceAndSurvivesRestarts(t *testing.T) {
 	work := t.TempDir()
 	p := blankTestProvider(t, work)
 	m := blankMachine("new-1", 2)
-	if err := p.EnsureBlankMachine(t.Context(), m); err != nil {
-		t.Fatal(err)
+	if changed, err := p.EnsureBlankMachine(t.Context(), m); err != nil || !changed {
+		t.Fatalf("making a blank machine: changed %v, %v", changed, err)
 	}
 	dir := p.VMDir(m.Server)
 	mac := hostnet.MACAddress(identity(m.Server))
@@ -75,8 +75,8 @@ func TestBlankMachineIsMadeOnceAndSurvivesRestarts(t *testing.T) {
 	}
 
 	before, _ := os.Stat(filepath.Join(dir, filenames.BlankFile))
-	if err := p.EnsureBlankMachine(t.Context(), m); err != nil {
-		t.Fatal(err)
+	if changed, err := p.EnsureBlankMachine(t.Context(), m); err != nil || changed {
+		t.Fatalf("making the same blank machine again: changed %v, %v", changed, err)
 	}
 	if after, _ := os.Stat(filepath.Join(dir, filenames.BlankFile)); !os.SameFile(before, after) {
 		t.Error("making the same blank machine again rewrote it")
@@ -87,8 +87,8 @@ func TestBlankMachineIsMadeOnceAndSurvivesRestarts(t *testing.T) {
 	}
 
 	// Powered off, it follows the Server's spec: 4 CPUs now, same address.
-	if err := restarted.EnsureBlankMachine(t.Context(), blankMachine("new-1", 4)); err != nil {
-		t.Fatal(err)
+	if changed, err := restarted.EnsureBlankMachine(t.Context(), blankMachine("new-1", 4)); err != nil || !changed {
+		t.Fatalf("following the spec: changed %v, %v", changed, err)
 	}
 	b, _, err := readBlank(dir)
 	if err != nil || b.CPUs != 4 || b.DiskBytes != 5<<30 {
@@ -105,7 +105,7 @@ func TestBlankMachineIsMadeOnceAndSurvivesRestarts(t *testing.T) {
 func TestBlankMachineRefusals(t *testing.T) {
 	p := blankTestProvider(t, t.TempDir())
 	ctx := t.Context()
-	if err := p.EnsureBlankMachine(ctx, blankMachine("zero", 0)); err == nil {
+	if _, err := p.EnsureBlankMachine(ctx, blankMachine("zero", 0)); err == nil {
 		t.Error("a blank machine of 0 CPUs was made")
 	}
 
@@ -123,7 +123,7 @@ func TestBlankMachineRefusals(t *testing.T) {
 
 	dup := blankMachine("dup", 1)
 	dup.MAC = "52:54:00:00:00:99"
-	if err := p.EnsureBlankMachine(ctx, dup); !errors.Is(err, controller.ErrUnsupported) {
+	if _, err := p.EnsureBlankMachine(ctx, dup); !errors.Is(err, controller.ErrUnsupported) {
 		t.Errorf("a MAC Server hardware/nothing has: %v, want ErrUnsupported", err)
 	}
 	if _, ok, _ := readBlank(p.VMDir(dup.Server)); ok {
@@ -132,11 +132,11 @@ func TestBlankMachineRefusals(t *testing.T) {
 
 	// Two addresses in the pool: the third machine finds none.
 	for _, name := range []string{"a", "b"} {
-		if err := p.EnsureBlankMachine(ctx, blankMachine(name, 1)); err != nil {
+		if _, err := p.EnsureBlankMachine(ctx, blankMachine(name, 1)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := p.EnsureBlankMachine(ctx, blankMachine("c", 1)); !errors.Is(err, ipam.ErrPoolExhausted) {
+	if _, err := p.EnsureBlankMachine(ctx, blankMachine("c", 1)); !errors.Is(err, ipam.ErrPoolExhausted) {
 		t.Errorf("a third machine on a pool of two addresses: %v, want ErrPoolExhausted", err)
 	}
 
@@ -148,8 +148,8 @@ func TestBlankMachineRefusals(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, filenames.InstanceIDFile), []byte("i-1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.EnsureBlankMachine(ctx, installed); err != nil {
-		t.Fatal(err)
+	if changed, err := p.EnsureBlankMachine(ctx, installed); err != nil || changed {
+		t.Fatalf("an installed Server: changed %v, %v", changed, err)
 	}
 	if des, _ := os.ReadDir(dir); len(des) != 1 {
 		t.Errorf("an installed Server's directory holds %d files after EnsureBlankMachine, want it untouched", len(des))
