@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -45,10 +44,14 @@ var simulatorBinary = sync.OnceValues(func() (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "simulator")
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "./cmd/simulator")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		return "", fmt.Errorf("building the simulator needs the go command on PATH: %w", err)
+	}
+	cmd := exec.Command(goBin, "build", "-o", bin, "./cmd/simulator")
 	cmd.Dir = testenv.RepoRoot()
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building the simulator: %v\n%s", err, out)
+		return "", fmt.Errorf("building the simulator: %w\n%s", err, out)
 	}
 	return bin, nil
 })
