@@ -32,6 +32,8 @@ type Env struct {
 	Client client.Client
 	Scheme *k8sruntime.Scheme
 	env    *envtest.Environment
+	// unguard ends the watchdog that stops etcd and kube-apiserver if this process dies first.
+	unguard func()
 }
 
 // RepoRoot is the root of the checkout, found from this file's location.
@@ -71,13 +73,19 @@ func Start() (*Env, error) {
 	if err != nil {
 		return nil, fmt.Errorf("starting envtest (etcd + kube-apiserver from %s): %w", os.Getenv("KUBEBUILDER_ASSETS"), err)
 	}
+	unguard, err := killWithParent()
+	if err != nil {
+		_ = env.Stop()
+		return nil, err
+	}
 	s := Scheme()
 	c, err := client.New(cfg, client.Options{Scheme: s})
 	if err != nil {
+		unguard()
 		_ = env.Stop()
 		return nil, fmt.Errorf("creating client: %w", err)
 	}
-	return &Env{Config: cfg, Client: c, Scheme: s, env: env}, nil
+	return &Env{Config: cfg, Client: c, Scheme: s, env: env, unguard: unguard}, nil
 }
 
 // WriteKubeconfig writes a kubeconfig for the apiserver, for the processes a test starts (a
@@ -98,7 +106,10 @@ func (e *Env) WriteKubeconfig(path, server string) error {
 }
 
 // Stop stops the apiserver and etcd.
-func (e *Env) Stop() error { return e.env.Stop() }
+func (e *Env) Stop() error {
+	e.unguard()
+	return e.env.Stop()
+}
 
 // Namespace returns a namespace object, for tests that create their own.
 func Namespace(name string) *corev1.Namespace {
