@@ -29,12 +29,27 @@ import (
 func TestMain(m *testing.M) { os.Exit(netnstest.Main(m)) }
 
 // sushyTools is the source tree of OpenStack's sushy-tools (see ../shared/third_party/README.md
-// from the repository's root): $STARGATE_SUSHY_TOOLS, or that tree relative to this package.
+// from the repository's root): $STARGATE_SUSHY_TOOLS, else shared/third_party/sushy-tools beside
+// the checkout or beside one of its parents, else where this project's machines keep it
+// (/work/shared), so that a clone made elsewhere (CI's fresh clone) finds it too.
 func sushyTools() string {
 	if dir := os.Getenv("STARGATE_SUSHY_TOOLS"); dir != "" {
 		return dir
 	}
-	return "../../../shared/third_party/sushy-tools"
+	const tree = "shared/third_party/sushy-tools"
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		return filepath.Join("../../..", tree)
+	}
+	for dir := filepath.Dir(root); ; dir = filepath.Dir(dir) {
+		if _, err := os.Stat(filepath.Join(dir, tree, "sushy_tools")); err == nil {
+			return filepath.Join(dir, tree)
+		}
+		if dir == filepath.Dir(dir) {
+			break
+		}
+	}
+	return filepath.Join("/work", tree)
 }
 
 // debianPython is the interpreter with Debian's python3-* modules (a python3 earlier on PATH may
@@ -66,7 +81,7 @@ func needSushyEmulator(t *testing.T) {
 		testreq.Need(t, "Python modules "+modules+" for sushy-emulator ("+strings.TrimSpace(string(out))+")", install)
 	}
 	if _, err := os.Stat(filepath.Join(sushyTools(), "sushy_tools", "emulator", "main.py")); err != nil {
-		testreq.Need(t, "sushy-tools' source tree at ../shared/third_party/sushy-tools from the repository's root (or $STARGATE_SUSHY_TOOLS)",
+		testreq.Need(t, "sushy-tools' source tree at ../shared/third_party/sushy-tools from the repository's root, or /work/shared/third_party/sushy-tools (or $STARGATE_SUSHY_TOOLS)",
 			"see ../shared/third_party/README.md")
 	}
 }
