@@ -26,7 +26,9 @@ func TestRedfishServersAreAccepted(t *testing.T) {
 	for i, mutate := range []func(*stargatev1.Server){
 		func(*stargatev1.Server) {},
 		func(s *stargatev1.Server) { s.Spec.BMC.CASecretRef, s.Spec.BMC.InsecureSkipVerify = nil, true },
-		func(s *stargatev1.Server) { s.Spec.BMC.Address, s.Spec.BMC.CASecretRef = "http://bmc.example:8000/redfish/v1", nil },
+		func(s *stargatev1.Server) {
+			s.Spec.BMC.Address, s.Spec.BMC.CASecretRef = "http://bmc.example:8000/redfish/v1", nil
+		},
 		// The simulator's meaning: a BMC served for the Server, nothing else set.
 		func(s *stargatev1.Server) {
 			s.Spec.BMC = &stargatev1.BMCSpec{CredentialsSecretRef: s.Spec.BMC.CredentialsSecretRef}
@@ -70,7 +72,9 @@ func TestHostileRedfishServersAreRejected(t *testing.T) {
 		{"a multicast address", func(s *stargatev1.Server) { s.Spec.Network.Address = "224.0.0.1/4" }, "must be a unicast address"},
 		{"a gateway that is a name", func(s *stargatev1.Server) { s.Spec.Network.Gateway = "router.example" }, "gateway must be an IP address"},
 		{"a DNS server that is a name", func(s *stargatev1.Server) { s.Spec.Network.DNS = []string{"evil.example"} }, "dns entries must be IP addresses"},
-		{"four DNS servers", func(s *stargatev1.Server) { s.Spec.Network.DNS = []string{"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"} }, "spec.network.dns"},
+		{"four DNS servers", func(s *stargatev1.Server) {
+			s.Spec.Network.DNS = []string{"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"}
+		}, "spec.network.dns"},
 		{"a MAC in upper case", func(s *stargatev1.Server) { s.Spec.Network.MACAddress = "52:54:00:AA:34:56" }, "spec.network.macAddress"},
 	}
 	for i, tc := range cases {
