@@ -157,7 +157,9 @@ func TestInstallerFailureFailsTheRepave(t *testing.T) {
 	d.addSystem("node-1")
 	d.basics()
 	d.create(d.server("worker-1", "node-1", d.bmc.URL), repave("r1", "worker-1", 0))
-	d.waitFor("r1", "power-on from the CD", func(*stargatev1.Operation) bool { return d.system("node-1").Media.Inserted && d.system("node-1").PowerState == redfish.PowerOn })
+	d.waitFor("r1", "power-on from the CD", func(*stargatev1.Operation) bool {
+		return d.system("node-1").Media.Inserted && d.system("node-1").PowerState == redfish.PowerOn
+	})
 	m := d.bootFromCD("node-1")
 	token := m.spec.Callback.Token
 	m.report(token, installspec.Report{Phase: installspec.PhaseBooted})
