@@ -194,7 +194,7 @@ const (
 	BMCTLSPlainHTTP   BMCTLS = "PlainHTTP"
 )
 
-// Drives reports whether Stargate drives an existing BMC for this Server (spec.bmc.address), as
+// DrivesBMC reports whether Stargate drives an existing BMC for this Server (spec.bmc.address), as
 // opposed to serving one (the simulator).
 func (s *ServerSpec) DrivesBMC() bool { return s.BMC != nil && s.BMC.Address != "" }
 

@@ -177,7 +177,8 @@ func (o *operation) run(req controller.RepaveRequest, s *stargatev1.Server) {
 	}) {
 		return
 	}
-	o.setIfNotDone(stargatev1.ConditionInstallerBooted, controller.StepInProgress, "Booting", "The server boots the installer from the virtual CD; waiting for its first report")
+	o.setIfNotDone(stargatev1.ConditionInstallerBooted, controller.StepInProgress, "Booting",
+		"The server boots the installer from the virtual CD; waiting for its first report")
 	select {
 	case <-ctx.Done():
 		return

@@ -32,7 +32,7 @@ func TestRepaveThroughTheBMC(t *testing.T) {
 			t.Errorf("%s is not True once the media is inserted", c)
 		}
 	}
-	op = d.waitFor("r1", "power-on from the CD", func(*stargatev1.Operation) bool { return d.system("node-1").PowerState == redfish.PowerOn })
+	d.waitForCDBoot("r1")
 	sys := d.system("node-1")
 	// It was on: forced off first, then on; the CD boot override is used up by that boot.
 	var resets []string
@@ -135,6 +135,22 @@ func TestRepaveThroughTheBMC(t *testing.T) {
 	}
 }
 
+// waitForCDBoot waits until the BMC was told to power the machine on after the installer ISO was
+// inserted (the machine was on before: its power state alone says nothing).
+func (d *dc) waitForCDBoot(op string) {
+	d.t.Helper()
+	d.waitFor(op, "a power-on after the CD's insertion", func(*stargatev1.Operation) bool {
+		inserted := false
+		for _, c := range d.backend.Calls() {
+			inserted = inserted || c.Op == "InsertMedia"
+			if inserted && c.Op == "Reset" && c.Arg == "On" {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 func (d *dc) waitForServer(name, what string, cond func(*stargatev1.Server) bool) {
 	d.t.Helper()
 	s := &stargatev1.Server{}
@@ -157,9 +173,7 @@ func TestInstallerFailureFailsTheRepave(t *testing.T) {
 	d.addSystem("node-1")
 	d.basics()
 	d.create(d.server("worker-1", "node-1", d.bmc.URL), repave("r1", "worker-1", 0))
-	d.waitFor("r1", "power-on from the CD", func(*stargatev1.Operation) bool {
-		return d.system("node-1").Media.Inserted && d.system("node-1").PowerState == redfish.PowerOn
-	})
+	d.waitForCDBoot("r1")
 	m := d.bootFromCD("node-1")
 	token := m.spec.Callback.Token
 	m.report(token, installspec.Report{Phase: installspec.PhaseBooted})
