@@ -65,14 +65,17 @@ func (r *OperationReconciler) failRunning(ctx context.Context, s *operationScope
 		s.fail(reason, msg+"\n(the server is left running: --keep-failed-vms)")
 		return stop(ctrl.Result{}, nil)
 	}
-	if err := r.Provider.PowerOff(ctx, s.serverKey()); err != nil {
+	what := "; the server was powered off"
+	if err := r.Provider.PowerOff(ctx, s.serverKey()); errors.Is(err, ErrUntouched) {
+		what = "; the server was not touched and runs as before"
+	} else if err != nil {
 		return stop(ctrl.Result{}, fmt.Errorf("powering off server %s after %s: %w", s.op.Spec.ServerRef.Name, reason, err))
 	}
 	head, rest, _ := strings.Cut(msg, "\n")
 	if rest != "" {
 		rest = "\n" + rest
 	}
-	s.fail(reason, head+"; the server was powered off"+rest)
+	s.fail(reason, head+what+rest)
 	return stop(ctrl.Result{}, nil)
 }
 

@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/pkg/redfish"
@@ -70,6 +72,9 @@ func TestBMCThatNeverAnswersFailsAtTheTimeout(t *testing.T) {
 	c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionSucceeded)
 	if c == nil || c.Reason != "Timeout" || !strings.Contains(op.Status.Message, "MediaInserted") || !strings.Contains(op.Status.Message, "no answer within") {
 		t.Errorf("Succeeded %+v, message %q: want Timeout at MediaInserted with the BMC's last error", c, op.Status.Message)
+	}
+	if !strings.Contains(op.Status.Message, "not touched") {
+		t.Errorf("message %q: the repave never reached the BMC, so it touched nothing", op.Status.Message)
 	}
 }
 
@@ -154,5 +159,34 @@ func TestPowerOperationsResetTheSystem(t *testing.T) {
 	}
 	if d.system("node-1").PowerState != redfish.PowerOn {
 		t.Error("after the reboot the system is off")
+	}
+}
+
+// Hostile or mistaken objects a Server names fail the repave before the BMC is touched: BMC
+// credentials from a Secret that is not of type basic-auth (it may hold anything), and a network
+// the installer could not use.
+func TestServersObjectsAreCheckedBeforeTheBMCIsTouched(t *testing.T) {
+	d := newDC(t, dcOptions{})
+	d.addSystem("node-1")
+	d.addSystem("node-2")
+	d.basics()
+	d.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "opaque"},
+		Data: map[string][]byte{"username": []byte(bmcUser), "password": []byte(bmcPassword)}})
+	opaque := d.server("opaque-creds", "node-1", d.bmc.URL)
+	opaque.Spec.BMC.CredentialsSecretRef.Name = "opaque"
+	offSubnet := d.server("off-subnet", "node-2", d.bmc.URL)
+	offSubnet.Spec.Network.Gateway = "10.9.9.1" // not on 10.0.1.0/24: the API cannot check it
+	d.create(opaque, offSubnet, repave("r1", "opaque-creds", 0), repave("r2", "off-subnet", 0))
+	for name, want := range map[string]string{"r1": "BMCCredentials", "r2": "InvalidInstallSpec"} {
+		op := d.waitForPhase(name, stargatev1.OperationFailed)
+		if c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionSucceeded); c == nil || c.Reason != want {
+			t.Errorf("%s: %+v, want reason %s", name, c, want)
+		}
+		if !strings.Contains(op.Status.Message, "the server was not touched and runs as before") {
+			t.Errorf("%s: message %q does not say the server was left alone", name, op.Status.Message)
+		}
+	}
+	for _, call := range d.backend.Calls() {
+		t.Errorf("the BMC was changed: %+v", call)
 	}
 }

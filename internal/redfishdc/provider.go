@@ -129,10 +129,6 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	if op == nil {
 		var err error
 		if op, err = p.start(ctx, req); err != nil {
-			var ce *configError
-			if errors.As(err, &ce) {
-				return failedBeforeStart(ce), nil
-			}
 			return controller.RepaveStatus{}, err
 		}
 	}
@@ -176,29 +172,32 @@ func (p *Provider) Inspect(ctx context.Context, key types.NamespacedName) (contr
 }
 
 // PowerOff ends the server's running repave (its URLs answer 410 from now on, which stops the
-// installer) and forces the server off. When the repave never powered the server on and the BMC
-// cannot be reached, nothing this datacenter started runs: that is not an error, so that a repave
-// whose BMC never answered can fail.
+// installer) and forces the server off. The first PowerOff of a repave that never powered the
+// server on or changed its media — the controller stopping it — returns controller.ErrUntouched
+// without a BMC request: the server runs as before, and a BMC that never answered does not keep
+// the repave from failing.
 func (p *Provider) PowerOff(ctx context.Context, key types.NamespacedName) error {
-	touched := true
 	p.mu.Lock()
-	if op := p.current[key]; op != nil && !op.succeeded() {
-		touched = op.end()
-	}
+	op := p.current[key]
 	p.mu.Unlock()
-	err := p.reset(ctx, key, redfishclient.ResetForceOff, redfishclient.PowerOff)
-	if err != nil && !touched && !errors.Is(err, errConfig) {
-		p.cfg.Log.Info("the BMC is unreachable; the repave never powered the server on, so nothing it started runs", "server", key, "error", err)
-		return nil
+	if op != nil && op.stopByController() {
+		return controller.ErrUntouched
 	}
+	err := p.reset(ctx, key, redfishclient.ResetForceOff, redfishclient.PowerOff)
 	if errors.Is(err, errConfig) {
-		return nil // no BMC to drive: nothing to power off
+		return nil // a Server this datacenter cannot drive: nothing of it runs here
 	}
 	return err
 }
 
-// Shutdown presses the server's power button (GracefulShutdown).
+// Shutdown presses the server's power button (GracefulShutdown). A power Operation shuts a
+// server down before it forces it off, so the PowerOff that follows is that Operation's.
 func (p *Provider) Shutdown(ctx context.Context, key types.NamespacedName) error {
+	p.mu.Lock()
+	if op := p.current[key]; op != nil {
+		op.settle()
+	}
+	p.mu.Unlock()
 	return p.reset(ctx, key, redfishclient.ResetGracefulShutdown, redfishclient.PowerOff)
 }
 

@@ -38,15 +38,18 @@ type operation struct {
 	cancel                 context.CancelFunc
 	agentDone              chan struct{}
 
-	mu         sync.Mutex
-	steps      []controller.Step
-	failed     bool
-	reason     string
-	message    string
-	done       bool
-	ended      bool // the URLs answer 410
-	agentOver  bool // the installer reported Done or Failed: its URLs answer 410
-	poweredOn  bool // this repave powered the server on
+	mu        sync.Mutex
+	steps     []controller.Step
+	failed    bool
+	reason    string
+	message   string
+	done      bool
+	ended     bool // the URLs answer 410
+	agentOver bool // the installer reported Done or Failed: its URLs answer 410
+	touched   bool // this repave changed the server's media or power
+	// settled is set once the controller stopped this repave (or a power Operation followed it):
+	// from then on PowerOff is a power Operation's and acts.
+	settled    bool
 	medium     *installeriso.Medium
 	raw        rawImage
 	ip, mac    string
@@ -54,23 +57,24 @@ type operation struct {
 	writeStart time.Time
 }
 
-// start prepares a repave and starts driving it in the background.
+// start prepares a repave and starts driving it in the background. A repave refused by its
+// Server's objects is recorded failed, untouched, so that stopping it touches nothing either.
 func (p *Provider) start(ctx context.Context, req controller.RepaveRequest) (*operation, error) {
-	s, err := p.server(ctx, req.Server)
-	if err != nil {
-		return nil, err
-	}
-	if err := p.checkAddressLiteral(s); err != nil {
-		return nil, err
-	}
-	if s.Spec.Network == nil {
-		return nil, refuse("NoNetwork", "Server %s has no spec.network: a real server needs the static address the installer and the installed OS use", s.Name)
-	}
 	op := &operation{p: p, server: req.Server, instanceID: req.InstanceID, id: randomID(), agentToken: randomToken(), guestToken: randomToken(),
-		agentDone: make(chan struct{}), mac: s.Spec.Network.MACAddress}
-	op.ip, _, _ = strings.Cut(s.Spec.Network.Address, "/")
+		agentDone: make(chan struct{})}
 	for _, t := range stargatev1.RedfishRepaveSteps {
 		op.steps = append(op.steps, controller.Step{Type: t, State: controller.StepPending})
+	}
+	s, err := p.checkServer(ctx, req)
+	var ce *configError
+	switch {
+	case errors.As(err, &ce):
+		op.failLocked(stargatev1.ConditionImageReady, ce.reason, ce.msg)
+	case err != nil:
+		return nil, err
+	default:
+		op.mac = s.Spec.Network.MACAddress
+		op.ip, _, _ = strings.Cut(s.Spec.Network.Address, "/")
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -81,10 +85,27 @@ func (p *Provider) start(ctx context.Context, req controller.RepaveRequest) (*op
 		old.end() // a new repave replaces the server's previous one
 		p.forget(old)
 	}
-	op.ctx, op.cancel = context.WithCancel(p.ctx)
 	p.ops[op.instanceID], p.current[req.Server], p.routes[op.id] = op, op, op
-	go op.run(req, s)
+	if !op.failed {
+		op.ctx, op.cancel = context.WithCancel(p.ctx)
+		go op.run(req, s)
+	}
 	return op, nil
+}
+
+// checkServer reads the Server of a repave and checks what can be checked before touching it.
+func (p *Provider) checkServer(ctx context.Context, req controller.RepaveRequest) (*stargatev1.Server, error) {
+	s, err := p.server(ctx, req.Server)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.checkAddressLiteral(s); err != nil {
+		return nil, err
+	}
+	if s.Spec.Network == nil {
+		return nil, refuse("NoNetwork", "Server %s has no spec.network: a real server needs the static address the installer and the installed OS use", s.Name)
+	}
+	return s, nil
 }
 
 // checkAddressLiteral refuses a BMC address that is an IP outside the allowed networks before any
@@ -98,19 +119,6 @@ func (p *Provider) checkAddressLiteral(s *stargatev1.Server) error {
 		return refuse("BMCNotAllowed", "spec.bmc.address %s: %s %v", s.Spec.BMC.Address, a, ErrBMCNotAllowed)
 	}
 	return nil
-}
-
-// failedBeforeStart is the status of a repave refused before it touched anything.
-func failedBeforeStart(ce *configError) controller.RepaveStatus {
-	steps := []controller.Step{}
-	for i, t := range stargatev1.RedfishRepaveSteps {
-		st := controller.Step{Type: t, State: controller.StepPending}
-		if i == 0 {
-			st = controller.Step{Type: t, State: controller.StepFailed, Reason: ce.reason, Message: ce.msg}
-		}
-		steps = append(steps, st)
-	}
-	return controller.RepaveStatus{Steps: steps, Failed: true, Reason: ce.reason, Message: ce.msg}
 }
 
 func randomID() string {
@@ -150,6 +158,9 @@ func (o *operation) run(req controller.RepaveRequest, s *stargatev1.Server) {
 		if err != nil {
 			return err
 		}
+		o.mu.Lock()
+		o.touched = true // from here on, the server may run what this repave started
+		o.mu.Unlock()
 		// Eject first: many BMCs refuse an insert into a drive that holds media.
 		if err := sys.EjectMedia(ctx); err != nil {
 			return fmt.Errorf("ejecting: %w", err)
@@ -170,9 +181,6 @@ func (o *operation) run(req controller.RepaveRequest, s *stargatev1.Server) {
 		if err != nil {
 			return err
 		}
-		o.mu.Lock()
-		o.poweredOn = true // from here on, the server may run what this repave started
-		o.mu.Unlock()
 		return powerCycle(ctx, sys)
 	}) {
 		return
@@ -430,13 +438,31 @@ func (o *operation) failLocked(step, reason, msg string) {
 	o.endLocked()
 }
 
-// end ends the repave (its URLs answer 410, its BMC work stops) and reports whether it powered the
-// server on.
-func (o *operation) end() bool {
+// end ends the repave: its URLs answer 410, its BMC work stops.
+func (o *operation) end() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.endLocked()
-	return o.poweredOn
+}
+
+// stopByController ends a repave the controller stops (PowerOff) and reports whether it never
+// touched the server, the first time only: later PowerOffs are power Operations'.
+func (o *operation) stopByController() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.settled || o.done {
+		return false
+	}
+	o.settled = true
+	o.endLocked()
+	return !o.touched
+}
+
+// settle marks the controller's stop as past (a power Operation runs).
+func (o *operation) settle() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.settled = true
 }
 
 func (o *operation) endLocked() {

@@ -186,7 +186,7 @@ func TestInstallerFailureFailsTheRepave(t *testing.T) {
 	if c == nil || c.Status != metav1.ConditionFalse || c.Reason != "InstallerFailed" || !strings.Contains(c.Message, why) {
 		t.Errorf("ImageWritten %+v, want False with the installer's reason", c)
 	}
-	if !strings.Contains(op.Status.Message, why) {
+	if !strings.Contains(op.Status.Message, why) || !strings.Contains(op.Status.Message, "the server was powered off") {
 		t.Errorf("the Operation's message %q does not say why", op.Status.Message)
 	}
 	if d.system("node-1").PowerState != redfish.PowerOff {
