@@ -47,7 +47,7 @@ type Config struct {
 	QemuImg string
 	// InstallerISO is the base installer ISO (hack/installer-iso/build.sh).
 	InstallerISO string
-	// PublicURL is where BMCs and installing servers reach Handler, e.g. http://10.0.0.1:8081. The
+	// PublicURL is where BMCs and installing servers reach ServeHTTP, e.g. http://10.0.0.1:8081. The
 	// installer has no trust roots of its own, so it must be http: the URLs carry no credential
 	// that outlives the Operation, and the image's sha256 travels in the ISO.
 	PublicURL string
@@ -92,9 +92,8 @@ var _ controller.Provider = (*Provider)(nil)
 // New checks cfg and opens the installer ISO.
 func New(cfg Config) (*Provider, error) {
 	u, err := url.Parse(cfg.PublicURL)
-	if err != nil || u.Scheme != "http" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" ||
-		strings.ContainsAny(u.Path, "?&:") {
-		return nil, fmt.Errorf("public URL %q: want http://HOST[:PORT][/PATH] that BMCs and servers reach this controller at", cfg.PublicURL)
+	if err != nil || u.Scheme != "http" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/") {
+		return nil, fmt.Errorf("public URL %q: want http://HOST[:PORT] that BMCs and servers reach this controller at", cfg.PublicURL)
 	}
 	if cfg.Reader == nil || cfg.SecretReader == nil || cfg.Images == nil || cfg.RawDir == "" {
 		return nil, errors.New("redfish datacenter: Reader, SecretReader, Images and RawDir must be set")
