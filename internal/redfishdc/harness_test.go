@@ -5,9 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -73,6 +75,8 @@ type dc struct {
 	// imageURL is the profile's image (a qcow2 file); rawImage the disk it must become.
 	imageURL string
 	rawImage []byte
+	// bmcCA is the PEM certificate an https BMC's is checked against.
+	bmcCA []byte
 }
 
 type dcOptions struct {
@@ -80,6 +84,8 @@ type dcOptions struct {
 	bmcNetworks []netip.Prefix
 	// bmcHandler wraps the BMC's service (a BMC that misbehaves).
 	bmcHandler func(http.Handler) http.Handler
+	// https serves the BMC with a certificate of its own CA (dc.bmcCA).
+	https bool
 }
 
 func newDC(t *testing.T, opt dcOptions) *dc {
@@ -95,7 +101,22 @@ func newDC(t *testing.T, opt dcOptions) *dc {
 	if opt.bmcHandler != nil {
 		h = opt.bmcHandler(h)
 	}
-	d.bmc = httptest.NewServer(h)
+	d.bmc = httptest.NewUnstartedServer(h)
+	d.bmc.Config.ErrorLog = stdlog.New(io.Discard, "", 0) // handshakes a test refuses on purpose
+	if opt.https {
+		certDir := t.TempDir()
+		cert, err := redfish.EnsureCertificate(certDir, []string{"127.0.0.1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.bmcCA, err = os.ReadFile(filepath.Join(certDir, redfish.CertFile)); err != nil {
+			t.Fatal(err)
+		}
+		d.bmc.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		d.bmc.StartTLS()
+	} else {
+		d.bmc.Start()
+	}
 	t.Cleanup(d.bmc.Close)
 
 	dir := t.TempDir()
