@@ -93,8 +93,10 @@ func gateProfileStillExists(ctx context.Context, r *OperationReconciler, s *oper
 func gateRunUserData(ctx context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	data, err := userData(ctx, r.APIReader, s.profile)
 	switch {
-	case errors.Is(err, errSecretNotFound) && isConditionTrue(s.op, stargatev1.ConditionVMRunning):
-		return pass() // the machine runs with its user-data already: the Secret is no longer needed
+	case errors.Is(err, errSecretNotFound) && (isConditionTrue(s.op, stargatev1.ConditionVMRunning) || isConditionTrue(s.op, stargatev1.ConditionInstallerReady)):
+		// The machine runs with its user-data already, or its installer carries it: the Secret is
+		// no longer needed.
+		return pass()
 	case errors.Is(err, errSecretNotFound):
 		return r.failRunning(ctx, s, "SecretDeleted", err.Error()+" (deleted during the repave, before the server received it)")
 	case err != nil:

@@ -287,6 +287,9 @@ func (d *dc) waitFor(name, what string, cond func(*stargatev1.Operation) bool) *
 		if err := env.Client.Get(context.Background(), client.ObjectKey{Namespace: d.ns, Name: name}, op); err == nil && cond(op) {
 			return op
 		}
+		if op.Status.Phase == stargatev1.OperationFailed || op.Status.Phase == stargatev1.OperationSucceeded {
+			d.t.Fatalf("Operation %s ended (%s: %s) without %s", name, op.Status.Phase, op.Status.Message, what)
+		}
 		if time.Now().After(deadline) {
 			d.t.Fatalf("Operation %s: no %s within a minute; status %+v", name, what, op.Status)
 		}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -195,4 +196,46 @@ func TestInstallerFailureFailsTheRepave(t *testing.T) {
 	if code := m.report(token, installspec.Report{Phase: installspec.PhaseWriting}); code != http.StatusGone {
 		t.Errorf("a report after the failure: %d, want 410", code)
 	}
+}
+
+// install plays the machine through a whole repave of systemID: it boots the installer from the
+// CD, writes the image, reports, powers off, and calls back from the installed OS.
+func (d *dc) install(opName, systemID string) {
+	d.t.Helper()
+	d.waitForCDBoot(opName)
+	m := d.bootFromCD(systemID)
+	m.writeImage()
+	for _, phase := range []installspec.Phase{installspec.PhaseBooted, installspec.PhaseWritten, installspec.PhaseSeeded, installspec.PhaseDone} {
+		if code := m.report(m.spec.Callback.Token, installspec.Report{Phase: phase}); code != http.StatusNoContent {
+			d.t.Fatalf("report %s: %d", phase, code)
+		}
+	}
+	if err := d.backend.Reset(context.Background(), systemID, redfish.ResetForceOff, "machine"); err != nil {
+		d.t.Fatal(err)
+	}
+	op := d.waitForCondition(opName, stargatev1.ConditionBootedFromDisk)
+	url, token := m.guestCallback()
+	if code := m.post(url, token, readyLine(controller.InstanceID(op))); code != http.StatusNoContent {
+		d.t.Fatalf("the guest callback: %d", code)
+	}
+}
+
+// The user-data Secret deleted once the installer carries it: the repave goes on (the server has
+// what it needs).
+func TestUserDataSecretDeletedAfterTheInstallerIsBuilt(t *testing.T) {
+	d := newDC(t, dcOptions{})
+	d.addSystem("node-1")
+	d.basics()
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "user-data"}, Type: stargatev1.UserDataSecretType, Data: map[string][]byte{"user-data": []byte("#cloud-config\n{}\n")}}
+	d.create(secret, &stargatev1.ProvisioningProfile{ObjectMeta: metav1.ObjectMeta{Name: "from-secret"}, Spec: stargatev1.ProvisioningProfileSpec{
+		CloudInitSecretRef: &stargatev1.SecretKeyReference{Name: "user-data"}, Image: stargatev1.ImageSource{URL: d.imageURL}}})
+	r1 := repave("r1", "worker-1", 0)
+	r1.Spec.ProvisioningProfileRef.Name = "from-secret"
+	d.create(d.server("worker-1", "node-1", d.bmc.URL), r1)
+	d.waitForCondition("r1", stargatev1.ConditionInstallerReady)
+	if err := env.Client.Delete(context.Background(), secret); err != nil {
+		t.Fatal(err)
+	}
+	d.install("r1", "node-1")
+	d.waitForPhase("r1", stargatev1.OperationSucceeded)
 }
