@@ -286,3 +286,14 @@ func (p *Provider) forget(op *operation) {
 	p.gone[op.id] = true
 	p.goneOrder = append(p.goneOrder, op.id)
 }
+
+// InstallerURL is the URL of a repave's installer ISO, as the BMC is given it; empty for a repave
+// this provider does not know. It is a secret of the Operation: for tests and diagnostics only.
+func (p *Provider) InstallerURL(instanceID string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if op := p.ops[instanceID]; op != nil {
+		return op.url("installer.iso")
+	}
+	return ""
+}
