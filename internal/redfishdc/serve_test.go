@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -47,6 +48,21 @@ func TestURLsOfAReplacedRepaveAreGone(t *testing.T) {
 		t.Fatal(err)
 	}
 	second := routeOf(t, p, "i-2")
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		st, err := p.Repave(context.Background(), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Failed {
+			if st.Reason != "ImageFetchFailed" {
+				t.Errorf("the second repave failed with %s: %s", st.Reason, st.Message)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the second repave did not fail: %+v", st)
+		}
+	}
 	for _, tc := range []struct {
 		method, path string
 		want         int
