@@ -14,8 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"k8s.io/apimachinery/pkg/types"
-
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/controller"
 	"stargate.io/stargate/pkg/cloudinit"
@@ -28,7 +26,6 @@ import (
 // HTTP handler feeds it the installer's and the guest's reports.
 type operation struct {
 	p          *Provider
-	server     types.NamespacedName
 	instanceID string
 	// id names the Operation's URLs; agentToken and guestToken authenticate the installer's
 	// reports and the installed OS's callback. All three are random and die with the Operation.
@@ -49,18 +46,17 @@ type operation struct {
 	touched   bool // this repave changed the server's media or power
 	// settled is set once the controller stopped this repave (or a power Operation followed it):
 	// from then on PowerOff is a power Operation's and acts.
-	settled    bool
-	medium     *installeriso.Medium
-	raw        rawImage
-	ip, mac    string
-	timeline   []controller.TimelineStep
-	writeStart time.Time
+	settled  bool
+	medium   *installeriso.Medium
+	raw      rawImage
+	ip, mac  string
+	timeline []controller.TimelineStep
 }
 
 // start prepares a repave and starts driving it in the background. A repave refused by its
 // Server's objects is recorded failed, untouched, so that stopping it touches nothing either.
 func (p *Provider) start(ctx context.Context, req controller.RepaveRequest) (*operation, error) {
-	op := &operation{p: p, server: req.Server, instanceID: req.InstanceID, id: randomID(), agentToken: randomToken(), guestToken: randomToken(),
+	op := &operation{p: p, instanceID: req.InstanceID, id: randomID(), agentToken: randomToken(), guestToken: randomToken(),
 		agentDone: make(chan struct{})}
 	for _, t := range stargatev1.RedfishRepaveSteps {
 		op.steps = append(op.steps, controller.Step{Type: t, State: controller.StepPending})
@@ -69,7 +65,12 @@ func (p *Provider) start(ctx context.Context, req controller.RepaveRequest) (*op
 	var ce *configError
 	switch {
 	case errors.As(err, &ce):
-		op.failLocked(stargatev1.ConditionImageReady, ce.reason, ce.msg)
+		// The step the mistake stops: the network is the installer's, the rest the BMC's.
+		step := stargatev1.ConditionMediaInserted
+		if ce.reason == "NoNetwork" {
+			step = stargatev1.ConditionInstallerReady
+		}
+		op.failLocked(step, ce.reason, ce.msg)
 	case err != nil:
 		return nil, err
 	default:

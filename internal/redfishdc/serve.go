@@ -153,7 +153,6 @@ func (o *operation) applyReport(rep *installspec.Report) bool {
 			}
 		}
 		o.setLocked(stargatev1.ConditionInstallerBooted, controller.StepDone, "Reported", "The installer booted and reported"+disk)
-		o.writeStart = time.Now()
 	}
 	switch rep.Phase {
 	case installspec.PhaseBooted:
