@@ -68,6 +68,8 @@ func TestHostileRedfishServersAreRejected(t *testing.T) {
 		{"a system id with a slash", func(s *stargatev1.Server) { s.Spec.BMC.SystemID = "../Managers/1" }, "spec.bmc.systemID"},
 		{"a serial of control characters", func(s *stargatev1.Server) { s.Spec.RootDeviceHint.Serial = "a\nb" }, "spec.rootDeviceHint.serial"},
 		{"a blank serial", func(s *stargatev1.Server) { s.Spec.RootDeviceHint.Serial = "   " }, "spec.rootDeviceHint.serial"},
+		{"a negative minimum size", func(s *stargatev1.Server) { s.Spec.RootDeviceHint.MinSize = ptr.To(resource.MustParse("-1Gi")) },
+			"minSize must be a positive size"},
 		{"an address without prefix", func(s *stargatev1.Server) { s.Spec.Network.Address = "10.0.1.11" }, "must be a unicast address with a prefix length"},
 		{"a multicast address", func(s *stargatev1.Server) { s.Spec.Network.Address = "224.0.0.1/4" }, "must be a unicast address"},
 		{"a gateway that is a name", func(s *stargatev1.Server) { s.Spec.Network.Gateway = "router.example" }, "gateway must be an IP address"},

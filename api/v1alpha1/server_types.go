@@ -65,6 +65,8 @@ type ServerSpec struct {
 }
 
 // RootDeviceHint selects a disk; every field set must match.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.minSize) || quantity(string(self.minSize)).compareTo(quantity('0')) > 0",message="spec.rootDeviceHint.minSize must be a positive size such as 100Gi"
 type RootDeviceHint struct {
 	// Serial is the disk's serial number, as the kernel reports it (exact match, case-insensitive).
 	// +kubebuilder:validation:MaxLength=128
