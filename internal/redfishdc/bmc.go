@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
@@ -148,7 +149,41 @@ func (p *Provider) connect(ctx context.Context, s *stargatev1.Server) (*redfishc
 		}
 		return nil, fmt.Errorf("BMC %s: %w", s.Spec.BMC.Address, err)
 	}
+	if err := p.claim(ctx, s, sys); err != nil {
+		return nil, err
+	}
 	return sys, nil
+}
+
+// claim records that s drives the system its BMC resolved, and refuses s when an older Server
+// drives it already under another name (its Id, its UUID, or "the only system"), which the check
+// of the specs cannot see.
+func (p *Provider) claim(ctx context.Context, s *stargatev1.Server, sys *redfishclient.System) error {
+	resolved := bmcKey(&stargatev1.BMCSpec{Address: s.Spec.BMC.Address}) + sys.Path
+	me := types.NamespacedName{Namespace: s.Namespace, Name: s.Name}
+	p.mu.Lock()
+	holder, held := p.claims[resolved]
+	if !held || holder == me {
+		p.claims[resolved] = me
+		p.mu.Unlock()
+		return nil
+	}
+	p.mu.Unlock()
+	other := &stargatev1.Server{}
+	err := p.cfg.Reader.Get(ctx, holder, other)
+	switch {
+	case apierrors.IsNotFound(err) || (err == nil && (!other.DeletionTimestamp.IsZero() || !other.Spec.DrivesBMC())):
+		// The holder is gone or drives no BMC any more: the system is free.
+	case err != nil:
+		return fmt.Errorf("reading Server %s, which drives the same BMC system: %w", holder, err)
+	case older(other, s):
+		return refuse("BMCSystemTaken", "Server %s/%s drives the same BMC system (%s%s) and was created first: "+
+			"one machine cannot be two Servers; correct spec.bmc.address or spec.bmc.systemID", other.Namespace, other.Name, s.Spec.BMC.Address, sys.Path)
+	}
+	p.mu.Lock()
+	p.claims[resolved] = me
+	p.mu.Unlock()
+	return nil
 }
 
 func (p *Provider) credentials(ctx context.Context, s *stargatev1.Server) (user, password string, err error) {

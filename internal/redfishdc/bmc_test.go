@@ -190,3 +190,22 @@ func TestServersObjectsAreCheckedBeforeTheBMCIsTouched(t *testing.T) {
 		t.Errorf("the BMC was changed: %+v", call)
 	}
 }
+
+// One system named two ways (by its Id, and as the BMC's only system): the specs differ, the
+// system the BMC resolves is the same, and the later Server is refused without touching it.
+func TestOneSystemUnderTwoNamesIsRefused(t *testing.T) {
+	d := newDC(t, dcOptions{})
+	d.addSystem("node-1")
+	d.basics()
+	d.create(d.server("first", "", d.bmc.URL))
+	d.waitForServer("first", "On (its BMC read)", func(s *stargatev1.Server) bool { return s.Status.PowerState == stargatev1.PowerOn })
+	d.create(d.server("second", "node-1", d.bmc.URL), repave("r1", "second", 0))
+	op := d.waitForPhase("r1", stargatev1.OperationFailed)
+	c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionMediaInserted)
+	if c == nil || c.Reason != "BMCSystemTaken" || !strings.Contains(c.Message, d.ns+"/first") {
+		t.Errorf("MediaInserted %+v: want BMCSystemTaken naming the first Server", c)
+	}
+	for _, call := range d.backend.Calls() {
+		t.Errorf("the refused Server's repave changed the machine: %+v", call)
+	}
+}

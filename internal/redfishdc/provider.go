@@ -82,6 +82,8 @@ type Provider struct {
 	// rather than 404; goneOrder bounds them, oldest first.
 	gone      map[string]bool
 	goneOrder []string
+	// claims are the BMC systems Servers drive, by BMC and resolved system path (see claim).
+	claims map[string]types.NamespacedName
 }
 
 // maxGone bounds the forgotten Operations whose URLs still answer 410.
@@ -111,7 +113,7 @@ func New(cfg Config) (*Provider, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	return &Provider{cfg: cfg, base: base, raw: newRawImages(cfg.RawDir, cfg.QemuImg), ctx: ctx, stop: stop,
-		ops: map[string]*operation{}, current: map[types.NamespacedName]*operation{}, routes: map[string]*operation{}, gone: map[string]bool{}}, nil
+		ops: map[string]*operation{}, current: map[types.NamespacedName]*operation{}, routes: map[string]*operation{}, gone: map[string]bool{}, claims: map[string]types.NamespacedName{}}, nil
 }
 
 // Close ends every Operation's work and closes the installer ISO.
