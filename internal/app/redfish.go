@@ -70,7 +70,8 @@ func setupRedfish(mgr ctrl.Manager, o Options, provider controller.Provider, cop
 		srv.Certificate = &cert
 	}
 	backend := &bmc.Backend{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Provider: provider,
-		Recorder: mgr.GetEventRecorder("stargate-bmc"), Locks: copts.Locks, HostID: copts.HostID, Wake: wake}
+		Recorder: mgr.GetEventRecorder("stargate-bmc"), Locks: copts.Locks, HostID: copts.HostID, Wake: wake,
+		MaxMemoryBytes: copts.MaxMemoryBytes, MaxCPUs: copts.MaxCPUs}
 	srv.Handler = &redfish.Service{Backend: backend, Log: ctrl.Log.WithName("redfish")}
 	return mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		return srv.ListenAndServe(ctx, o.RedfishAddress)

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -42,6 +43,10 @@ type Backend struct {
 	Wake chan<- event.GenericEvent
 	// RestartGrace bounds a GracefulRestart's wait for the guest to shut down; default 1m.
 	RestartGrace time.Duration
+	// MaxMemoryBytes and MaxCPUs are the limits one machine must fit (controller.Options'; 0 means
+	// no bound): a blank machine is refused what a repave of its Server would be (ensureMachine).
+	MaxMemoryBytes int64
+	MaxCPUs        int
 }
 
 var _ redfish.Backend = (*Backend)(nil)
@@ -137,7 +142,13 @@ func first(s ...string) string {
 
 // Reset changes the Server's power as a BMC would.
 func (b *Backend) Reset(ctx context.Context, id string, t redfish.ResetType, user string) error {
-	return b.change(ctx, id, user, "PowerChangedByBMC", "reset "+string(t), func(key types.NamespacedName) error {
+	return b.change(ctx, id, user, "PowerChangedByBMC", "reset "+string(t), func(s *stargatev1.Server, key types.NamespacedName) error {
+		switch t {
+		case redfish.ResetOn, redfish.ResetForceRestart, redfish.ResetGracefulRestart:
+			if err := b.ensureMachine(ctx, s, user); err != nil {
+				return err
+			}
+		}
 		switch t {
 		case redfish.ResetOn:
 			return b.Provider.PowerOn(ctx, key)
@@ -185,28 +196,34 @@ func (b *Backend) finishRestart(key types.NamespacedName) {
 // SetBoot changes the boot override.
 func (b *Backend) SetBoot(ctx context.Context, id string, boot redfish.Boot, user string) error {
 	what := fmt.Sprintf("boot override %s/%s/%s", boot.Target, boot.Enabled, boot.Mode)
-	return b.change(ctx, id, user, "BootChangedByBMC", what, func(key types.NamespacedName) error {
+	return b.change(ctx, id, user, "BootChangedByBMC", what, func(s *stargatev1.Server, key types.NamespacedName) error {
+		if err := b.ensureMachine(ctx, s, user); err != nil {
+			return err
+		}
 		return b.Provider.SetBoot(ctx, key, controller.BootOverride{Target: boot.Target, Enabled: boot.Enabled, Mode: boot.Mode})
 	})
 }
 
 // InsertMedia attaches the image as the Server's virtual CD.
 func (b *Backend) InsertMedia(ctx context.Context, id, imageURL, user string) error {
-	return b.change(ctx, id, user, "MediaChangedByBMC", "insert virtual media "+imageURL, func(key types.NamespacedName) error {
+	return b.change(ctx, id, user, "MediaChangedByBMC", "insert virtual media "+imageURL, func(s *stargatev1.Server, key types.NamespacedName) error {
+		if err := b.ensureMachine(ctx, s, user); err != nil {
+			return err
+		}
 		return b.Provider.InsertMedia(ctx, key, imageURL)
 	})
 }
 
 // EjectMedia detaches the virtual CD.
 func (b *Backend) EjectMedia(ctx context.Context, id, user string) error {
-	return b.change(ctx, id, user, "MediaChangedByBMC", "eject virtual media", func(key types.NamespacedName) error {
+	return b.change(ctx, id, user, "MediaChangedByBMC", "eject virtual media", func(_ *stargatev1.Server, key types.NamespacedName) error {
 		return b.Provider.EjectMedia(ctx, key)
 	})
 }
 
 // change makes one change to a Server under its lock, unless an Operation runs on it, then records
 // an Event naming the BMC user and wakes the Server's reconciler.
-func (b *Backend) change(ctx context.Context, id, user, reason, what string, do func(types.NamespacedName) error) error {
+func (b *Backend) change(ctx context.Context, id, user, reason, what string, do func(*stargatev1.Server, types.NamespacedName) error) error {
 	s, err := b.server(ctx, id)
 	if err != nil {
 		return err
@@ -221,12 +238,44 @@ func (b *Backend) change(ctx context.Context, id, user, reason, what string, do 
 	if op := controller.RunningOperation(ops); op != nil {
 		return fmt.Errorf("operation %s runs on this server: %w", op.Name, redfish.ErrConflict)
 	}
-	if err := do(key); err != nil {
+	if err := do(s, key); err != nil {
 		return providerError(err)
 	}
 	b.Recorder.Eventf(s, nil, corev1.EventTypeNormal, reason, "Redfish", "BMC user %q: %s", user, what)
 	b.wake(key)
 	return nil
+}
+
+// ensureMachine makes the blank machine of a Server that was never repaved, when the datacenter
+// has blank machines (controller.BlankMachines): a new server can be given virtual media and
+// powered on before anything is installed on it. Its hardware comes from the Server's spec, and
+// must fit the limits a repave of the Server would have to fit: through its BMC a user starts no
+// larger machine than the controller would. An installed or running machine is left as it is.
+func (b *Backend) ensureMachine(ctx context.Context, s *stargatev1.Server, user string) error {
+	blank, ok := b.Provider.(controller.BlankMachines)
+	if !ok {
+		return nil
+	}
+	key := client.ObjectKeyFromObject(s)
+	info, err := b.Provider.Inspect(ctx, key)
+	if err != nil {
+		return fmt.Errorf("inspecting server %s: %w", s.Name, err)
+	}
+	if info.InstanceID != "" || info.Running {
+		return nil
+	}
+	if err := controller.FitsHost(&s.Spec, s.Name, b.MaxMemoryBytes, b.MaxCPUs); err != nil {
+		return &redfish.BadRequestError{Message: "this server cannot be powered on as a blank machine here: " + err.Error()}
+	}
+	m := controller.BlankMachine{Server: key, CPUs: s.Spec.CPUCount(), MemoryMiB: s.Spec.MemoryBytes() >> 20,
+		DiskBytes: s.Spec.DiskBytes(), MAC: s.Spec.MACAddress}
+	changed, err := blank.EnsureBlankMachine(ctx, m)
+	if err == nil && changed {
+		b.Recorder.Eventf(s, nil, corev1.EventTypeNormal, "BlankMachineByBMC", "Redfish",
+			"BMC user %q: blank machine of %d CPUs, %d MiB of memory and an empty %s disk (nothing installed)",
+			user, m.CPUs, m.MemoryMiB, resource.NewQuantity(m.DiskBytes, resource.BinarySI))
+	}
+	return err
 }
 
 // providerError maps what a Provider refuses to a 400 the client can act on.

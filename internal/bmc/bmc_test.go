@@ -57,6 +57,13 @@ type world struct {
 
 func newWorld(t testing.TB, stepDelay time.Duration) *world {
 	t.Helper()
+	return newWorldWith(t, stepDelay, nil, func(*bmc.Backend) {})
+}
+
+// newWorldWith is newWorld with the mock datacenter's provider wrapped (nil: as it is) and the
+// backend adjusted before it serves.
+func newWorldWith(t testing.TB, stepDelay time.Duration, wrap func(*mockdc.Provider) controller.Provider, adjust func(*bmc.Backend)) *world {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ns := fmt.Sprintf("bmc-%d", time.Now().UnixNano()%1_000_000)
 	if err := env.Client.Create(ctx, testenv.Namespace(ns)); err != nil {
@@ -65,7 +72,10 @@ func newWorld(t testing.TB, stepDelay time.Duration) *world {
 	dc := mockdc.NewServer(mockdc.Config{StepDelay: stepDelay})
 	dcSrv := httptest.NewServer(dc)
 	t.Cleanup(dcSrv.Close)
-	provider := &mockdc.Provider{BaseURL: dcSrv.URL}
+	var provider controller.Provider = &mockdc.Provider{BaseURL: dcSrv.URL}
+	if wrap != nil {
+		provider = wrap(provider.(*mockdc.Provider))
+	}
 
 	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{Scheme: env.Scheme, Metrics: metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0", Controller: config.Controller{SkipNameValidation: ptr.To(true)}})
@@ -76,6 +86,7 @@ func newWorld(t testing.TB, stepDelay time.Duration) *world {
 	locks := &controller.ServerLocks{}
 	backend := &bmc.Backend{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Provider: provider,
 		Recorder: mgr.GetEventRecorder("stargate-bmc"), Locks: locks, HostID: "host-" + ns, Wake: wake, RestartGrace: 2 * time.Second}
+	adjust(backend)
 	redfishSrv := httptest.NewServer(&redfish.Service{Backend: backend})
 	t.Cleanup(redfishSrv.Close)
 	opts := controller.Options{HostID: "host-" + ns, PollInterval: 50 * time.Millisecond, Locks: locks, Wake: wake, RedfishURL: redfishSrv.URL,

@@ -71,6 +71,29 @@ type CapacitySharer interface {
 	ShareCapacity(HostCapacity)
 }
 
+// BlankMachines is an optional interface of a Provider whose servers are machines before anything
+// is installed on them, as new servers in a rack are (the simulator). A Server's BMC makes that
+// machine before it changes a Server that was never repaved, so that its user can insert virtual
+// media, set the boot override and power it on: it powers on into an empty disk.
+type BlankMachines interface {
+	// EnsureBlankMachine makes the blank machine of m.Server — its CPUs, memory, disk size and MAC,
+	// its network claims — or brings a powered-off one up to date with m, and reports whether it
+	// did either. A server with an installation, or whose machine runs, is left as it is. Calling
+	// it again changes nothing.
+	EnsureBlankMachine(ctx context.Context, m BlankMachine) (changed bool, err error)
+}
+
+// BlankMachine is the hardware of a server that has no installation, from its Server's spec.
+type BlankMachine struct {
+	Server    types.NamespacedName
+	CPUs      int
+	MemoryMiB int64
+	// DiskBytes is the size of the empty disk.
+	DiskBytes int64
+	// MAC is spec.macAddress, or empty for one derived from the Server's identity.
+	MAC string
+}
+
 // ErrUntouched is returned by PowerOff when the server's repave being stopped never changed the
 // server (it failed before the first power or media change): the server runs as it did, nothing
 // half-built runs, and a real machine someone relies on is not powered off for nothing.
@@ -189,6 +212,8 @@ type ServerInfo struct {
 	Running bool
 	// InstanceID of the installation on the server, if any.
 	InstanceID string
+	// Blank is true for a blank machine (see BlankMachines): one that exists with no installation.
+	Blank      bool
 	IPAddress  string
 	MACAddress string
 	// Boot is the boot override in effect; Media the virtual CD.

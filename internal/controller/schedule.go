@@ -66,18 +66,32 @@ func gatePendingTimeout(_ context.Context, _ *OperationReconciler, s *operationS
 // gateFits fails at once an Operation whose Server can never fit this host's limits, instead of
 // letting it wait forever.
 func gateFits(_ context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
-	mem, cpus := s.server.Spec.MemoryBytes(), s.server.Spec.CPUCount()
-	switch {
-	case r.Options.MaxMemoryBytes > 0 && mem > r.Options.MaxMemoryBytes:
-		s.fail("ExceedsHostCapacity", fmt.Sprintf("Server %s needs %d MiB of memory (spec.memory), more than the %d MiB this host lets repaves use "+
-			"(simulator flag --max-memory): lower spec.memory or raise --max-memory", s.server.Name, mem>>20, r.Options.MaxMemoryBytes>>20))
-	case r.Options.MaxCPUs > 0 && cpus > r.Options.MaxCPUs:
-		s.fail("ExceedsHostCapacity", fmt.Sprintf("Server %s needs %d CPUs (spec.cpus), more than the %d this host gives one server "+
-			"(simulator flag --max-cpus): lower spec.cpus or raise --max-cpus", s.server.Name, cpus, r.Options.MaxCPUs))
-	default:
-		return pass()
+	if err := FitsHost(&s.server.Spec, s.server.Name, r.Options.MaxMemoryBytes, r.Options.MaxCPUs); err != nil {
+		s.fail("ExceedsHostCapacity", err.Error())
+		return stop(ctrl.Result{}, nil)
 	}
-	return stop(ctrl.Result{}, nil)
+	return pass()
+}
+
+// ExceedsHostError is FitsHost's answer for a machine larger than this host allows.
+type ExceedsHostError struct{ Message string }
+
+func (e *ExceedsHostError) Error() string { return e.Message }
+
+// FitsHost checks a Server's machine against the limits one machine must fit on this host
+// (--max-memory, --max-cpus; 0 means no bound): a repave's, and a blank machine's before its BMC
+// may power it on. The *ExceedsHostError says which limit and what to change.
+func FitsHost(spec *stargatev1.ServerSpec, name string, maxMemoryBytes int64, maxCPUs int) error {
+	mem, cpus := spec.MemoryBytes(), spec.CPUCount()
+	switch {
+	case maxMemoryBytes > 0 && mem > maxMemoryBytes:
+		return &ExceedsHostError{fmt.Sprintf("Server %s needs %d MiB of memory (spec.memory), more than the %d MiB this host lets repaves use "+
+			"(simulator flag --max-memory): lower spec.memory or raise --max-memory", name, mem>>20, maxMemoryBytes>>20)}
+	case maxCPUs > 0 && cpus > maxCPUs:
+		return &ExceedsHostError{fmt.Sprintf("Server %s needs %d CPUs (spec.cpus), more than the %d this host gives one server "+
+			"(simulator flag --max-cpus): lower spec.cpus or raise --max-cpus", name, cpus, maxCPUs)}
+	}
+	return nil
 }
 
 // waitOrFail keeps the Operation Pending for a missing reference until Options.ReferenceWait has

@@ -110,6 +110,9 @@ func desiredServerStatus(o serverObservation) stargatev1.ServerStatus {
 			st.IPAddress, st.MACAddress = m.IPAddress, m.MACAddress
 		}
 		st.PowerState = powerStateOf(m)
+		if m.Blank && st.State == stargatev1.ServerAvailable && o.server.DeletionTimestamp.IsZero() {
+			set(stargatev1.ServerAvailable, false, "BlankMachine", blankMachineMessage(m.Running))
+		}
 		if st.State == stargatev1.ServerReady && !m.Running && !expectedOff(latest) {
 			set(stargatev1.ServerError, false, "MachineStopped",
 				"The server stopped without a powerOff Operation (guest poweroff, crash, or removed outside Stargate): "+
@@ -117,6 +120,16 @@ func desiredServerStatus(o serverObservation) stargatev1.ServerStatus {
 		}
 	}
 	return st
+}
+
+// blankMachineMessage says what a blank machine is and what can be done with it.
+func blankMachineMessage(running bool) string {
+	power := "powered off"
+	if running {
+		power = "powered on"
+	}
+	return "Blank machine, " + power + ": nothing installed by Stargate; its disk holds only what software booted from its BMC's virtual media wrote. " +
+		"Create a repave Operation to install it"
 }
 
 func powerStateOf(m *ServerInfo) stargatev1.PowerState {

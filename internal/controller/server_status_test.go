@@ -31,6 +31,8 @@ func TestDesiredServerStatus(t *testing.T) {
 	up := &ServerInfo{Exists: true, Running: true, IPAddress: "192.168.100.11", MACAddress: "52:54:00:aa:bb:cc"}
 	down := &ServerInfo{Exists: true, Running: false, IPAddress: "192.168.100.11", MACAddress: "52:54:00:aa:bb:cc"}
 	provisionedAt := metav1.NewTime(succeeded.Status.CompletionTime.Time)
+	blankUp := &ServerInfo{Exists: true, Running: true, Blank: true, IPAddress: "192.168.100.12", MACAddress: "52:54:00:aa:bb:cd"}
+	blankDown := &ServerInfo{Exists: true, Blank: true, IPAddress: "192.168.100.12", MACAddress: "52:54:00:aa:bb:cd"}
 
 	for _, tc := range []struct {
 		name    string
@@ -80,6 +82,15 @@ func TestDesiredServerStatus(t *testing.T) {
 			ops: []stargatev1.Operation{succeeded, powerOp("evac", stargatev1.OperationEvacuate, stargatev1.OperationSucceeded, 40),
 				opAt("op4", 50, stargatev1.OperationSucceeded, 51)},
 			machine: up, state: stargatev1.ServerReady, last: "op4", reason: "Repaved"},
+		// A blank machine (never repaved, made by its BMC) says so, powered on or off; a repave
+		// or a deletion decides the state as for any machine.
+		{name: "blank machine powered on", machine: blankUp, state: stargatev1.ServerAvailable, reason: "BlankMachine",
+			msg: "Blank machine, powered on: nothing installed by Stargate", power: stargatev1.PowerOn},
+		{name: "blank machine powered off", status: stargatev1.ServerStatus{State: stargatev1.ServerAvailable, Message: "Not installed by Stargate yet"},
+			machine: blankDown, state: stargatev1.ServerAvailable, reason: "BlankMachine", msg: "Blank machine, powered off", power: stargatev1.PowerOff},
+		{name: "blank machine being repaved", ops: []stargatev1.Operation{running}, machine: blankUp,
+			state: stargatev1.ServerProvisioning, last: "op2", reason: "Repaving", power: stargatev1.PowerOn},
+		{name: "blank machine deleted", machine: blankUp, deleted: true, state: stargatev1.ServerDeleting, msg: "Releasing"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			server := &stargatev1.Server{Status: tc.status}

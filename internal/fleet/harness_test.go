@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -45,10 +44,14 @@ var simulatorBinary = sync.OnceValues(func() (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "simulator")
-	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "./cmd/simulator")
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		return "", fmt.Errorf("building the simulator needs the go command on PATH: %w", err)
+	}
+	cmd := exec.Command(goBin, "build", "-o", bin, "./cmd/simulator")
 	cmd.Dir = testenv.RepoRoot()
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building the simulator: %v\n%s", err, out)
+		return "", fmt.Errorf("building the simulator: %w\n%s", err, out)
 	}
 	return bin, nil
 })
@@ -191,7 +194,8 @@ func parallel(from, to int, do func(i int) error) error {
 
 func serverName(i int) string { return fmt.Sprintf("s%05d", i) }
 
-// grow creates Servers until the fleet has n, and waits until the controller owns every one. It
+// grow creates Servers until the fleet has n, and waits until the controller owns every one and
+// wrote its status. It
 // counts them on a watch: listing thousands of Servers over and over would load the API server
 // more than the controller does.
 func (f *fleet) grow(n int) time.Duration {
@@ -211,7 +215,8 @@ func (f *fleet) grow(n int) time.Duration {
 				return
 			}
 			for ev := range w.ResultChan() {
-				if s, ok := ev.Object.(*stargatev1.Server); ok && s.Status.Host == f.ns {
+				// Owned, and its status written: the controller has nothing left to do for it.
+				if s, ok := ev.Object.(*stargatev1.Server); ok && s.Status.Host == f.ns && s.Status.State != "" {
 					owned[s.Name] = true
 				}
 				if len(owned) == n {

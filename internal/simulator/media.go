@@ -187,7 +187,8 @@ func writeJSON(dir, name string, v any) error {
 }
 
 // requireVMDir returns controller.ErrNotInstalled when the server has no VM directory: a BMC
-// setting needs a machine to belong to, and the simulator makes one only by a repave.
+// setting needs a machine to belong to, which a repave makes, or the Server's BMC as a blank
+// machine (EnsureBlankMachine).
 func requireVMDir(dir string) error {
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return controller.ErrNotInstalled

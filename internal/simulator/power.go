@@ -41,15 +41,25 @@ func (p *Provider) Shutdown(_ context.Context, server types.NamespacedName) erro
 
 // PowerOn boots the server's installed disk again with the settings it was installed with: same
 // CPUs, memory, MAC, tap and address; the seed keeps the instance-id, so cloud-init does not run
-// the installation again. The virtual CD, when one is inserted, is attached, and booted first when
-// the boot override says Cd (Once or Continuous); a Once override is used up by this boot.
+// the installation again. A blank machine (blank.go) boots its disk, empty at its first
+// power-on, without a seed. A server that is neither is controller.ErrNotInstalled. The virtual
+// CD, when one is inserted, is attached, and booted first when the boot override says Cd (Once or
+// Continuous); a Once override is used up by this boot.
 func (p *Provider) PowerOn(ctx context.Context, server types.NamespacedName) error {
 	defer p.lock(server)()
 	dir := p.VMDir(server)
 	if vm, err := p.vms.Status(dir); err != nil || vm.Running {
 		return err
 	}
-	if _, err := os.Stat(filepath.Join(dir, filenames.InstanceIDFile)); errors.Is(err, os.ErrNotExist) {
+	installed, err := hasInstallation(dir)
+	if err != nil {
+		return err
+	}
+	blank, isBlank, err := readBlank(dir)
+	if err != nil {
+		return err
+	}
+	if !installed && !isBlank {
 		return controller.ErrNotInstalled
 	}
 	b, err := os.ReadFile(filepath.Join(dir, filenames.VMSpecFile))
@@ -69,6 +79,14 @@ func (p *Provider) PowerOn(ctx context.Context, server types.NamespacedName) err
 		return err
 	}
 	spec.Dir, spec.QMPSocket, spec.Accel, spec.Tap = dir, qmp, p.cfg.Accel, hostnet.TapName(identity(server))
+	// An installation boots with its seed, a blank machine without any, its firmware on the
+	// console to say what it boots or that it finds nothing: whatever the file says.
+	spec.NoSeed, spec.FirmwareConsole = isBlank, isBlank
+	if isBlank {
+		if err := ensureBlankDisk(ctx, dir, blank); err != nil {
+			return err
+		}
+	}
 	if mac := recordedMAC(dir); mac != "" {
 		spec.MAC = mac
 	}
@@ -97,6 +115,6 @@ func (p *Provider) PowerOn(ctx context.Context, server types.NamespacedName) err
 	if bootCD {
 		from = "cd"
 	}
-	p.cfg.Log.Info("VM powered on", "server", identity(server), "bootFrom", from, "cdAttached", cd != "")
+	p.cfg.Log.Info("VM powered on", "server", identity(server), "bootFrom", from, "cdAttached", cd != "", "blank", isBlank)
 	return nil
 }

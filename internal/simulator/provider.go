@@ -2,6 +2,7 @@
 // a QEMU VM on this host, on a bridge with NAT, installed from a cloud image with cloud-init.
 //
 // Files by job: provider.go (Provider, New, Inspect, PowerOff), repave.go (the repave flow),
+// blank.go (the machine of a Server never repaved),
 // images.go (background image downloads), power.go (PowerOn, Shutdown), media.go (boot override
 // and virtual CD), release.go (Release, ReleaseAll, Teardown), layout.go (where things live on the
 // host), status.go (step-by-step status), watch.go (console watchers that tell the controller
@@ -245,7 +246,8 @@ func (p *Provider) Inspect(_ context.Context, server types.NamespacedName) (cont
 		return controller.ServerInfo{}, err
 	}
 	id, _ := os.ReadFile(filepath.Join(dir, filenames.InstanceIDFile))
-	info := controller.ServerInfo{Exists: true, Running: vm.Running, InstanceID: strings.TrimSpace(string(id)), MACAddress: recordedMAC(dir)}
+	info := controller.ServerInfo{Exists: true, Running: vm.Running, InstanceID: strings.TrimSpace(string(id)), MACAddress: recordedMAC(dir),
+		Blank: p.isBlank(server)}
 	if info.MACAddress == "" {
 		info.MACAddress = hostnet.MACAddress(identity(server))
 	}

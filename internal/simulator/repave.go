@@ -135,6 +135,10 @@ func (p *Provider) install(ctx context.Context, st *status, in installation) err
 		return fmt.Errorf("creating VM directory: %w", err)
 	}
 	_ = os.Remove(filepath.Join(dir, filenames.InstanceIDFile))
+	// No longer a blank machine: from here on it is this installation, or nothing if it fails.
+	if err := os.Remove(filepath.Join(dir, filenames.BlankFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing the blank machine's mark: %w", err)
+	}
 
 	subnet := p.cfg.Network.Subnet()
 	err := cloudinit.WriteNoCloudISO(filepath.Join(dir, filenames.SeedFile), cloudinit.Config{

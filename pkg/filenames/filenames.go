@@ -74,6 +74,12 @@ const (
 	// BootFile holds the boot override a BMC set (target, once or continuous, mode) as JSON, so
 	// that it survives restarts; absent means no override.
 	BootFile = "boot.json"
+	// SerconPortFile holds the I/O port SeaBIOS prints its serial console on (QEMU fw_cfg
+	// etc/sercon-port), for VMs whose firmware shows on the console (blank machines).
+	SerconPortFile = "sercon-port"
+	// BlankFile marks a blank machine (a Server never repaved, made by its BMC) and holds its
+	// hardware as JSON (CPUs, memory, disk size, MAC). A repave removes it before anything else.
+	BlankFile = "blank.json"
 	// MediaFile holds the virtual CD (its URL, digest and cached path) as JSON while one is
 	// inserted; absent means an empty drive.
 	MediaFile = "media.json"

@@ -57,6 +57,28 @@ func CreateOverlay(ctx context.Context, base, path string, sizeBytes int64) erro
 	return nil
 }
 
+// CreateBlankDisk creates an empty qcow2 disk of sizeBytes (rounded up to a sector) at path, as
+// a new server's disk is empty: nothing is allocated until the guest writes, so it costs no
+// space up front whatever its size. It is built under a temp name and renamed into place, 0600,
+// like an overlay; an existing file at path is replaced.
+func CreateBlankDisk(ctx context.Context, path string, sizeBytes int64) error {
+	if sizeBytes <= 0 {
+		return fmt.Errorf("creating blank disk %s: size %d is not positive", path, sizeBytes)
+	}
+	size := (sizeBytes + diskSectorSize - 1) / diskSectorSize * diskSectorSize
+	if err := removeOverlayTemps(path); err != nil {
+		return fmt.Errorf("creating blank disk %s: %w", path, err)
+	}
+	err := writeImage(path, func(tmp string) error {
+		_, err := execQemuImg(ctx, "create", "-q", "-f", "qcow2", tmp, strconv.FormatInt(size, 10))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("creating blank disk %s: %w", path, err)
+	}
+	return nil
+}
+
 // writeImage makes the image at path by write, which writes it to the temp file it is given (named
 // by overlayTempPattern), then makes it 0600 and renames it into place: a failure leaves no file
 // at path and no temp file. CreateTemp makes the file 0600 before any byte is in it; qemu-img

@@ -320,3 +320,39 @@ func TestFlatten(t *testing.T) {
 		t.Errorf("a failed flatten left %v", m)
 	}
 }
+
+// A blank machine's disk: empty, self-contained, of the size asked (rounded up to a sector),
+// costing next to nothing on the host however large it is, and replaced on a second call.
+func TestCreateBlankDisk(t *testing.T) {
+	t.Parallel()
+	diskTestNeedQemuImg(t)
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk.qcow2")
+	const size = 1 << 40 // 1 TiB: sparse, so the test host never needs it
+	if err := CreateBlankDisk(t.Context(), disk, size+1); err != nil {
+		t.Fatal(err)
+	}
+	info := diskTestQemuImgInfo(t, disk)
+	if info.Format != "qcow2" || info.BackingFilename != "" || info.VirtualSize != size+512 {
+		t.Errorf("blank disk info %+v, want a qcow2 of %d bytes without backing file", info, int64(size+512))
+	}
+	fi, err := os.Stat(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 || fi.Size() > 4*diskTestMiB {
+		t.Errorf("blank disk mode %v, %d bytes on the host; want 0600 and metadata only", fi.Mode().Perm(), fi.Size())
+	}
+	if err := CreateBlankDisk(t.Context(), disk, 2*diskTestMiB); err != nil {
+		t.Fatal(err)
+	}
+	if info := diskTestQemuImgInfo(t, disk); info.VirtualSize != 2*diskTestMiB {
+		t.Errorf("second blank disk of %d bytes, want it replaced by one of %d", info.VirtualSize, 2*diskTestMiB)
+	}
+	if des, _ := os.ReadDir(dir); len(des) != 1 {
+		t.Errorf("dir holds %d files, want the disk only (no temp left)", len(des))
+	}
+	if err := CreateBlankDisk(t.Context(), disk, 0); err == nil {
+		t.Error("a blank disk of 0 bytes was created")
+	}
+}

@@ -101,7 +101,19 @@ type VMSpec struct {
 	BootCD bool `json:",omitempty"`
 	// NoReboot makes a reboot of the guest exit QEMU instead (a bake VM must not boot twice).
 	NoReboot bool `json:",omitempty"`
+	// NoSeed leaves out the cloud-init seed drive: a blank machine (a server never installed)
+	// has nothing but its empty disk, as a new server has.
+	NoSeed bool `json:",omitempty"`
+	// FirmwareConsole makes the firmware (SeaBIOS) print on the serial console: its boot messages
+	// and "No bootable device", which a machine with nothing to boot (a blank machine) shows there
+	// as a real server shows them over serial-over-LAN. Installed VMs keep a console that starts
+	// with their boot loader.
+	FirmwareConsole bool `json:",omitempty"`
 }
+
+// serconPort is the I/O port of the first serial port (COM1), where SeaBIOS's serial console
+// writes when the fw_cfg file etc/sercon-port names it (a little-endian 16-bit integer).
+var serconPort = []byte{0xf8, 0x03}
 
 // Cmdline returns QEMU's arguments for spec. It is a pure function so the command line can be
 // tested byte for byte (golden test) without running anything.
@@ -119,10 +131,12 @@ func Cmdline(spec VMSpec) []string {
 		"-m", strconv.FormatInt(spec.MemoryMiB, 10),
 		"-nodefaults", "-display", "none", "-vga", "none",
 		"-drive", "file="+filepath.Join(spec.Dir, filenames.DiskFile)+",if=virtio,format=qcow2,discard=unmap",
+	)
+	if !spec.NoSeed {
 		// The seed on virtio too: minimal cloud kernels may have no ATA/CD-ROM drivers, and
 		// cloud-init finds the seed by its label on any block device.
-		"-drive", "file="+filepath.Join(spec.Dir, filenames.SeedFile)+",if=virtio,format=raw,readonly=on",
-	)
+		args = append(args, "-drive", "file="+filepath.Join(spec.Dir, filenames.SeedFile)+",if=virtio,format=raw,readonly=on")
+	}
 	if spec.CD != "" {
 		// A real CD-ROM on the q35 machine's built-in AHCI controller, at the port QEMU's own
 		// -cdrom uses, so installers find it as a CD (ISO 9660, El Torito). Always raw: QEMU never
@@ -149,6 +163,9 @@ func Cmdline(spec VMSpec) []string {
 		// Detached: the VM outlives the controller, which finds it again by pidfile and socket.
 		"-daemonize",
 	)
+	if spec.FirmwareConsole {
+		args = append(args, "-fw_cfg", "name=etc/sercon-port,file="+filepath.Join(spec.Dir, filenames.SerconPortFile))
+	}
 	if spec.NoReboot {
 		args = append(args, "-no-reboot")
 	}
@@ -183,7 +200,7 @@ func (v VMs) binary() string {
 	return "qemu-system-x86_64"
 }
 
-// Start launches QEMU for spec, detached. The disk and seed must exist. The console log is
+// Start launches QEMU for spec, detached. The disk and, unless NoSeed, the seed must exist. The console log is
 // truncated first and its markers (lines kept from dropped parts, see pkg/consolelog) removed:
 // everything in them belongs to this boot.
 func (v VMs) Start(ctx context.Context, spec VMSpec) error {
@@ -192,7 +209,11 @@ func (v VMs) Start(ctx context.Context, spec VMSpec) error {
 	} else if st.Running {
 		return fmt.Errorf("VM in %s is already running (pid %d)", spec.Dir, st.PID)
 	}
-	for _, f := range []string{filenames.DiskFile, filenames.SeedFile} {
+	files := []string{filenames.DiskFile, filenames.SeedFile}
+	if spec.NoSeed {
+		files = files[:1]
+	}
+	for _, f := range files {
 		if _, err := os.Stat(filepath.Join(spec.Dir, f)); err != nil {
 			return fmt.Errorf("cannot start VM: %w", err)
 		}
@@ -213,6 +234,11 @@ func (v VMs) Start(ctx context.Context, spec VMSpec) error {
 	// The console may echo user-data (and its tokens): root only.
 	if err := os.WriteFile(filepath.Join(spec.Dir, filenames.ConsoleFile), nil, 0o600); err != nil {
 		return fmt.Errorf("creating console log: %w", err)
+	}
+	if spec.FirmwareConsole {
+		if err := os.WriteFile(filepath.Join(spec.Dir, filenames.SerconPortFile), serconPort, 0o600); err != nil {
+			return fmt.Errorf("writing the firmware console setting: %w", err)
+		}
 	}
 	args := Cmdline(spec)
 	cmd := exec.CommandContext(ctx, v.binary(), args...)
@@ -257,11 +283,20 @@ func (v VMs) Status(dir string) (VMStatus, error) {
 		return VMStatus{}, nil // the PID now belongs to someone else
 	}
 	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-		if fields := strings.Fields(string(st[bytes.LastIndexByte(st, ')')+1:])); len(fields) > 0 && fields[0] == "Z" {
+		if fields := strings.Fields(string(st[bytes.LastIndexByte(st, ')')+1:])); len(fields) > 0 && fields[0] == "Z" && !threadsLeft(pid) {
 			return VMStatus{}, nil // exited, not yet reaped
 		}
 	}
 	return VMStatus{Running: true, PID: pid}, nil
+}
+
+// threadsLeft reports whether threads of pid other than its main one still exist. A killed QEMU's
+// main thread turns zombie before its vCPU threads are gone, and those still hold the disk's lock
+// and the tap: until they are gone the VM is not off, and a new QEMU on the same disk and tap
+// would fail to start.
+func threadsLeft(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	return err == nil && len(tasks) > 1
 }
 
 // Stop stops the VM of dir. With a positive grace period it asks the guest to power down over

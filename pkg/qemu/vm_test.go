@@ -24,6 +24,8 @@ func TestCmdlineGolden(t *testing.T) {
 		cd       string
 		bootCD   bool
 		noReboot bool
+		noSeed   bool
+		firmware bool
 	}{
 		// Without a CD the command line is the one VMs had before virtual media.
 		{golden: "tcg", accel: AccelTCG},
@@ -33,10 +35,15 @@ func TestCmdlineGolden(t *testing.T) {
 		{golden: "cdboot-tcg", accel: AccelTCG, cd: iso, bootCD: true},
 		// A golden image bake VM: a reboot ends it.
 		{golden: "noreboot-tcg", accel: AccelTCG, noReboot: true},
+		// A blank machine (never installed): no seed, the firmware on the console; its CD booted
+		// by an override, or none.
+		{golden: "blank-tcg", accel: AccelTCG, noSeed: true, firmware: true},
+		{golden: "blank-cdboot-tcg", accel: AccelTCG, cd: iso, bootCD: true, noSeed: true, firmware: true},
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
 			spec := base
 			spec.Accel, spec.CD, spec.BootCD, spec.NoReboot = tc.accel, tc.cd, tc.bootCD, tc.noReboot
+			spec.NoSeed, spec.FirmwareConsole = tc.noSeed, tc.firmware
 			got := strings.Join(Cmdline(spec), "\n") + "\n"
 			golden := filepath.Join("testdata", "cmdline-"+tc.golden+".golden")
 			if *updateGolden {
