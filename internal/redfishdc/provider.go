@@ -113,7 +113,8 @@ func New(cfg Config) (*Provider, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	return &Provider{cfg: cfg, base: base, raw: newRawImages(cfg.RawDir, cfg.QemuImg), ctx: ctx, stop: stop,
-		ops: map[string]*operation{}, current: map[types.NamespacedName]*operation{}, routes: map[string]*operation{}, gone: map[string]bool{}, claims: map[string]types.NamespacedName{}}, nil
+		ops: map[string]*operation{}, current: map[types.NamespacedName]*operation{}, routes: map[string]*operation{},
+		gone: map[string]bool{}, claims: map[string]types.NamespacedName{}}, nil
 }
 
 // Close ends every Operation's work and closes the installer ISO.

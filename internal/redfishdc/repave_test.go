@@ -226,7 +226,8 @@ func TestUserDataSecretDeletedAfterTheInstallerIsBuilt(t *testing.T) {
 	d := newDC(t, dcOptions{})
 	d.addSystem("node-1")
 	d.basics()
-	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "user-data"}, Type: stargatev1.UserDataSecretType, Data: map[string][]byte{"user-data": []byte("#cloud-config\n{}\n")}}
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "user-data"}, Type: stargatev1.UserDataSecretType,
+		Data: map[string][]byte{"user-data": []byte("#cloud-config\n{}\n")}}
 	d.create(secret, &stargatev1.ProvisioningProfile{ObjectMeta: metav1.ObjectMeta{Name: "from-secret"}, Spec: stargatev1.ProvisioningProfileSpec{
 		CloudInitSecretRef: &stargatev1.SecretKeyReference{Name: "user-data"}, Image: stargatev1.ImageSource{URL: d.imageURL}}})
 	r1 := repave("r1", "worker-1", 0)
