@@ -24,6 +24,10 @@ import (
 func TestRepaveThroughTheBMC(t *testing.T) {
 	d := newDC(t, dcOptions{})
 	d.addSystem("node-1")
+	// A CD left in the drive (a previous attempt's, someone's): it must be ejected first.
+	if err := d.backend.InsertMedia(context.Background(), "node-1", "http://old.example/stale.iso", bmcUser); err != nil {
+		t.Fatal(err)
+	}
 	d.basics()
 	d.create(d.server("worker-1", "node-1", d.bmc.URL), repave("r1", "worker-1", 0))
 
@@ -35,18 +39,18 @@ func TestRepaveThroughTheBMC(t *testing.T) {
 	}
 	d.waitForCDBoot("r1")
 	sys := d.system("node-1")
-	// It was on: forced off first, then on; the CD boot override is used up by that boot.
-	var resets []string
+	// Eject before insert (this BMC, like many, refuses an insert into a full drive), a one-time CD boot, and — it
+	// was on — forced off first, then on; that boot uses the override up.
+	var calls []string
 	for _, c := range d.backend.Calls() {
-		if c.Op == "Reset" {
-			resets = append(resets, c.Arg)
-		}
+		calls = append(calls, c.Op+" "+c.Arg)
 		if c.User != bmcUser {
 			t.Errorf("a BMC call as %q, not the Secret's user", c.User)
 		}
 	}
-	if strings.Join(resets, ",") != "ForceOff,On" {
-		t.Errorf("resets %v, want ForceOff then On", resets)
+	want := []string{"InsertMedia http://old.example/stale.iso", "EjectMedia ", "InsertMedia " + sys.Media.Image, "SetBoot Cd/Once/", "Reset ForceOff", "Reset On"}
+	if strings.Join(calls, "\n") != strings.Join(want, "\n") {
+		t.Errorf("BMC calls:\n%s\nwant:\n%s", strings.Join(calls, "\n"), strings.Join(want, "\n"))
 	}
 	if !sys.Media.Inserted {
 		t.Errorf("the CD is not inserted: %+v", sys.Media)
@@ -101,8 +105,8 @@ func TestRepaveThroughTheBMC(t *testing.T) {
 	if sys.Media.Inserted || sys.PowerState != redfish.PowerOn {
 		t.Errorf("after BootedFromDisk: media %+v, power %s; want ejected and on", sys.Media, sys.PowerState)
 	}
-	calls := d.backend.Calls()
-	if last := calls[len(calls)-2]; last.Op != "SetBoot" || !strings.HasPrefix(last.Arg, "Hdd/Once") {
+	after := d.backend.Calls()
+	if last := after[len(after)-2]; last.Op != "SetBoot" || !strings.HasPrefix(last.Arg, "Hdd/Once") {
 		t.Errorf("before the last power-on: %+v, want a one-time disk boot", last)
 	}
 
