@@ -23,6 +23,21 @@ const (
 	// ConditionNodeReady is True once the Node named after the Server is Ready (only for profiles
 	// with joinsCluster).
 	ConditionNodeReady = "NodeReady"
+	// ConditionInstallerReady is True once the per-Operation installer ISO is built and served (a
+	// Redfish datacenter's repave).
+	ConditionInstallerReady = "InstallerReady"
+	// ConditionMediaInserted is True once the BMC holds the installer ISO as its virtual CD and is
+	// told to boot from it once.
+	ConditionMediaInserted = "MediaInserted"
+	// ConditionInstallerBooted is True once the installer, booted from the virtual CD, made its
+	// first report.
+	ConditionInstallerBooted = "InstallerBooted"
+	// ConditionImageWritten is True once the installer wrote the image (its sha256 checked) and the
+	// cloud-init seed to the server's disk; while it writes, its message says bytes, % and rate.
+	ConditionImageWritten = "ImageWritten"
+	// ConditionBootedFromDisk is True once the virtual CD is ejected and the server powered on from
+	// its disk.
+	ConditionBootedFromDisk = "BootedFromDisk"
 	// ConditionPoweredOff is True once the server is off (powerOff, and the first half of reboot);
 	// its reason says whether the guest shut down (ShutDown) or was forced (ForcedOff).
 	ConditionPoweredOff = "PoweredOff"
@@ -61,13 +76,25 @@ const (
 	ConditionValid = "Valid"
 )
 
-// RepaveSteps are the condition types of a repave's steps, in the order every provider runs
-// them. Providers report their progress against this one list, so the simulator, the mock
-// datacenter and the controller's step metrics cannot drift apart.
+// RepaveSteps are the condition types of a repave's steps in the simulator and the mock datacenter,
+// in the order they run them: the two report against this one list, so they cannot drift apart.
+// The Redfish datacenter drives a real machine through other steps (RedfishRepaveSteps); the
+// controller records whichever steps its provider reports.
 var RepaveSteps = []string{
 	ConditionImageReady,
 	ConditionCloudInitReady,
 	ConditionNetworkReady,
 	ConditionVMRunning,
+	ConditionGuestReady,
+}
+
+// RedfishRepaveSteps are the condition types of a repave through a server's BMC, in order.
+var RedfishRepaveSteps = []string{
+	ConditionImageReady,
+	ConditionInstallerReady,
+	ConditionMediaInserted,
+	ConditionInstallerBooted,
+	ConditionImageWritten,
+	ConditionBootedFromDisk,
 	ConditionGuestReady,
 }

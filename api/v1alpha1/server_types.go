@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"strings"
+
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -40,11 +42,71 @@ type ServerSpec struct {
 	// +optional
 	MACAddress string `json:"macAddress,omitempty"`
 
-	// BMC gives the Server a Redfish BMC on the datacenter host that owns it (when that host serves
-	// Redfish): provisioning tools can then power it and boot it from virtual media as they drive
-	// real hardware. status.bmc.address says where.
+	// BMC has two meanings. Without bmc.address (the simulator): the datacenter host that owns the
+	// Server serves a Redfish BMC for it (when that host serves Redfish), so that provisioning tools
+	// can power it and boot it from virtual media as they drive real hardware; status.bmc.address
+	// says where. With bmc.address (a Redfish datacenter, --provider redfish): the Server is a real
+	// machine and Stargate drives the existing BMC at that address to install and power it.
 	// +optional
 	BMC *BMCSpec `json:"bmc,omitempty"`
+
+	// RootDeviceHint chooses the disk the installer writes the image to on a real server (Redfish
+	// datacenter). Without one, the server must have exactly one eligible disk. The virtual CD the
+	// installer booted from is never chosen.
+	// +optional
+	RootDeviceHint *RootDeviceHint `json:"rootDeviceHint,omitempty"`
+
+	// Network is the static network of a real server (Redfish datacenter): the installer uses it to
+	// download the image and the installed OS gets it through cloud-init. Required for a repave in a
+	// Redfish datacenter (a bare server has no DHCP Stargate controls); ignored by the simulator,
+	// which assigns addresses from its own network.
+	// +optional
+	Network *StaticNetwork `json:"network,omitempty"`
+}
+
+// RootDeviceHint selects a disk; every field set must match.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.minSize) || quantity(string(self.minSize)).compareTo(quantity('0')) > 0",message="spec.rootDeviceHint.minSize must be a positive size such as 100Gi"
+type RootDeviceHint struct {
+	// Serial is the disk's serial number, as the kernel reports it (exact match, case-insensitive).
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:Pattern=`^[ -~]*[!-~][ -~]*$`
+	// +optional
+	Serial string `json:"serial,omitempty"`
+	// WWN is the disk's World Wide Name, e.g. 0x5000c500a1b2c3d4 (exact match, case-insensitive).
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:Pattern=`^[ -~]*[!-~][ -~]*$`
+	// +optional
+	WWN string `json:"wwn,omitempty"`
+	// MinSize excludes smaller disks, e.g. 100Gi.
+	// +optional
+	MinSize *resource.Quantity `json:"minSize,omitempty"`
+}
+
+// StaticNetwork is one static IP configuration of a server's network interface. That the gateway
+// lies on the address's subnet is checked when a repave starts (a CEL rule relating the two costs
+// more than the API server allows).
+type StaticNetwork struct {
+	// MACAddress of the interface to configure, six lower-case colon-separated hex pairs.
+	// +kubebuilder:validation:Pattern=`^([0-9a-f]{2}:){5}[0-9a-f]{2}$`
+	MACAddress string `json:"macAddress"`
+	// Address is the server's IP address with its prefix length, e.g. 10.0.0.11/24.
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self).prefixLength() > 0 && cidr(self).ip().isGlobalUnicast()",message="spec.network.address must be a unicast address with a prefix length, e.g. 10.0.0.11/24"
+	Address string `json:"address"`
+	// Gateway is the default route, an address on Address's subnet; without it only the subnet is
+	// reachable.
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="isIP(self)",message="spec.network.gateway must be an IP address"
+	// +optional
+	Gateway string `json:"gateway,omitempty"`
+	// DNS servers, at most 3.
+	// +kubebuilder:validation:MaxItems=3
+	// +kubebuilder:validation:items:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="self.all(a, isIP(a))",message="spec.network.dns entries must be IP addresses"
+	// +listType=atomic
+	// +optional
+	DNS []string `json:"dns,omitempty"`
 }
 
 // BMCCredentialsSecretType is the type the Secret named by spec.bmc.credentialsSecretRef must have
@@ -52,13 +114,47 @@ type ServerSpec struct {
 const BMCCredentialsSecretType = "kubernetes.io/basic-auth"
 
 // BMCSpec configures a Server's Redfish BMC.
+//
+// +kubebuilder:validation:XValidation:rule="!has(self.address) || !self.address.startsWith('https://') || has(self.caSecretRef) || (has(self.insecureSkipVerify) && self.insecureSkipVerify)",message="spec.bmc.address is https: name the CA that signed the BMC's certificate (spec.bmc.caSecretRef) or opt out of verifying it (spec.bmc.insecureSkipVerify: true)"
+// +kubebuilder:validation:XValidation:rule="has(self.address) || (!has(self.systemID) && !has(self.caSecretRef) && !has(self.insecureSkipVerify))",message="spec.bmc.systemID, caSecretRef and insecureSkipVerify apply to a BMC Stargate drives: set spec.bmc.address too"
 type BMCSpec struct {
 	// CredentialsSecretRef names a Secret of type kubernetes.io/basic-auth (keys username and
-	// password) in the Server's namespace: the HTTP basic auth credentials of this Server's BMC.
+	// password) in the Server's namespace: the HTTP basic auth credentials of this Server's BMC
+	// (the BMC Stargate serves, or the one at address it drives).
 	// kubectl create secret generic NAME --type=kubernetes.io/basic-auth
 	// --from-literal=username=admin --from-literal=password=...
 	CredentialsSecretRef LocalSecretReference `json:"credentialsSecretRef"`
+
+	// Address is the Redfish URL of the server's existing BMC, e.g. https://10.0.0.50 or
+	// https://bmc-r1-u7.example:8443, with no path other than /redfish/v1. Set, Stargate drives this
+	// BMC (Redfish datacenter); unset, the simulator serves a BMC for the Server. The controller
+	// connects only to BMC networks its operator allows (--bmc-networks).
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && (url(self).getScheme() == 'https' || url(self).getScheme() == 'http') && url(self).getHostname() != '' && (url(self).getEscapedPath() == '' || url(self).getEscapedPath() == '/' || url(self).getEscapedPath() == '/redfish/v1' || url(self).getEscapedPath() == '/redfish/v1/') && !self.contains('@') && !self.contains('?') && !self.contains('#')",message="spec.bmc.address must be an http(s) URL of a BMC without credentials, query or fragment, and with no path other than /redfish/v1"
+	// +optional
+	Address string `json:"address,omitempty"`
+
+	// SystemID names the BMC's ComputerSystem (its Id, the last segment of its path, or its UUID)
+	// when the BMC manages several; unset, the BMC must manage exactly one.
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9][A-Za-z0-9._-]*$`
+	// +optional
+	SystemID string `json:"systemID,omitempty"`
+
+	// CASecretRef names a Secret in the Server's namespace whose key ca.crt holds the PEM CA
+	// certificates that verify the BMC's https certificate.
+	// +optional
+	CASecretRef *LocalSecretReference `json:"caSecretRef,omitempty"`
+
+	// InsecureSkipVerify accepts any certificate from the BMC: anyone on the path to it can then read
+	// its credentials. An explicit opt-in for BMCs with self-signed certificates; status.bmc.tls
+	// shows it.
+	// +optional
+	InsecureSkipVerify bool `json:"insecureSkipVerify,omitempty"`
 }
+
+// BMCCASecretKey is the key of spec.bmc.caSecretRef's Secret that holds the PEM CA bundle.
+const BMCCASecretKey = "ca.crt"
 
 // LocalSecretReference names a Secret in the object's own namespace.
 type LocalSecretReference struct {
@@ -82,6 +178,37 @@ type BMCStatus struct {
 	// VirtualMedia is the URL of the image in the virtual CD drive, if any.
 	// +optional
 	VirtualMedia string `json:"virtualMedia,omitempty"`
+	// TLS says how Stargate trusts the BMC it drives (spec.bmc.address): Verified (https, its
+	// certificate checked against spec.bmc.caSecretRef), NotVerified (https with
+	// spec.bmc.insecureSkipVerify) or PlainHTTP. Empty for a BMC the simulator serves.
+	// +optional
+	TLS BMCTLS `json:"tls,omitempty"`
+}
+
+// BMCTLS is how a BMC's identity is checked.
+// +kubebuilder:validation:Enum=Verified;NotVerified;PlainHTTP
+type BMCTLS string
+
+// The ways a BMC's identity is checked.
+const (
+	BMCTLSVerified    BMCTLS = "Verified"
+	BMCTLSNotVerified BMCTLS = "NotVerified"
+	BMCTLSPlainHTTP   BMCTLS = "PlainHTTP"
+)
+
+// DrivesBMC reports whether Stargate drives an existing BMC for this Server (spec.bmc.address), as
+// opposed to serving one (the simulator).
+func (s *ServerSpec) DrivesBMC() bool { return s.BMC != nil && s.BMC.Address != "" }
+
+// TLS is how a BMC Stargate drives is trusted, from its spec.
+func (b *BMCSpec) TLS() BMCTLS {
+	switch {
+	case !strings.HasPrefix(b.Address, "https://"):
+		return BMCTLSPlainHTTP
+	case b.InsecureSkipVerify:
+		return BMCTLSNotVerified
+	}
+	return BMCTLSVerified
 }
 
 // ServerState is a one-word summary of a Server, for humans. Conditions are the truth.

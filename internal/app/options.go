@@ -60,11 +60,18 @@ type Options struct {
 	ImageConnectTimeout      time.Duration
 	ImageHeaderTimeout       time.Duration
 	ImageStallTimeout        time.Duration
+
+	// --provider=redfish (redfishdc.go): the BMC networks it may reach, its HTTP server, the installer.
+	BMCNetworks     []string
+	InstallerListen string
+	InstallerURL    string
+	InstallerISO    string
 }
 
 // BindFlags registers the options on fs, with their defaults.
 func (o *Options) BindFlags(fs *flag.FlagSet) {
-	fs.StringVar(&o.Provider, "provider", "qemu", "datacenter provider: qemu (VMs on this host) or mock (a fake datacenter API, see --mock-url)")
+	fs.StringVar(&o.Provider, "provider", "qemu", "datacenter provider: qemu (VMs on this host), mock (a fake datacenter API, see --mock-url) or "+
+		"redfish (real servers through their BMCs: see --bmc-networks, --installer-url, --installer-iso)")
 	fs.StringVar(&o.MockURL, "mock-url", "http://127.0.0.1:8090", "base URL of the mock datacenter API (with --provider=mock; start one with bin/mockdc)")
 	fs.StringVar(&o.WorkDir, "work-dir", filenames.DefaultWorkDir, "directory for images, VM disks, IP allocations and sockets")
 	fs.StringVar(&o.Bridge, "bridge", hostnet.DefaultBridge, "Linux bridge the VMs attach to (created if missing)")
@@ -104,4 +111,5 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&o.Teardown, "teardown", false, "stop and remove every VM in --work-dir, then the bridge and NAT rules, and exit (no cluster needed)")
 	o.bindImageFlags(fs)
 	o.bindRedfishFlags(fs)
+	o.bindRedfishDCFlags(fs)
 }

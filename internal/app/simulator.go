@@ -117,8 +117,9 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		if copts.MaxMemoryBytes == 0 {
 			copts.MaxMemoryBytes = hostMemory() * 8 / 10
 		}
+	case "redfish":
 	default:
-		return fmt.Errorf("--provider %q: use qemu or mock", o.Provider)
+		return fmt.Errorf("--provider %q: use qemu, mock or redfish", o.Provider)
 	}
 
 	mopts := ctrl.Options{
@@ -138,6 +139,12 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	}
 	if err := checkCRDs(mgr.GetRESTMapper()); err != nil {
 		return err
+	}
+	if o.Provider == "redfish" {
+		// It needs the manager's readers, so it comes after it.
+		if provider, err = newRedfishDC(o, mgr, log); err != nil {
+			return err
+		}
 	}
 	// The host's Lease comes first: a duplicate of this host must not touch its machines, not
 	// even to collect garbage.

@@ -64,7 +64,7 @@ func (b *Backend) server(ctx context.Context, id string) (*stargatev1.Server, er
 		}
 		return nil, err
 	}
-	if s.Spec.BMC == nil || s.Status.Host != b.HostID || !s.DeletionTimestamp.IsZero() {
+	if !servesBMC(s, b.HostID) {
 		return nil, redfish.ErrNotFound
 	}
 	return s, nil
@@ -97,7 +97,7 @@ func (b *Backend) Systems(ctx context.Context) ([]string, error) {
 	var ids []string
 	for i := range list.Items {
 		s := &list.Items[i]
-		if s.Spec.BMC != nil && s.Status.Host == b.HostID && s.DeletionTimestamp.IsZero() {
+		if servesBMC(s, b.HostID) {
 			ids = append(ids, controller.BMCSystemID(client.ObjectKeyFromObject(s)))
 		}
 	}
@@ -300,4 +300,11 @@ func (b *Backend) wake(key types.NamespacedName) {
 	case b.Wake <- event.GenericEvent{Object: s}:
 	default: // the reconciler is busy; its next health check shows the change
 	}
+}
+
+// servesBMC reports whether this host serves a BMC for the Server: one it owns that asks for one
+// (spec.bmc) without naming an existing BMC to drive (spec.bmc.address: its credentials are that
+// BMC's, and must not open one here).
+func servesBMC(s *stargatev1.Server, hostID string) bool {
+	return s.Spec.BMC != nil && !s.Spec.DrivesBMC() && s.Status.Host == hostID && s.DeletionTimestamp.IsZero()
 }

@@ -463,3 +463,21 @@ func BenchmarkBMC500Servers(b *testing.B) {
 		b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms")
 	}
 }
+
+// A Server that names an existing BMC (spec.bmc.address, the Redfish datacenter) is a real machine:
+// its credentials are that BMC's, so the simulator's BMC serves nothing for it.
+func TestBMCServesNoServerThatNamesItsOwnBMC(t *testing.T) {
+	w := newWorld(t, 10*time.Millisecond)
+	w.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "real-bmc"}, Type: corev1.SecretTypeBasicAuth,
+		Data: map[string][]byte{"username": []byte("admin"), "password": []byte("pw")}})
+	w.create(&stargatev1.Server{ObjectMeta: metav1.ObjectMeta{Name: "real"},
+		Spec: stargatev1.ServerSpec{BMC: &stargatev1.BMCSpec{CredentialsSecretRef: stargatev1.LocalSecretReference{Name: "real-bmc"},
+			Address: "http://10.0.0.50"}}})
+	w.waitServer("real", func(st stargatev1.ServerStatus) bool { return st.Host != "" })
+	if code, _ := w.call("GET", "/redfish/v1/Systems/"+w.ns+".real", "admin", "pw", ""); code != 401 && code != 404 {
+		t.Errorf("the simulator serves a BMC for a Server with its own: %d, want 401 or 404", code)
+	}
+	if code, body := w.call("GET", "/redfish/v1/Systems", "admin", "pw", ""); code == 200 && strings.Contains(body, w.ns+".real") {
+		t.Errorf("the simulator lists a Server with its own BMC: %s", body)
+	}
+}

@@ -173,10 +173,11 @@ func (r *OperationReconciler) reconcileDelete(ctx context.Context, s *operationS
 		return nil
 	}
 	if s.op.Status.Phase == stargatev1.OperationRunning {
-		if err := r.Provider.PowerOff(ctx, s.serverKey()); err != nil {
+		err := r.Provider.PowerOff(ctx, s.serverKey())
+		if err != nil && !errors.Is(err, ErrUntouched) {
 			return fmt.Errorf("powering off server %s of deleted operation: %w", s.op.Spec.ServerRef.Name, err)
 		}
-		if s.server != nil {
+		if s.server != nil && err == nil {
 			r.Recorder.Eventf(s.server, s.op, corev1.EventTypeWarning, "RepaveInterrupted", actionOf(s.op),
 				"Operation %s was deleted while running; the server is powered off", s.op.Name)
 		}

@@ -25,7 +25,9 @@ type Provider interface {
 	Inspect(ctx context.Context, server types.NamespacedName) (ServerInfo, error)
 
 	// PowerOff stops a server at once, without releasing it (an interrupted repave must not leave a
-	// half-built server running). A server that is off or unknown is not an error.
+	// half-built server running). A server that is off or unknown is not an error. A provider of
+	// real servers may instead return ErrUntouched when the repave being stopped never changed the
+	// server: it then runs on as before, and is left alone.
 	PowerOff(ctx context.Context, server types.NamespacedName) error
 
 	// Shutdown asks the server to power off gracefully (the ACPI power button) and returns without
@@ -91,6 +93,11 @@ type BlankMachine struct {
 	// MAC is spec.macAddress, or empty for one derived from the Server's identity.
 	MAC string
 }
+
+// ErrUntouched is returned by PowerOff when the server's repave being stopped never changed the
+// server (it failed before the first power or media change): the server runs as it did, nothing
+// half-built runs, and a real machine someone relies on is not powered off for nothing.
+var ErrUntouched = errors.New("the repave never touched the server")
 
 // ErrNotInstalled is returned by PowerOn for a server with no installation to boot.
 var ErrNotInstalled = errors.New("the server has no installation to boot: repave it first")

@@ -65,14 +65,17 @@ func (r *OperationReconciler) failRunning(ctx context.Context, s *operationScope
 		s.fail(reason, msg+"\n(the server is left running: --keep-failed-vms)")
 		return stop(ctrl.Result{}, nil)
 	}
-	if err := r.Provider.PowerOff(ctx, s.serverKey()); err != nil {
+	what := "; the server was powered off"
+	if err := r.Provider.PowerOff(ctx, s.serverKey()); errors.Is(err, ErrUntouched) {
+		what = "; the server was not touched and runs as before"
+	} else if err != nil {
 		return stop(ctrl.Result{}, fmt.Errorf("powering off server %s after %s: %w", s.op.Spec.ServerRef.Name, reason, err))
 	}
 	head, rest, _ := strings.Cut(msg, "\n")
 	if rest != "" {
 		rest = "\n" + rest
 	}
-	s.fail(reason, head+"; the server was powered off"+rest)
+	s.fail(reason, head+what+rest)
 	return stop(ctrl.Result{}, nil)
 }
 
@@ -90,8 +93,10 @@ func gateProfileStillExists(ctx context.Context, r *OperationReconciler, s *oper
 func gateRunUserData(ctx context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
 	data, err := userData(ctx, r.APIReader, s.profile)
 	switch {
-	case errors.Is(err, errSecretNotFound) && isConditionTrue(s.op, stargatev1.ConditionVMRunning):
-		return pass() // the machine runs with its user-data already: the Secret is no longer needed
+	case errors.Is(err, errSecretNotFound) && (isConditionTrue(s.op, stargatev1.ConditionVMRunning) || isConditionTrue(s.op, stargatev1.ConditionInstallerReady)):
+		// The machine runs with its user-data already, or its installer carries it: the Secret is
+		// no longer needed.
+		return pass()
 	case errors.Is(err, errSecretNotFound):
 		return r.failRunning(ctx, s, "SecretDeleted", err.Error()+" (deleted during the repave, before the server received it)")
 	case err != nil:

@@ -29,11 +29,17 @@ func BMCSystemID(server types.NamespacedName) string { return server.Namespace +
 
 // bmcStatus is what the Server's BMC shows, from its spec and its machine.
 func bmcStatus(o serverObservation) *stargatev1.BMCStatus {
-	if o.server.Spec.BMC == nil || o.redfishURL == "" {
+	var st *stargatev1.BMCStatus
+	switch {
+	case o.server.Spec.DrivesBMC():
+		// A BMC Stargate drives: its address as given, and how far Stargate trusts it.
+		st = &stargatev1.BMCStatus{Address: o.server.Spec.BMC.Address, TLS: o.server.Spec.BMC.TLS()}
+	case o.server.Spec.BMC == nil || o.redfishURL == "":
 		return nil
+	default:
+		st = &stargatev1.BMCStatus{Address: strings.TrimRight(o.redfishURL, "/") + "/redfish/v1/Systems/" +
+			BMCSystemID(types.NamespacedName{Namespace: o.server.Namespace, Name: o.server.Name})}
 	}
-	st := &stargatev1.BMCStatus{Address: strings.TrimRight(o.redfishURL, "/") + "/redfish/v1/Systems/" +
-		BMCSystemID(types.NamespacedName{Namespace: o.server.Namespace, Name: o.server.Name})}
 	if o.server.Status.BMC != nil {
 		st.BootOverride, st.VirtualMedia = o.server.Status.BMC.BootOverride, o.server.Status.BMC.VirtualMedia
 	}

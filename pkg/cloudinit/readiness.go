@@ -80,6 +80,37 @@ func ReadinessVendorData(instanceID string) []byte {
 	return reporterVendorData(instanceID, "")
 }
 
+// callbackProgram follows reporterProgram in a guest the host cannot read the console of (a real
+// server): it POSTs the same line to a URL with a bearer token. %s are the URL and the token as
+// Python string literals. A 4xx answer other than 429 is final (wrong token, Operation over).
+const callbackProgram = `
+import urllib.error, urllib.request
+request = urllib.request.Request(%s, data=line.encode(), method="POST",
+                                 headers={"Authorization": "Bearer " + %s, "Content-Type": "text/plain"})
+for attempt in range(120):
+    try:
+        urllib.request.urlopen(request, timeout=20).read()
+        break
+    except urllib.error.HTTPError as e:
+        if 400 <= e.code < 500 and e.code != 429:
+            break
+    except Exception:
+        pass
+    time.sleep(5)
+`
+
+// CallbackVendorData returns NoCloud vendor-data that reports cloud-init's result for instanceID
+// as ReadinessVendorData does, and POSTs the same line to url with "Authorization: Bearer token":
+// the only way a real server can tell its controller it is up. The token is written to files
+// only root can read. ParseGuestResult reads the body the controller receives.
+func CallbackVendorData(instanceID, url, token string) []byte {
+	id, _ := json.Marshal(instanceID) // a JSON string is a valid Python string literal
+	u, _ := json.Marshal(url)
+	tok, _ := json.Marshal(token)
+	program := fmt.Sprintf(reporterProgram, id, readyMarker) + fmt.Sprintf(callbackProgram, u, tok)
+	return reporterScript(program, "")
+}
+
 // bakeFinish runs in a bake VM after the report: it leaves the disk as a fresh image — cloud-init
 // runs again on the next boot (new instance), the machine-id and random seed are made anew — and
 // powers off, which tells the host the disk is ready to keep. Host keys need no removal:
@@ -120,11 +151,17 @@ func BakeVendorData(instanceID string) []byte {
 // reporterVendorData is the vendor-data script: the reporter, then finish (a shell script) if set.
 func reporterVendorData(instanceID, finish string) []byte {
 	id, _ := json.Marshal(instanceID) // a JSON string is a valid Python string literal
-	program := fmt.Sprintf(reporterProgram, id, readyMarker)
+	return reporterScript(fmt.Sprintf(reporterProgram, id, readyMarker), finish)
+}
+
+// reporterScript is the vendor-data script that runs program in the background once, then finish
+// (a shell script) if set.
+func reporterScript(program, finish string) []byte {
 	command := "python3 /run/stargate-report.py"
 	var b bytes.Buffer
 	b.WriteString("#!/bin/sh\n")
-	b.WriteString("# Stargate: report on the serial console when cloud-init has finished (see pkg/cloudinit/readiness.go).\n")
+	b.WriteString("# Stargate: report when cloud-init has finished (see pkg/cloudinit/readiness.go).\n")
+	b.WriteString("umask 077\n")
 	b.WriteString("cat > /run/stargate-report.py <<'STARGATE_EOF'\n")
 	b.WriteString(program)
 	b.WriteString("STARGATE_EOF\n")

@@ -2,6 +2,9 @@ package cloudinit
 
 import (
 	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -104,5 +107,45 @@ func TestIsMarkerLine(t *testing.T) {
 	line := "STARGATE-READY " + `{"instance_id": "i-1", "errors": [], "timeline": {}}`
 	if !IsMarkerLine([]byte(line)) || !ParseGuestResult([]byte(line+"\n"), "i-1").Done {
 		t.Errorf("the reporter's line %q is not a marker", line)
+	}
+}
+
+// The callback reporter runs for real against a test server standing in for the controller: it
+// waits for cloud-init's result, then POSTs the readiness line with the token.
+func TestCallbackVendorDataPostsTheResult(t *testing.T) {
+	python := testreq.Command(t, "python3", "apt-get install -y python3")
+	got := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		got <- r.Method + " " + r.URL.Path + " " + r.Header.Get("Authorization") + "\n" + string(body)
+	}))
+	defer srv.Close()
+	vd := CallbackVendorData("i-7", srv.URL+"/i/abc/ready", "tok-"+strings.Repeat("x", 40))
+	if !bytes.Contains(vd, []byte("umask 077")) {
+		t.Error("the script that writes the token does not keep it from other users")
+	}
+	start := bytes.Index(vd, []byte("<<'STARGATE_EOF'\n"))
+	end := bytes.Index(vd, []byte("STARGATE_EOF\nif"))
+	if start < 0 || end < 0 {
+		t.Fatalf("vendor-data has no embedded program:\n%s", vd)
+	}
+	dir := t.TempDir()
+	result := filepath.Join(dir, "result.json")
+	if err := os.WriteFile(result, []byte(`{"v1": {"errors": []}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The guest's paths, moved into the test's directory.
+	prog := strings.NewReplacer("/run/cloud-init/result.json", result, `"/dev/ttyS0", "/dev/console"`, `"`+filepath.Join(dir, "console")+`",`).
+		Replace(string(vd[start+len("<<'STARGATE_EOF'\n") : end]))
+	if out, err := exec.Command(python, "-c", prog).CombinedOutput(); err != nil {
+		t.Fatalf("the reporter failed: %v\n%s", err, out)
+	}
+	req := <-got
+	head, body, _ := strings.Cut(req, "\n")
+	if head != "POST /i/abc/ready Bearer tok-"+strings.Repeat("x", 40) {
+		t.Errorf("request %q", head)
+	}
+	if r := ParseGuestResult([]byte(body), "i-7"); !r.Done || len(r.Errors) != 0 {
+		t.Errorf("the body %q does not parse as a successful result: %+v", body, r)
 	}
 }
