@@ -33,7 +33,7 @@ func TestRunRejectsBadFlagsClearly(t *testing.T) {
 	}{
 		{"selector", func(o *Options) { o.ServerSelector = "a in (" }, "--server-selector"},
 		{"memory", func(o *Options) { o.MaxMemory = "lots" }, "--max-memory"},
-		{"provider", func(o *Options) { o.Provider = "vmware" }, "use qemu or mock"},
+		{"provider", func(o *Options) { o.Provider = "vmware" }, "use qemu, mock or redfish"},
 		{"grace", func(o *Options) { o.HostGracePeriod = 15 * time.Second }, "--host-grace-period"},
 	}
 	for _, tc := range cases {

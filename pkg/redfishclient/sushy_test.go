@@ -81,7 +81,8 @@ func needSushyEmulator(t *testing.T) {
 		testreq.Need(t, "Python modules "+modules+" for sushy-emulator ("+strings.TrimSpace(string(out))+")", install)
 	}
 	if _, err := os.Stat(filepath.Join(sushyTools(), "sushy_tools", "emulator", "main.py")); err != nil {
-		testreq.Need(t, "sushy-tools' source tree at ../shared/third_party/sushy-tools from the repository's root, or /work/shared/third_party/sushy-tools (or $STARGATE_SUSHY_TOOLS)",
+		testreq.Need(t, "sushy-tools' source tree at ../shared/third_party/sushy-tools from the repository's root, "+
+			"or /work/shared/third_party/sushy-tools (or $STARGATE_SUSHY_TOOLS)",
 			"see ../shared/third_party/README.md")
 	}
 }
