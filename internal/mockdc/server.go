@@ -377,6 +377,7 @@ func (s *Server) report(key string) ServerReport {
 		rep.Steps = append(rep.Steps, sr)
 		start = doneAt
 	}
+	rep.Running = m.Running // a PowerLoss may just have struck
 	switch {
 	case !m.Running && !rep.Done && !rep.Failed && m.PowerLostIn != "":
 		rep.Failed, rep.Reason, rep.Message = true, "PowerLost", "mock datacenter: the server lost power during "+m.PowerLostIn
