@@ -63,7 +63,8 @@ func outcome(faults []FaultBody, step string, stepDelay time.Duration) stepOutco
 		case stargatev1.FaultImageServerError:
 			if f.FailedTries >= ImageTries {
 				o.reason = "ImageFetchFailed"
-				o.message = fmt.Sprintf("mock datacenter: the image server answered 503 Service Unavailable %d times in a row; gave up after %d tries", ImageTries, ImageTries)
+				o.message = fmt.Sprintf("mock datacenter: the image server answered 503 Service Unavailable %d times in a row; "+
+					"gave up after %d tries", ImageTries, ImageTries)
 			} else {
 				o.extra += time.Duration(f.FailedTries) * stepDelay // one retry per failed try
 			}
