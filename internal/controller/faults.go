@@ -31,6 +31,11 @@ type FaultInjector interface {
 	SupportsFault(t stargatev1.FaultType, at string) bool
 }
 
+// maxFaultsPerOperation is the most faults recorded on one Operation (status.faults' MaxItems):
+// a namespace may hold any number of FaultInjections, an Operation's status may not grow without
+// bound.
+const maxFaultsPerOperation = 256
+
 // maxFaultDuration bounds every duration parameter, as the CRD does (checked again here: the
 // CRD may be older than this controller).
 const maxFaultDuration = time.Hour
@@ -177,6 +182,12 @@ func (r *OperationReconciler) decideFaults(ctx context.Context, s *operationScop
 			}
 			if !strikes {
 				continue
+			}
+			if len(s.op.Status.Faults) >= maxFaultsPerOperation {
+				s.event(s.op, fi, corev1.EventTypeWarning, "TooManyFaults", fmt.Sprintf(
+					"fault %s of FaultInjection %s is not injected: Operation %s has %d faults already, the most one takes",
+					f.Name, fi.Name, s.op.Name, maxFaultsPerOperation))
+				return nil
 			}
 			r.faults.take(ledgerKey(fi, f.Name), s.op.UID)
 			s.op.Status.Faults = append(s.op.Status.Faults, stargatev1.InjectedFault{FaultInjection: fi.Name,
