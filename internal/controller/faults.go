@@ -130,6 +130,13 @@ func (l *faultLedger) count(key string, cached map[types.UID]struct{}) int {
 	return n
 }
 
+// has reports whether this process injected the fault into op already (a decision whose status
+// write was lost, made again).
+func (l *faultLedger) has(key string, op types.UID) bool {
+	_, ok := l.taken[key][op]
+	return ok
+}
+
 func (l *faultLedger) take(key string, op types.UID) {
 	if l.taken == nil {
 		l.taken = map[string]map[types.UID]struct{}{}
@@ -213,6 +220,10 @@ func (r *OperationReconciler) strikes(ctx context.Context, fi *stargatev1.FaultI
 		p, err := parseProbability(*f.Probability)
 		return err == nil && drawFault(fi.UID, op.UID, f.Name, p), nil
 	}
+	key := ledgerKey(fi, f.Name)
+	if r.faults.has(key, op.UID) {
+		return true, nil
+	}
 	var ops stargatev1.OperationList
 	if err := r.Client.List(ctx, &ops, client.InNamespace(fi.Namespace)); err != nil {
 		return false, fmt.Errorf("listing operations to count fault %s: %w", f.Name, err)
@@ -225,7 +236,7 @@ func (r *OperationReconciler) strikes(ctx context.Context, fi *stargatev1.FaultI
 			}
 		}
 	}
-	return r.faults.count(ledgerKey(fi, f.Name), cached) < int(*f.FirstN), nil
+	return r.faults.count(key, cached) < int(*f.FirstN), nil
 }
 
 // faultsOf lists the faults recorded on an Operation for its provider.

@@ -60,3 +60,17 @@ func TestValidateFaultRefusesWhatAdmissionRefuses(t *testing.T) {
 		}
 	}
 }
+
+// A firstN decision made again for the same Operation (its status write was lost) is the same
+// decision, and it counts once.
+func TestFaultLedgerCountsAnOperationOnce(t *testing.T) {
+	var l faultLedger
+	l.take("fi/f", "op1")
+	l.take("fi/f", "op1")
+	if !l.has("fi/f", "op1") || l.has("fi/f", "op2") {
+		t.Error("the ledger does not know what it took")
+	}
+	if n := l.count("fi/f", map[types.UID]struct{}{"op1": {}, "op3": {}}); n != 2 {
+		t.Errorf("op1 in the ledger and the cache, op3 in the cache: counted %d, want 2", n)
+	}
+}
