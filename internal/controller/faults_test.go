@@ -272,3 +272,26 @@ func TestFaultScenarioHalfTheRepavesFailThenAllSucceed(t *testing.T) {
 		}
 	}
 }
+
+// A power loss is handled as any power loss is: the repave fails with the datacenter's reason and
+// the Server shows Error; once the fault's firstN is used up, the next repave succeeds.
+func TestPowerLossFailsTheRepaveThenFirstNIsUsedUp(t *testing.T) {
+	h := newHarness(t, 20*time.Millisecond, controller.Options{})
+	h.create(faultInjection("power", stargatev1.Fault{Name: "cut", Type: stargatev1.FaultPowerLoss, At: stargatev1.ConditionVMRunning,
+		FirstN: ptr.To[int32](1)}))
+	h.create(labelled("s1", chaos))
+	h.create(profile("p", okUserData))
+	h.create(repave("op1", "s1", "p"))
+	op := h.waitPhase("op1", stargatev1.OperationFailed, 30*time.Second)
+	if c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionSucceeded); c == nil || c.Reason != "PowerLost" {
+		t.Errorf("want the datacenter's PowerLost: %+v", c)
+	}
+	if c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionVMRunning); c == nil || c.Status == metav1.ConditionTrue {
+		t.Errorf("VMRunning must not be True after the power loss: %+v", c)
+	}
+	h.waitServer("s1", 10*time.Second, func(st stargatev1.ServerStatus) bool { return st.State == stargatev1.ServerError })
+	h.create(repave("op2", "s1", "p"))
+	if op := h.waitPhase("op2", stargatev1.OperationSucceeded, 30*time.Second); len(op.Status.Faults) != 0 {
+		t.Errorf("firstN 1 struck again: %+v", op.Status.Faults)
+	}
+}
