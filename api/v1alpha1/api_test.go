@@ -68,7 +68,7 @@ func readObjects(t *testing.T, path string) []*unstructured.Unstructured {
 }
 
 func TestCRDsInstallWithStatusAndPrinterColumns(t *testing.T) {
-	for _, plural := range []string{"servers", "provisioningprofiles", "operations"} {
+	for _, plural := range []string{"servers", "provisioningprofiles", "operations", "faultinjections"} {
 		crd := &apiextensionsv1.CustomResourceDefinition{}
 		if err := env.Client.Get(context.Background(), client.ObjectKey{Name: plural + ".stargate.io"}, crd); err != nil {
 			t.Fatalf("CRD %s not installed: %v", plural, err)

@@ -125,6 +125,13 @@ type OperationStatus struct {
 	// +optional
 	Timeline []TimelineStep `json:"timeline,omitempty"`
 
+	// Faults are the faults a FaultInjection had injected into this repave, decided once when it
+	// started.
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=256
+	// +optional
+	Faults []InjectedFault `json:"faults,omitempty"`
+
 	// Conditions: one per step of the Operation (for a simulator repave: ImageReady,
 	// CloudInitReady, NetworkReady, VMRunning, GuestReady, NodeReady), each with a reason and the
 	// time it last changed, plus Succeeded when the Operation is finished. They show where time

@@ -41,8 +41,10 @@ type Options struct {
 	RedfishURL       string
 	RedfishPlainHTTP bool
 	KeepFailedVMs    bool
-	ReferenceWait    time.Duration
-	PollInterval     time.Duration
+	// FaultInjection lets FaultInjections inject faults into this host's Servers (--fault-injection).
+	FaultInjection bool
+	ReferenceWait  time.Duration
+	PollInterval   time.Duration
 	// MachineChecksPerSecond budgets the background checks of machines (--machine-checks-per-second).
 	MachineChecksPerSecond float64
 	MetricsAddr            string
@@ -92,6 +94,8 @@ func (o *Options) BindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.HostGracePeriod, "host-grace-period", hostlease.DefaultGracePeriod, "how long a host's Lease may go unrenewed "+
 		"(by the observer's own clock) before its Servers show HostReachable=False (HostLost); also how long a start waits "+
 		"before taking over the Lease of a silent earlier incarnation on another machine")
+	fs.BoolVar(&o.FaultInjection, "fault-injection", true, "let FaultInjections inject faults into the Servers this host owns "+
+		"(false: none is injected, and each FaultInjection's status says so)")
 	fs.StringVar(&o.ServerSelector, "server-selector", "", "label selector of the Servers this host manages, e.g. stargate.io/datacenter=lab1 (default: all)")
 	fs.IntVar(&o.MaxParallel, "max-parallel", 2, "repaves running at once; more wait in Pending (0: no limit)")
 	fs.StringVar(&o.MaxMemory, "max-memory", "", "memory the VMs being repaved may use together, e.g. 16Gi (default: 80% of this host's memory with --provider=qemu)")

@@ -74,7 +74,8 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	}
 	copts := controller.Options{HostID: o.HostID, ReferenceWait: o.ReferenceWait, PollInterval: o.PollInterval, MaxParallel: o.MaxParallel,
 		MachineChecksPerSecond: o.MachineChecksPerSecond,
-		MaxCPUs:                max(o.MaxCPUs, 0), KeepFailedMachines: o.KeepFailedVMs}
+		MaxCPUs:                max(o.MaxCPUs, 0), KeepFailedMachines: o.KeepFailedVMs,
+		DisableFaultInjection: !o.FaultInjection}
 	if o.ServerSelector != "" {
 		sel, err := labels.Parse(o.ServerSelector)
 		if err != nil {

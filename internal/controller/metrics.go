@@ -16,6 +16,7 @@ type Metrics struct {
 	finishedTotal *prometheus.CounterVec
 	running       prometheus.Gauge
 	guestSeconds  *prometheus.HistogramVec
+	faultsTotal   *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: controller-runtime's registry).
@@ -42,7 +43,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "stargate_guest_boot_step_duration_seconds", Help: "Duration of each step of an installed guest's boot, as the guest reported it.",
 		Buckets: []float64{0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600},
 	}, []string{"step"})
-	reg.MustRegister(m.stepSeconds, m.repaveSeconds, m.finishedTotal, m.running, m.guestSeconds)
+	m.faultsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stargate_faults_injected_total", Help: "Faults FaultInjections had injected into Operations, by fault type.",
+	}, []string{"type"})
+	reg.MustRegister(m.stepSeconds, m.repaveSeconds, m.finishedTotal, m.running, m.guestSeconds, m.faultsTotal)
 	return m
 }
 
@@ -76,5 +80,11 @@ func (m *Metrics) stepDone(op *stargatev1.Operation, step string, at time.Time) 
 func (m *Metrics) guestStep(step string, d time.Duration) {
 	if m != nil {
 		m.guestSeconds.WithLabelValues(step).Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) faultInjected(t stargatev1.FaultType) {
+	if m != nil {
+		m.faultsTotal.WithLabelValues(string(t)).Inc()
 	}
 }

@@ -45,6 +45,8 @@ type OperationReconciler struct {
 	Metrics   *Metrics
 
 	capacity *capacity
+	// faults remembers this process's firstN decisions.
+	faults faultLedger
 	// finalizer is this host's OperationFinalizer.
 	finalizer string
 }
@@ -71,6 +73,8 @@ var operationLifecycle = map[stargatev1.OperationPhase]phaseHandler{
 // +kubebuilder:rbac:groups=stargate.io,resources=servers/finalizers,verbs=update
 // +kubebuilder:rbac:groups=stargate.io,resources=provisioningprofiles,verbs=get;list;watch
 // +kubebuilder:rbac:groups=stargate.io,resources=provisioningprofiles/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=stargate.io,resources=faultinjections,verbs=get;list;watch
+// +kubebuilder:rbac:groups=stargate.io,resources=faultinjections/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=nodes,verbs=get;list;watch;delete
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch

@@ -42,6 +42,9 @@ type Options struct {
 	// KeepFailedMachines leaves the machine of a failed Operation running, for debugging; by
 	// default every failure after the server was touched powers it off.
 	KeepFailedMachines bool
+	// DisableFaultInjection turns FaultInjections off on this host (--fault-injection=false):
+	// nothing is injected, and their status says so.
+	DisableFaultInjection bool
 	// ReferenceWait is how long an Operation waits for a missing Server or profile before failing.
 	ReferenceWait time.Duration
 	// PollInterval is how often a running Operation is checked.

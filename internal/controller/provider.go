@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/types"
+
+	stargatev1 "stargate.io/stargate/api/v1alpha1"
 )
 
 // Provider does the datacenter-specific work of Operations: the simulator (QEMU VMs on this host)
@@ -156,6 +158,9 @@ type RepaveRequest struct {
 	// into a golden image once and boot from then on; empty without one. A provider that cannot
 	// bake must still install it (the mock datacenter, which runs no guest, ignores it).
 	Installation []byte
+	// Faults are the faults to make strike this installation, each when it reaches Fault.At (only
+	// for a FaultInjector, only types it supports). The same on every call for one InstanceID.
+	Faults []stargatev1.Fault
 }
 
 // StepState is the state of one step of a repave.

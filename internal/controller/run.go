@@ -109,6 +109,9 @@ func gateRunUserData(ctx context.Context, r *OperationReconciler, s *operationSc
 // gateProviderStep asks the provider to continue the installation and records each step as a
 // condition.
 func gateProviderStep(ctx context.Context, r *OperationReconciler, s *operationScope) (ctrl.Result, bool, error) {
+	if err := r.decideFaults(ctx, s); err != nil {
+		return stop(ctrl.Result{}, err)
+	}
 	st, err := r.Provider.Repave(ctx, repaveRequest(s.op, s.server, s.profile, s.userData))
 	if err != nil {
 		return stop(ctrl.Result{}, fmt.Errorf("repave of server %s: %w", s.server.Name, err))
@@ -202,6 +205,7 @@ func repaveRequest(op *stargatev1.Operation, server *stargatev1.Server, profile 
 		ImageChecksum: profile.Spec.Image.Checksum,
 		UserData:      userData,
 		Installation:  []byte(profile.Spec.InstallationUserData()),
+		Faults:        faultsOf(op),
 	}
 }
 

@@ -32,6 +32,9 @@ func Setup(mgr ctrl.Manager, provider Provider, opts Options, metrics *Metrics) 
 	if err := (&ProfileReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader()}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up profile controller: %w", err)
 	}
+	if err := (&FaultInjectionReconciler{Client: mgr.GetClient(), Recorder: recorder, Provider: provider, Options: opts}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up fault injection controller: %w", err)
+	}
 	if opts.Liveness != nil {
 		observer, err := setupHostObserver(mgr, *opts.Liveness)
 		if err != nil {

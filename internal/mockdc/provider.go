@@ -12,6 +12,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 
+	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/controller"
 )
 
@@ -30,7 +31,13 @@ type Provider struct {
 	Client  *http.Client
 }
 
-var _ controller.Provider = (*Provider)(nil)
+var (
+	_ controller.Provider      = (*Provider)(nil)
+	_ controller.FaultInjector = (*Provider)(nil)
+)
+
+// SupportsFault reports the faults the mock datacenter makes real (see supportedFaults).
+func (p *Provider) SupportsFault(t stargatev1.FaultType, at string) bool { return SupportsFault(t, at) }
 
 func (p *Provider) url(server types.NamespacedName, action string) string {
 	u := p.BaseURL + "/v1/servers/" + url.PathEscape(server.Namespace) + "/" + url.PathEscape(server.Name)
@@ -76,12 +83,25 @@ func (p *Provider) do(ctx context.Context, method, u string, body any, out any) 
 func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (controller.RepaveStatus, error) {
 	var rep ServerReport
 	body := RepaveBody{InstanceID: req.InstanceID, UserData: string(req.UserData), MAC: req.MAC}
+	for _, f := range req.Faults {
+		fb := FaultBody{Type: string(f.Type), At: f.At}
+		if f.FailedTries != nil {
+			fb.FailedTries = *f.FailedTries
+		}
+		if f.Duration != nil {
+			fb.Duration = f.Duration.Duration
+		}
+		body.Faults = append(body.Faults, fb)
+	}
 	if err := p.do(ctx, http.MethodPut, p.url(req.Server, "repave"), body, &rep); err != nil {
 		return controller.RepaveStatus{}, err
 	}
 	st := controller.RepaveStatus{Done: rep.Done, Failed: rep.Failed, Message: rep.Message, IPAddress: rep.IP, MACAddress: rep.MAC}
 	if rep.Failed {
-		st.Reason = "MockFailure"
+		st.Reason = rep.Reason
+		if st.Reason == "" {
+			st.Reason = "MockFailure"
+		}
 	}
 	for _, s := range rep.Steps {
 		st.Steps = append(st.Steps, controller.Step{Type: s.Type, State: controller.StepState(s.State), Message: s.Message})

@@ -119,6 +119,11 @@ type machine struct {
 	IP, MAC string
 	// Repaves counts installations.
 	Repaves int
+	// Faults strike this installation at their steps; PowerLostAt is when a PowerLoss struck
+	// (the installation makes no progress after it).
+	Faults      []FaultBody
+	PowerLostAt time.Time
+	PowerLostIn string
 }
 
 // RepaveBody is the body of PUT /v1/servers/{namespace}/{name}/repave.
@@ -126,6 +131,8 @@ type RepaveBody struct {
 	InstanceID string `json:"instanceID"`
 	UserData   string `json:"userData"`
 	MAC        string `json:"mac,omitempty"`
+	// Faults to make strike this installation (see FaultBody).
+	Faults []FaultBody `json:"faults,omitempty"`
 }
 
 // StepReport is one step in a progress report.
@@ -145,12 +152,14 @@ type ServerReport struct {
 	Steps      []StepReport `json:"steps,omitempty"`
 	Done       bool         `json:"done"`
 	Failed     bool         `json:"failed"`
-	Message    string       `json:"message,omitempty"`
-	Repaves    int          `json:"repaves"`
-	PowerOns   int          `json:"powerOns"`
-	Boot       BootReport   `json:"boot"`
-	BootedFrom string       `json:"bootedFrom,omitempty"`
-	Media      MediaReport  `json:"media"`
+	// Reason of a failure, when the datacenter knows one.
+	Reason     string      `json:"reason,omitempty"`
+	Message    string      `json:"message,omitempty"`
+	Repaves    int         `json:"repaves"`
+	PowerOns   int         `json:"powerOns"`
+	Boot       BootReport  `json:"boot"`
+	BootedFrom string      `json:"bootedFrom,omitempty"`
+	Media      MediaReport `json:"media"`
 }
 
 // BootReport is a machine's boot override (PUT /v1/servers/{namespace}/{name}/boot).
@@ -228,6 +237,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			m.InstanceID, m.Started, m.Running, m.FailStep = body.InstanceID, s.cfg.Now(), true, failStep(body.UserData)
 			m.StepDelay = s.cfg.StepDelay
+			m.Faults, m.PowerLostAt, m.PowerLostIn = body.Faults, time.Time{}, ""
 			m.ShutdownAt, m.IgnoresACPI = time.Time{}, strings.Contains(body.UserData, IgnoreACPIMarker)
 			m.Repaves++
 			s.installs[key]++
@@ -332,21 +342,32 @@ func (s *Server) report(key string) ServerReport {
 	if m.InstanceID == "" {
 		return rep
 	}
-	elapsed := s.cfg.Now().Sub(m.Started)
+	now := s.cfg.Now()
 	rep.Done = true
-	for i, step := range Steps {
-		doneAt := time.Duration(i+1) * m.StepDelay
+	start := m.Started // of the current step
+	for _, step := range Steps {
+		o := outcome(m.Faults, step, m.StepDelay)
+		if o.powerLoss && m.PowerLostAt.IsZero() && m.Running && !rep.Failed && !now.Before(start) {
+			m.Running, m.ShutdownAt, m.PowerLostAt, m.PowerLostIn = false, time.Time{}, start, step
+		}
+		if !m.PowerLostAt.IsZero() && m.PowerLostAt.Before(now) {
+			now = m.PowerLostAt // a machine without power makes no progress
+		}
+		doneAt := start.Add(m.StepDelay + o.extra)
 		sr := StepReport{Type: step}
 		switch {
 		case rep.Failed:
 			sr.State = "Pending"
 			rep.Done = false
-		case elapsed >= doneAt && step == m.FailStep:
+		case !now.Before(doneAt) && (step == m.FailStep || o.message != ""):
 			sr.State, sr.Message = "Failed", "mock datacenter: injected failure at "+step
+			if o.message != "" {
+				sr.Message, rep.Reason = o.message, o.reason
+			}
 			rep.Failed, rep.Done, rep.Message = true, false, sr.Message
-		case elapsed >= doneAt:
+		case !now.Before(doneAt):
 			sr.State, sr.Message = "Done", "mock datacenter: "+step+" done"
-		case elapsed >= doneAt-m.StepDelay:
+		case !now.Before(start):
 			sr.State, sr.Message = "InProgress", "mock datacenter: "+step+" in progress"
 			rep.Done = false
 		default:
@@ -354,8 +375,13 @@ func (s *Server) report(key string) ServerReport {
 			rep.Done = false
 		}
 		rep.Steps = append(rep.Steps, sr)
+		start = doneAt
 	}
-	if !m.Running && !rep.Done && !rep.Failed {
+	rep.Running = m.Running // a PowerLoss may just have struck
+	switch {
+	case !m.Running && !rep.Done && !rep.Failed && m.PowerLostIn != "":
+		rep.Failed, rep.Reason, rep.Message = true, "PowerLost", "mock datacenter: the server lost power during "+m.PowerLostIn
+	case !m.Running && !rep.Done && !rep.Failed:
 		rep.Failed, rep.Message = true, "mock datacenter: the server was powered off during the repave"
 	}
 	return rep
