@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -30,6 +31,12 @@ func gatePowerStep(ctx context.Context, r *OperationReconciler, s *operationScop
 	if (kind == stargatev1.OperationPowerOff || kind == stargatev1.OperationReboot) && !isConditionTrue(s.op, stargatev1.ConditionPoweredOff) {
 		if done, result, err := r.powerOffStep(ctx, s, info); !done || err != nil {
 			return stop(result, err)
+		}
+		if kind == stargatev1.OperationReboot {
+			// Save "off" before powering on: were this reconcile's status lost (a conflict with a
+			// write this reconcile did not see), the next one would find the machine running
+			// again and the button pressed long ago, and force it off after the grace period.
+			return stop(ctrl.Result{RequeueAfter: time.Millisecond}, nil)
 		}
 		info.Running = false
 	}
