@@ -121,32 +121,11 @@ func (p *Provider) fetchImage(url, checksum, instanceID string) *imageFetch {
 	})
 }
 
-// downloadMessage is ImageReady's message while an image downloads: bytes, percentage and the
-// average rate so far.
-func downloadMessage(url string, done, total int64, elapsed time.Duration) string {
-	rate := ""
-	if s := elapsed.Seconds(); s >= 1 && done > 0 {
-		rate = fmt.Sprintf(", %s/s", formatBytes(int64(float64(done)/s)))
-	}
-	if total > 0 {
-		return fmt.Sprintf("Downloading %s: %s of %s (%d%%)%s", url, formatBytes(done), formatBytes(total), done*100/total, rate)
-	}
-	return fmt.Sprintf("Downloading %s: %s%s", url, formatBytes(done), rate)
-}
-
-// formatBytes writes a size for humans: "512 B", "3.4 MiB", "1.2 GiB".
-func formatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit && exp < 4; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
-}
+// The messages of sizes and downloads are the image cache's, shared with other providers.
+var (
+	downloadMessage = imagecache.DownloadMessage
+	formatBytes     = imagecache.FormatBytes
+)
 
 // imageFailureReason is ImageReady's reason for a failed fetch of url, one a user can act on,
 // and a hint for the message when the fix is the host operator's.
