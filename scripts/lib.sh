@@ -37,7 +37,7 @@ die() {
 
 # --- the simulator's directory layout -----------------------------------------------------------
 # The layout is the simulator's to know: `bin/simulator paths` prints it as key=value lines
-# (work_dir images_dir vms_dir run_dir ipam_dir media_dir golden_dir bakes_dir; with a server also vm_dir disk seed
+# (work_dir images_dir vms_dir run_dir ipam_dir media_dir golden_dir bakes_dir bmc_certificate; with a server also vm_dir disk seed
 # console console_markers pidfile instance_id qmp_socket tap mac).
 
 # sim_path KEY [NAMESPACE SERVER]: print one value of the layout for WORK_DIR.

@@ -13,6 +13,7 @@ import (
 
 	"stargate.io/stargate/internal/simulator"
 	"stargate.io/stargate/pkg/filenames"
+	"stargate.io/stargate/pkg/redfish"
 )
 
 // pathsUsage is the synopsis of the paths subcommand.
@@ -21,7 +22,7 @@ const pathsUsage = "usage: simulator paths [--work-dir DIR] [--namespace NS --se
 // Paths implements `simulator paths`: it prints where the simulator keeps things on this host as
 // key=value lines (no quoting, one per line), so shell scripts ask the binary instead of
 // hard-coding the layout. The keys are work_dir, images_dir, vms_dir, run_dir, ipam_dir,
-// media_dir, golden_dir and bakes_dir, and with --namespace and --server also vm_dir, disk, seed,
+// media_dir, golden_dir, bakes_dir and bmc_certificate, and with --namespace and --server also vm_dir, disk, seed,
 // console, console_markers (the lines the host waits for, kept from a console that outgrew
 // --console-size), pidfile, instance_id, qmp_socket, tap and mac (the MAC derived from the
 // server's identity). It needs no root and no cluster and touches nothing on disk.
@@ -65,6 +66,8 @@ func Paths(args []string, out io.Writer) error {
 		{"media_dir", layout.MediaDir()},
 		{"golden_dir", layout.GoldenDir()},
 		{"bakes_dir", layout.BakesDir()},
+		// The BMC's self-signed certificate (--redfish-address): the CA a Redfish client trusts.
+		{"bmc_certificate", filepath.Join(layout.WorkDir, redfishCertDir, redfish.CertFile)},
 	}
 	if *server != "" {
 		// Kubernetes would refuse other names; refusing them here keeps "../x" out of paths.

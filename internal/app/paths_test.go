@@ -20,6 +20,7 @@ ipam_dir=/var/lib/stargate/ipam
 media_dir=/var/lib/stargate/media
 golden_dir=/var/lib/stargate/golden
 bakes_dir=/var/lib/stargate/bakes
+bmc_certificate=/var/lib/stargate/redfish/tls.crt
 `},
 		// The tap name, MAC and socket name are hashes of the server's identity and VM directory:
 		// these literals pin them, so a change that would orphan running VMs fails here.
@@ -31,6 +32,7 @@ ipam_dir=/srv/stargate/ipam
 media_dir=/srv/stargate/media
 golden_dir=/srv/stargate/golden
 bakes_dir=/srv/stargate/bakes
+bmc_certificate=/srv/stargate/redfish/tls.crt
 vm_dir=/srv/stargate/vms/dc1/worker-1
 disk=/srv/stargate/vms/dc1/worker-1/disk.qcow2
 seed=/srv/stargate/vms/dc1/worker-1/seed.iso
