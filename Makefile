@@ -137,12 +137,12 @@ test: deps test-prepare ## Run all tests (real kube-apiserver + etcd; as root al
 	KUBEBUILDER_ASSETS="$(or $(KUBEBUILDER_ASSETS),$(KUBE_BIN_DIR))" go test -json $(GO_TEST_FLAGS) ./... | bin/testsummary
 
 .PHONY: e2e
-e2e: deps build kube-binaries guest-image ## Offline end-to-end proof (root, ~4 min warm): a TCG VM joins the local cluster, is repaved again, then deleted.
-	STARGATE_GUEST_IMAGE="$$(hack/guest-image/build.sh)" KUBE_BIN_DIR="$(KUBE_BIN_DIR)" hack/e2e.sh
+e2e: deps build kube-binaries guest-image installer-iso ## Offline end-to-end proof (root, ~10 min warm): a TCG VM joins the local cluster, is repaved again, deleted; a blank machine is installed through its BMC and joins.
+	STARGATE_GUEST_IMAGE="$$(hack/guest-image/build.sh)" STARGATE_INSTALLER_ISO="$$(hack/installer-iso/build.sh)" KUBE_BIN_DIR="$(KUBE_BIN_DIR)" hack/e2e.sh
 
 .PHONY: bench-join
-bench-join: deps build kube-binaries guest-image ## Join benchmark (root, ~6 min warm): the e2e, plus the worker profile without its golden image; prints "BENCH join".
-	E2E_BENCH_JOIN=1 STARGATE_GUEST_IMAGE="$$(hack/guest-image/build.sh)" KUBE_BIN_DIR="$(KUBE_BIN_DIR)" hack/e2e.sh
+bench-join: deps build kube-binaries guest-image installer-iso ## Join benchmark (root, ~12 min warm): the e2e, plus the worker profile without its golden image; prints "BENCH join".
+	E2E_BENCH_JOIN=1 STARGATE_GUEST_IMAGE="$$(hack/guest-image/build.sh)" STARGATE_INSTALLER_ISO="$$(hack/installer-iso/build.sh)" KUBE_BIN_DIR="$(KUBE_BIN_DIR)" hack/e2e.sh
 
 .PHONY: test-short
 test-short: $(if $(KUBEBUILDER_ASSETS),,envtest-assets) ## Run the fast tests only (no VM boots, no scale test).

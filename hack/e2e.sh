@@ -24,6 +24,9 @@
 #      no VM files, no IP allocation and no QMP socket left.
 #   5. A namespace with three Servers repaving is deleted once two VMs run: the namespace goes, and no QEMU
 #      process, tap, VM file, IP allocation or QMP socket is left.
+#   6. Redfish (hack/e2e-redfish.sh): a blank machine behind the simulator's BMC is installed by the Redfish
+#      datacenter controller through the BMC's virtual CD with the same profile, and its Node joins; deleting
+#      the Redfish Server forgets the machine, deleting the hardware Server removes it.
 #   Then a table of how long each step of each Operation took (condition lastTransitionTime - startTime).
 # On failure: the last 40 lines of the VM console, the simulator log tail and the Operations as YAML.
 # Always: the simulator, VMs and control plane are stopped, the namespace and temporary files removed.
@@ -51,6 +54,9 @@ PASSED=0
 LOG_TAG=e2e LOG_CLOCK=1 DIE_WORD=FAIL
 # shellcheck source=scripts/lib.sh
 source "${REPO}/scripts/lib.sh"
+
+# shellcheck source=hack/e2e-redfish.sh
+source "${HERE}/e2e-redfish.sh"
 
 # --- preconditions --------------------------------------------------------------------------------
 [[ "$(id -u)" == 0 ]] || die "run as root: the test creates a network namespace, a bridge, taps and VMs (sudo $0)"
@@ -128,6 +134,7 @@ diagnostics() {
 	else
 		printf -- '--- no VM console at %s ---\n' "${CONSOLE}" >&2
 	fi
+	redfish_diagnostics
 	if [[ -f "${SIM_LOG}" ]]; then
 		printf -- '--- last 40 lines of the simulator log (%s) ---\n' "${SIM_LOG}" >&2
 		tail -n 40 "${SIM_LOG}" >&2 || true
@@ -150,6 +157,7 @@ cleanup() {
 	((rc == 0)) || diagnostics
 	log "cleaning up"
 	if [[ -n "${SIM_PID}" ]]; then kill_wait 15 "${SIM_PID}"; fi
+	if [[ -n "${RF_PID}" ]]; then kill_wait 15 "${RF_PID}"; fi
 	# The control plane before the VMs: kube-apiserver shuts down at once while its kubelets are alive to
 	# close their connections, but waits up to a minute for those of VMs that were killed.
 	if [[ -n "${NS_CREATED}" ]]; then
@@ -327,11 +335,12 @@ k wait --for=condition=Established crd/servers.stargate.io crd/provisioningprofi
 	crd/operations.stargate.io --timeout=60s >/dev/null
 
 t="${SECONDS}"
+mapfile -t SIM_REDFISH_FLAGS < <(redfish_simulator_flags)
 # --image-dir: the profile names the guest image by a file:// URL, which the simulator reads only
 # below the directories it is given.
 ip netns exec "${NS}" "${SIMULATOR}" --kubeconfig "${KCFG}" --accel tcg --work-dir "${WORK_DIR}" \
 	--image-dir "$(dirname "${IMAGE}")" \
-	--metrics-bind-address 0 --health-probe-bind-address 0 --poll-interval 2s >"${SIM_LOG}" 2>&1 &
+	--metrics-bind-address 0 --health-probe-bind-address 0 --poll-interval 2s "${SIM_REDFISH_FLAGS[@]}" >"${SIM_LOG}" 2>&1 &
 SIM_PID=$!
 deadline=$((SECONDS + 60))
 until in_ns ip link show "${BRIDGE}" >/dev/null 2>&1 && grep -q '"Starting workers"' "${SIM_LOG}"; do
@@ -510,5 +519,8 @@ done
 phase_done delete-namespace "${t}"
 log "  namespace ${DOOMED} deleted mid-install: no QEMU process, tap, VM file, IP allocation or QMP socket left"
 PASSED=$((PASSED + 1))
+
+# 5. A real server installed through its BMC (hack/e2e-redfish.sh).
+redfish_scenario
 
 timing_table repave-1 repave-2
