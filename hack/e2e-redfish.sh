@@ -172,6 +172,7 @@ EOF
 		state="$(op_condition "${op}" "${step}" status)"
 		msg="$(op_condition "${op}" "${step}" message)"
 		[[ "${state}" == True ]] || die "${op}: condition ${step} is '${state}', want True: ${msg}"
+		[[ "${step}" != ImageWritten || "${msg}" == *" at "*"/s)"* ]] || die "${op}: ImageWritten does not say the write rate: ${msg}"
 		log "  ${op} ${step}: ${msg}"
 	done
 	[[ "$(rk get server "${RF_SERVER}" -o jsonpath='{.status.bmc.tls}')" == Verified ]] ||

@@ -51,6 +51,10 @@ type operation struct {
 	raw      rawImage
 	ip, mac  string
 	timeline []controller.TimelineStep
+	// writeRate is the installer's last average write rate (bytes/s), for the ImageWritten message.
+	writeRate int64
+	// installerBooted is when the installer first reported: the timeline's image-write starts there.
+	installerBooted time.Time
 }
 
 // start prepares a repave and starts driving it in the background. A repave refused by its

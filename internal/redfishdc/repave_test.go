@@ -123,6 +123,13 @@ func TestRepaveThroughTheBMC(t *testing.T) {
 			t.Errorf("condition %s is not True after success: %+v", c, meta.FindStatusCondition(op.Status.Conditions, c))
 		}
 	}
+	// The write's average rate stays in the message, its duration in the timeline.
+	if c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionImageWritten); !strings.Contains(c.Message, "(3.0 MiB at 1.0 MiB/s)") {
+		t.Errorf("ImageWritten after the write: %q, want the size and the installer's average rate", c.Message)
+	}
+	if len(op.Status.Timeline) == 0 || op.Status.Timeline[0].Name != "image-write" || op.Status.Timeline[0].Duration.Duration <= 0 {
+		t.Errorf("timeline %+v, want the image write first", op.Status.Timeline)
+	}
 	// After the Operation, every URL of it answers 410.
 	if code := m.post(url, guestToken, readyLine(controller.InstanceID(op))); code != http.StatusGone {
 		t.Errorf("the guest callback after the end: %d, want 410", code)
