@@ -233,7 +233,7 @@ func (a *Agent) install(ctx context.Context, spec *installspec.Spec, disk Disk, 
 	defer stopWrite(nil)
 	progress := newProgressSender(writeCtx, reporter, disk.String(), stopWrite)
 	writer := &ImageWriter{
-		Source:        ImageSource{Client: client, URL: spec.Image.URL, SHA256: spec.Image.SHA256, Size: spec.Image.SizeBytes},
+		Source:        ImageSource{Client: client, URL: spec.Image.URL, ChunkedSHA256: spec.Image.ChunkedSHA256, Size: spec.Image.SizeBytes},
 		Capacity:      disk.SizeBytes - seedReserve,
 		ProgressEvery: 3 * time.Second,
 		Progress:      progress.update,
@@ -250,7 +250,7 @@ func (a *Agent) install(ctx context.Context, spec *installspec.Spec, disk Disk, 
 		return fmt.Errorf("writing the image to %s: %w", disk.Path, err)
 	}
 	rate := progress.last().BytesPerSecond
-	a.logf("image written: %d bytes, sha256 %s, %d bytes/s", written, spec.Image.SHA256, rate)
+	a.logf("image written: %d bytes, chunked sha256 %s, %d bytes/s", written, spec.Image.ChunkedSHA256, rate)
 	if err := reporter.Send(ctx, installspec.Report{Phase: installspec.PhaseWritten, Disk: disk.String(),
 		BytesWritten: written, TotalBytes: written, BytesPerSecond: rate, Message: "sha256 verified"}); errors.Is(err, ErrOperationOver) {
 		return err

@@ -109,7 +109,7 @@ func TestHTTPClientTrustsOnlyTheBundle(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		w := &ImageWriter{Source: ImageSource{Client: client, URL: srv.URL + path, SHA256: sum}, Capacity: 4 << 20,
+		w := &ImageWriter{Source: ImageSource{Client: client, URL: srv.URL + path, ChunkedSHA256: sum}, Capacity: 4 << 20,
 			Backoff: func(int) time.Duration { return 0 }}
 		_, err = w.Write(context.Background(), tempDevice(t, 4<<20))
 		return err
@@ -183,7 +183,7 @@ func TestOperationOverStopsTheWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := &Agent{SysRoot: dir, WorkDir: dir, Console: io.Discard}
-	spec := &installspec.Spec{Image: installspec.Image{URL: srv.URL + "/image.raw", SHA256: sum}}
+	spec := &installspec.Spec{Image: installspec.Image{URL: srv.URL + "/image.raw", ChunkedSHA256: sum}}
 	reporter := &Reporter{Client: srv.Client(), URL: srv.URL + "/callback", Token: strings.Repeat("t", 32), Log: t.Logf}
 	err := a.install(context.Background(), spec, Disk{Name: "vdz", Path: diskPath, SizeBytes: 64 << 20}, srv.Client(), reporter)
 	if !errors.Is(err, ErrOperationOver) {

@@ -2,16 +2,18 @@ package installer
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"stargate.io/stargate/pkg/installspec"
 )
 
 // Device is the disk an image is written to (*os.File of a block device, or a file in tests).
@@ -31,7 +33,8 @@ type Progress struct {
 type ImageSource struct {
 	Client *http.Client
 	URL    string
-	SHA256 string // lowercase hex
+	// ChunkedSHA256 is the image's installspec.ImageDigest, lowercase hex.
+	ChunkedSHA256 string
 	// Size in bytes when known; the server's Content-Length must then agree.
 	Size int64
 }
@@ -40,8 +43,9 @@ type ImageSource struct {
 var ErrDigestMismatch = errors.New("image sha256 mismatch")
 
 // writeChunk is the size of each write: large enough that per-call overhead vanishes next to the
-// disk's own cost, small enough to keep the agent's memory small.
-const writeChunk = 4 << 20
+// disk's own cost, small enough to keep the agent's memory small; the digest's chunk, so that a
+// chunk of zeros is neither hashed nor written.
+const writeChunk = installspec.DigestChunkBytes
 
 // wipeBytes is what a failed write clears at the start (and end) of the written range.
 const wipeBytes = 1 << 20
@@ -70,7 +74,7 @@ func (w *ImageWriter) Write(ctx context.Context, dev Device) (int64, error) {
 	if w.Source.Size > 0 && w.Source.Size > w.Capacity {
 		return 0, fmt.Errorf("the image (%d bytes) does not fit the %d bytes available on the disk", w.Source.Size, w.Capacity)
 	}
-	st := &writeState{w: w, dev: dev, sum: sha256.New(), start: time.Now()}
+	st := &writeState{w: w, dev: dev, sum: installspec.NewImageDigest(), start: time.Now()}
 	var lastErr error
 	failures := 0 // in a row: a resume that made progress starts the count again
 	for {
@@ -108,11 +112,11 @@ func (w *ImageWriter) Write(ctx context.Context, dev Device) (int64, error) {
 		return st.written, fmt.Errorf("syncing the disk: %w", err)
 	}
 	st.report(true)
-	got := hex.EncodeToString(st.sum.Sum(nil))
-	if got != w.Source.SHA256 {
+	got := st.sum.Finish()
+	if got != w.Source.ChunkedSHA256 {
 		wipeErr := Wipe(dev, st.written)
-		return st.written, errors.Join(fmt.Errorf("%w: the %d bytes from %s have sha256 %s, the spec says %s (the disk was wiped)",
-			ErrDigestMismatch, st.written, w.Source.URL, got, w.Source.SHA256), wipeErr)
+		return st.written, errors.Join(fmt.Errorf("%w: the %d bytes from %s have chunked sha256 %s, the spec says %s (the disk was wiped)",
+			ErrDigestMismatch, st.written, w.Source.URL, got, w.Source.ChunkedSHA256), wipeErr)
 	}
 	return st.written, nil
 }
@@ -147,13 +151,15 @@ func permanent(format string, args ...any) error {
 }
 
 type writeState struct {
-	w          *ImageWriter
-	dev        Device
-	sum        hash.Hash
-	written    int64
-	total      int64
-	start      time.Time
-	lastReport time.Time
+	w   *ImageWriter
+	dev Device
+	sum *installspec.ImageDigest
+	// noZeroRange is set once the device refused fallocate's zero range: zeros are written then.
+	noZeroRange bool
+	written     int64
+	total       int64
+	start       time.Time
+	lastReport  time.Time
 }
 
 // fetch issues one request (a Range request when resuming) and writes what it receives. done
@@ -205,7 +211,7 @@ func (s *writeState) fetch(ctx context.Context) (done bool, err error) {
 			if s.written+int64(n) > s.w.Capacity {
 				return false, permanent("the image is larger than the %d bytes available on the disk", s.w.Capacity)
 			}
-			if _, err := s.dev.WriteAt(c.data, s.written); err != nil {
+			if err := s.writeAt(c.data, s.written); err != nil {
 				return false, permanent("writing the disk at byte %d: %w", s.written, err)
 			}
 			s.sum.Write(c.data)
@@ -229,6 +235,24 @@ func (s *writeState) fetch(ctx context.Context) (done bool, err error) {
 		}
 	}
 	return false, errors.New("the image reader stopped early") // not reached: the last chunk carries an error
+}
+
+// writeAt writes data at off. A chunk of zeros — most of a raw disk image — is zeroed instead
+// (fallocate's zero range: on a block device the disk's own write-zeroes or discard, no data sent).
+func (s *writeState) writeAt(data []byte, off int64) error {
+	if f, ok := s.dev.(*os.File); ok && !s.noZeroRange && len(data) == writeChunk && off%writeChunk == 0 && installspec.IsZero(data) {
+		err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, int64(len(data)))
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOTTY) {
+			return fmt.Errorf("zeroing %d bytes: %w", len(data), err)
+		}
+		s.noZeroRange = true // not supported here: zeros are written like any data
+		s.w.logf("the disk does not zero ranges (%v): writing zeros", err)
+	}
+	_, err := s.dev.WriteAt(data, off)
+	return err
 }
 
 // readAheadChunks is how many chunks the network may run ahead of the disk.

@@ -3,8 +3,6 @@ package installer
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"math/rand/v2"
 	"net/http"
@@ -15,9 +13,11 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"stargate.io/stargate/pkg/installspec"
 )
 
-// testImage returns size bytes that look like a disk image (an MBR signature, random data) and its sha256.
+// testImage returns size bytes that look like a disk image (an MBR signature, random data) and its installspec.ImageDigest.
 func testImage(size int) ([]byte, string) {
 	b := make([]byte, size)
 	r := rand.New(rand.NewPCG(1, 2))
@@ -25,8 +25,7 @@ func testImage(size int) ([]byte, string) {
 		b[i] = byte(r.Uint32())
 	}
 	b[510], b[511] = 0x55, 0xaa
-	sum := sha256.Sum256(b)
-	return b, hex.EncodeToString(sum[:])
+	return b, installspec.DigestOf(b)
 }
 
 func tempDevice(t *testing.T, size int64) *os.File {
@@ -64,7 +63,7 @@ func TestImageWriterWritesAndVerifies(t *testing.T) {
 	dev := tempDevice(t, 32<<20)
 	var reports []Progress
 	w := &ImageWriter{
-		Source:   ImageSource{Client: srv.Client(), URL: srv.URL + "/image.raw", SHA256: sum, Size: int64(len(image))},
+		Source:   ImageSource{Client: srv.Client(), URL: srv.URL + "/image.raw", ChunkedSHA256: sum, Size: int64(len(image))},
 		Capacity: 20 << 20,
 		Progress: func(p Progress) { reports = append(reports, p) },
 	}
@@ -87,7 +86,7 @@ func TestImageWriterWipesOnDigestMismatch(t *testing.T) {
 	defer srv.Close()
 	dev := tempDevice(t, 8<<20)
 	w := &ImageWriter{
-		Source:   ImageSource{Client: srv.Client(), URL: srv.URL, SHA256: strings.Repeat("0", 64)},
+		Source:   ImageSource{Client: srv.Client(), URL: srv.URL, ChunkedSHA256: strings.Repeat("0", 64)},
 		Capacity: 8 << 20,
 	}
 	n, err := w.Write(context.Background(), dev)
@@ -124,7 +123,7 @@ func TestImageWriterResumes(t *testing.T) {
 	defer srv.Close()
 	dev := tempDevice(t, 16<<20)
 	w := &ImageWriter{
-		Source:   ImageSource{Client: srv.Client(), URL: srv.URL, SHA256: sum, Size: int64(len(image))},
+		Source:   ImageSource{Client: srv.Client(), URL: srv.URL, ChunkedSHA256: sum, Size: int64(len(image))},
 		Capacity: 16 << 20,
 		Backoff:  func(int) time.Duration { return 0 },
 	}
@@ -157,11 +156,11 @@ func TestImageWriterRefuses(t *testing.T) {
 		capacity int64
 		want     string
 	}{
-		{"declared size too big for the disk", ImageSource{URL: srv.URL, SHA256: sum, Size: 4 << 20}, 2 << 20, "does not fit"},
-		{"served image too big for the disk", ImageSource{URL: srv.URL, SHA256: sum}, 2 << 20, "does not fit"},
-		{"size differs from the spec", ImageSource{URL: srv.URL, SHA256: sum, Size: 3 << 20}, 8 << 20, "the spec says"},
-		{"not found", ImageSource{URL: notFound.URL, SHA256: sum}, 8 << 20, "404"},
-		{"server keeps failing", ImageSource{URL: unavailable.URL, SHA256: sum}, 8 << 20, "failed 6 times in a row"},
+		{"declared size too big for the disk", ImageSource{URL: srv.URL, ChunkedSHA256: sum, Size: 4 << 20}, 2 << 20, "does not fit"},
+		{"served image too big for the disk", ImageSource{URL: srv.URL, ChunkedSHA256: sum}, 2 << 20, "does not fit"},
+		{"size differs from the spec", ImageSource{URL: srv.URL, ChunkedSHA256: sum, Size: 3 << 20}, 8 << 20, "the spec says"},
+		{"not found", ImageSource{URL: notFound.URL, ChunkedSHA256: sum}, 8 << 20, "404"},
+		{"server keeps failing", ImageSource{URL: unavailable.URL, ChunkedSHA256: sum}, 8 << 20, "failed 6 times in a row"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.src.Client = srv.Client()

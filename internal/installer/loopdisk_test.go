@@ -3,8 +3,6 @@ package installer
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
@@ -19,6 +17,7 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem/iso9660"
 
 	"stargate.io/stargate/internal/testreq"
+	"stargate.io/stargate/pkg/installspec"
 )
 
 // The tests in this file write real images to real block devices (loop devices) and check the
@@ -133,7 +132,6 @@ func TestImageAndSeedOnLoopDevice(t *testing.T) {
 func testImageAndSeed(t *testing.T, label string) {
 	image, rootStart := makeImage(t, label)
 	before := sfdiskJSON(t, writeTemp(t, image))
-	sum := sha256.Sum256(image)
 	srv := serveImage(image)
 	defer srv.Close()
 
@@ -145,7 +143,7 @@ func testImageAndSeed(t *testing.T, label string) {
 	}
 	defer dev.Close()
 	w := &ImageWriter{
-		Source:   ImageSource{Client: srv.Client(), URL: srv.URL, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(image))},
+		Source:   ImageSource{Client: srv.Client(), URL: srv.URL, ChunkedSHA256: installspec.DigestOf(image), Size: int64(len(image))},
 		Capacity: diskSize - seedReserve,
 	}
 	written, err := w.Write(context.Background(), dev)
@@ -195,7 +193,7 @@ func TestDigestMismatchWipesLoopDevice(t *testing.T) {
 	}
 	defer dev.Close()
 	w := &ImageWriter{
-		Source:   ImageSource{Client: srv.Client(), URL: srv.URL, SHA256: strings.Repeat("ab", 32)},
+		Source:   ImageSource{Client: srv.Client(), URL: srv.URL, ChunkedSHA256: strings.Repeat("ab", 32)},
 		Capacity: 90 * mib,
 	}
 	if _, err := w.Write(context.Background(), dev); !errors.Is(err, ErrDigestMismatch) {

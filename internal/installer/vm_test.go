@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
@@ -107,7 +105,6 @@ func bootInstaller(t *testing.T, edit func(*installspec.Spec), uefi bool) *vmRun
 
 	image, _ := makeImage(t, "gpt")
 	run := &vmRun{image: image, before: sfdiskJSON(t, writeTemp(t, image))}
-	sum := sha256.Sum256(image)
 	run.stub = &controllerStub{image: image, token: rand.Text() + rand.Text()}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -125,7 +122,7 @@ func bootInstaller(t *testing.T, edit func(*installspec.Spec), uefi bool) *vmRun
 	}
 	spec := &installspec.Spec{
 		APIVersion: installspec.APIVersion,
-		Image:      installspec.Image{URL: host + "/images/test.raw", SHA256: hex.EncodeToString(sum[:]), SizeBytes: int64(len(image))},
+		Image:      installspec.Image{URL: host + "/images/test.raw", ChunkedSHA256: installspec.DigestOf(image), SizeBytes: int64(len(image))},
 		Network:    installspec.Network{MAC: "52:54:00:5a:7e:01", Address: "10.0.2.15/24", Gateway: "10.0.2.2"},
 		RootDevice: installspec.RootDeviceHint{Serial: "stargate-target"},
 		Seed:       installspec.Seed{MetaData: run.files["meta-data"], UserData: run.files["user-data"]},
@@ -243,7 +240,7 @@ func TestInstallerReportsDigestMismatch(t *testing.T) {
 	if netnstest.RanIsolated(t) {
 		return // it ran in a network namespace of its own: output and verdict above
 	}
-	run := bootInstaller(t, func(s *installspec.Spec) { s.Image.SHA256 = strings.Repeat("0", 64) }, true)
+	run := bootInstaller(t, func(s *installspec.Spec) { s.Image.ChunkedSHA256 = strings.Repeat("0", 64) }, true)
 	want := []installspec.Phase{installspec.PhaseBooted, installspec.PhaseWriting, installspec.PhaseFailed}
 	if got := run.stub.phases(); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("report phases = %v, want %v\nconsole:\n%s", got, want, run.console)

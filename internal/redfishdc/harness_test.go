@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
-	"encoding/hex"
 	"fmt"
 	"io"
 	stdlog "log"
@@ -402,8 +400,8 @@ func (m *machine) writeImage() []byte {
 		}
 		disk = append(disk, b...)
 	}
-	if sum := sha256.Sum256(disk); hex.EncodeToString(sum[:]) != m.spec.Image.SHA256 {
-		m.t.Fatalf("the image's sha256 is not the spec's")
+	if installspec.DigestOf(disk) != m.spec.Image.ChunkedSHA256 {
+		m.t.Fatalf("the image's chunked sha256 is not the spec's")
 	}
 	return disk
 }

@@ -2,8 +2,6 @@ package redfishdc
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -13,19 +11,21 @@ import (
 	"sync"
 
 	"stargate.io/stargate/pkg/imagecache"
+	"stargate.io/stargate/pkg/installspec"
 	"stargate.io/stargate/pkg/qemu"
 )
 
 // rawImage is an OS image converted to the raw disk image the installer streams to a disk.
 type rawImage struct {
-	Path   string
-	SHA256 string // lowercase hex
+	Path string
+	// Digest is the image's installspec.ImageDigest (chunked sha256), lowercase hex.
+	Digest string
 	Size   int64
 }
 
 // rawImages converts cached OS images to raw once, keyed by the source image's digest, so that
-// every repave of one image shares one file. A raw file is complete only once its digest file is
-// written; anything else in the directory is debris of an interrupted conversion.
+// every repave of one image shares one file. A raw file is complete only once its digest file
+// (digestSuffix) is written; anything else in the directory is debris of an interrupted conversion.
 type rawImages struct {
 	dir     string
 	qemuImg string
@@ -83,15 +83,15 @@ func (r *rawImages) get(ctx context.Context, src imagecache.Image) (rawImage, er
 	if err := os.Rename(tmp, path); err != nil {
 		return rawImage{}, fmt.Errorf("keeping the raw image: %w", err)
 	}
-	if err := os.WriteFile(path+".sha256", []byte(sum+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(path+digestSuffix, []byte(sum+"\n"), 0o600); err != nil {
 		return rawImage{}, fmt.Errorf("recording the raw image's digest: %w", err)
 	}
-	return rawImage{Path: path, SHA256: sum, Size: size}, nil
+	return rawImage{Path: path, Digest: sum, Size: size}, nil
 }
 
 // lookup returns a finished conversion.
 func (r *rawImages) lookup(path string) (rawImage, bool) {
-	digest, err := os.ReadFile(path + ".sha256")
+	digest, err := os.ReadFile(path + digestSuffix)
 	if err != nil {
 		return rawImage{}, false
 	}
@@ -99,22 +99,27 @@ func (r *rawImages) lookup(path string) (rawImage, bool) {
 	if err != nil || !fi.Mode().IsRegular() {
 		return rawImage{}, false
 	}
-	return rawImage{Path: path, SHA256: strings.TrimSpace(string(digest)), Size: fi.Size()}, true
+	return rawImage{Path: path, Digest: strings.TrimSpace(string(digest)), Size: fi.Size()}, true
 }
 
-// hashFile returns a file's sha256 (hex) and size; ctx stops a long hash.
+// digestSuffix names a raw image's digest file. It names the digest's kind: a raw image of an
+// older version, with a plain sha256 beside it, is converted again rather than misread.
+const digestSuffix = ".chunked-sha256"
+
+// hashFile returns a file's installspec.ImageDigest (hex) and size; ctx stops a long hash.
 func hashFile(ctx context.Context, path string) (string, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", 0, fmt.Errorf("hashing the raw image: %w", err)
 	}
 	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, ctxReader{ctx, f})
+	h := installspec.NewImageDigest()
+	// Whole chunks per write: a chunk of zeros is compared, not hashed.
+	n, err := io.CopyBuffer(h, ctxReader{ctx, f}, make([]byte, installspec.DigestChunkBytes))
 	if err != nil {
 		return "", 0, fmt.Errorf("hashing the raw image: %w", err)
 	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
+	return h.Finish(), n, nil
 }
 
 type ctxReader struct {

@@ -229,7 +229,7 @@ func (o *operation) image(ctx context.Context, req controller.RepaveRequest) (ra
 	o.raw = img
 	o.mu.Unlock()
 	o.set(stargatev1.ConditionImageReady, controller.StepDone, "Cached",
-		fmt.Sprintf("Image %s cached as raw (sha256:%s, %s)", req.ImageURL, img.SHA256, formatBytes(img.Size)))
+		fmt.Sprintf("Image %s cached as raw (%s)", req.ImageURL, formatBytes(img.Size)))
 	return img, true
 }
 
@@ -289,7 +289,7 @@ func (o *operation) installSpec(req controller.RepaveRequest, s *stargatev1.Serv
 	}
 	spec := &installspec.Spec{
 		APIVersion: installspec.APIVersion,
-		Image:      installspec.Image{URL: o.url("disk.raw"), SHA256: img.SHA256, SizeBytes: img.Size},
+		Image:      installspec.Image{URL: o.url("disk.raw"), ChunkedSHA256: img.Digest, SizeBytes: img.Size},
 		Network:    installspec.Network{MAC: n.MACAddress, Address: n.Address, Gateway: n.Gateway, DNS: slices.Clone(n.DNS)},
 		Seed:       seed,
 		Callback:   installspec.Callback{URL: o.url("report"), Token: o.agentToken},

@@ -21,7 +21,7 @@ import (
 func testSpec() *installspec.Spec {
 	return &installspec.Spec{
 		APIVersion: installspec.APIVersion,
-		Image:      installspec.Image{URL: "http://10.0.2.2:8080/i/abc.raw", SHA256: strings.Repeat("0f", 32)},
+		Image:      installspec.Image{URL: "http://10.0.2.2:8080/i/abc.raw", ChunkedSHA256: strings.Repeat("0f", 32)},
 		Network:    installspec.Network{MAC: "52:54:00:12:34:56", Address: "10.0.2.15/24", Gateway: "10.0.2.2"},
 		Seed:       installspec.Seed{MetaData: []byte("instance-id: i-1\n"), UserData: []byte("#cloud-config\n")},
 		Callback:   installspec.Callback{URL: "http://10.0.2.2:8080/cb", Token: strings.Repeat("k", 40)},

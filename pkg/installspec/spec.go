@@ -72,8 +72,9 @@ type Spec struct {
 type Image struct {
 	// URL is an http or https URL of the raw image.
 	URL string `json:"url"`
-	// SHA256 is the image's digest, 64 lowercase hex digits.
-	SHA256 string `json:"sha256"`
+	// ChunkedSHA256 is the image's digest (ImageDigest: the sha256 of its 4 MiB chunks' sha256
+	// sums), 64 lowercase hex digits.
+	ChunkedSHA256 string `json:"chunkedSHA256"`
 	// SizeBytes is the image's size when known (0: unknown). A known size lets the agent refuse a
 	// disk that is too small before writing, and the server's Content-Length must agree with it.
 	SizeBytes int64 `json:"sizeBytes,omitempty"`
@@ -211,8 +212,8 @@ func (s *Spec) Validate() error {
 	if err := validateURL("image.url", s.Image.URL, s.CABundle != ""); err != nil {
 		return err
 	}
-	if !sha256Pattern.MatchString(s.Image.SHA256) {
-		return errors.New("image.sha256 must be 64 lowercase hex digits")
+	if !sha256Pattern.MatchString(s.Image.ChunkedSHA256) {
+		return errors.New("image.chunkedSHA256 must be 64 lowercase hex digits")
 	}
 	if s.Image.SizeBytes < 0 || s.Image.SizeBytes > MaxImageBytes {
 		return fmt.Errorf("image.sizeBytes %d is outside 0..%d", s.Image.SizeBytes, int64(MaxImageBytes))

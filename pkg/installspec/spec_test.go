@@ -16,9 +16,9 @@ func validSpec() Spec {
 	return Spec{
 		APIVersion: APIVersion,
 		Image: Image{
-			URL:       "http://10.0.0.1:8080/images/0123456789abcdef.raw",
-			SHA256:    strings.Repeat("ab", 32),
-			SizeBytes: 3 << 30,
+			URL:           "http://10.0.0.1:8080/images/0123456789abcdef.raw",
+			ChunkedSHA256: strings.Repeat("ab", 32),
+			SizeBytes:     3 << 30,
 		},
 		Network: Network{
 			MAC: "52:54:00:12:34:56", Address: "10.0.0.11/24", Gateway: "10.0.0.1", DNS: []string{"10.0.0.1"},
@@ -63,8 +63,8 @@ func TestValidateRefusesHostileValues(t *testing.T) {
 		{"huge URL", func(s *Spec) { s.Image.URL = "http://10.0.0.1/" + strings.Repeat("a", MaxURLBytes) }, "longer than"},
 		{"https without CA", func(s *Spec) { s.Image.URL = "https://10.0.0.1/x.raw" }, "caBundle"},
 		{"CA without certificate", func(s *Spec) { s.CABundle = "hello" }, "no PEM"},
-		{"uppercase digest", func(s *Spec) { s.Image.SHA256 = strings.Repeat("AB", 32) }, "sha256"},
-		{"short digest", func(s *Spec) { s.Image.SHA256 = "abc" }, "sha256"},
+		{"uppercase digest", func(s *Spec) { s.Image.ChunkedSHA256 = strings.Repeat("AB", 32) }, "chunkedSHA256"},
+		{"short digest", func(s *Spec) { s.Image.ChunkedSHA256 = "abc" }, "chunkedSHA256"},
 		{"negative size", func(s *Spec) { s.Image.SizeBytes = -1 }, "sizeBytes"},
 		{"absurd size", func(s *Spec) { s.Image.SizeBytes = MaxImageBytes + 1 }, "sizeBytes"},
 		{"bad MAC", func(s *Spec) { s.Network.MAC = "52:54:00" }, "network.mac"},
