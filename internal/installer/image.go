@@ -214,7 +214,7 @@ func (s *writeState) fetch(ctx context.Context) (done bool, err error) {
 			if err := s.writeAt(c.data, s.written); err != nil {
 				return false, permanent("writing the disk at byte %d: %w", s.written, err)
 			}
-			s.sum.Write(c.data)
+			s.sum.Add(c.data)
 			s.written += int64(n)
 			s.report(false)
 		}

@@ -176,7 +176,8 @@ func (o *operation) applyReport(rep *installspec.Report) bool {
 	case installspec.PhaseDone:
 		booted()
 		o.setLocked(stargatev1.ConditionImageWritten, controller.StepDone, "Written",
-			fmt.Sprintf("The installer wrote the image (%s%s) and the cloud-init seed%s", formatBytes(max(rep.BytesWritten, o.raw.Size)), o.rateSuffix(), diskSuffix(rep)))
+			fmt.Sprintf("The installer wrote the image (%s%s) and the cloud-init seed%s",
+				formatBytes(max(rep.BytesWritten, o.raw.Size)), o.rateSuffix(), diskSuffix(rep)))
 		o.agentOver = true
 		close(o.agentDone)
 	case installspec.PhaseFailed:

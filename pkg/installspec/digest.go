@@ -29,9 +29,14 @@ func NewImageDigest() *ImageDigest {
 	return &ImageDigest{chunk: sha256.New(), sums: sha256.New()}
 }
 
-// Write adds p to the image; it never fails.
+// Write adds p to the image (io.Writer); it never fails.
 func (d *ImageDigest) Write(p []byte) (int, error) {
-	n := len(p)
+	d.Add(p)
+	return len(p), nil
+}
+
+// Add adds p to the image.
+func (d *ImageDigest) Add(p []byte) {
 	for len(p) > 0 {
 		if d.inChunk == 0 && len(p) >= DigestChunkBytes && IsZero(p[:DigestChunkBytes]) {
 			d.sums.Write(zeroChunkSum[:])
@@ -48,7 +53,6 @@ func (d *ImageDigest) Write(p []byte) (int, error) {
 			d.inChunk = 0
 		}
 	}
-	return n, nil
 }
 
 // Reset forgets everything written.
@@ -88,6 +92,6 @@ func IsZero(p []byte) bool {
 // DigestOf returns the ChunkedSHA256 of image.
 func DigestOf(image []byte) string {
 	d := NewImageDigest()
-	d.Write(image)
+	d.Add(image)
 	return d.Finish()
 }

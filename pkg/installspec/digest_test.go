@@ -45,7 +45,7 @@ func TestImageDigestIsTheChunkedSHA256(t *testing.T) {
 		for _, split := range []int{len(image) + 1, c, 1 << 20, 65537} {
 			d := NewImageDigest()
 			for off := 0; off < len(image); off += split {
-				d.Write(image[off:min(off+split, len(image))])
+				d.Add(image[off:min(off+split, len(image))])
 			}
 			if got := d.Finish(); got != want {
 				t.Errorf("%s written in pieces of %d: %s, want %s", name, split, got, want)
@@ -53,9 +53,9 @@ func TestImageDigestIsTheChunkedSHA256(t *testing.T) {
 		}
 	}
 	d := NewImageDigest()
-	d.Write(random(100))
+	d.Add(random(100))
 	d.Reset()
-	d.Write(make([]byte, c))
+	d.Add(make([]byte, c))
 	if got, want := d.Finish(), referenceDigest(make([]byte, c)); got != want {
 		t.Errorf("after Reset: %s, want %s", got, want)
 	}
@@ -90,7 +90,7 @@ func BenchmarkImageDigest(b *testing.B) {
 			b.SetBytes(DigestChunkBytes)
 			d := NewImageDigest()
 			for b.Loop() {
-				d.Write(bc.buf)
+				d.Add(bc.buf)
 			}
 		})
 	}
