@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
+	"stargate.io/stargate/internal/faults"
 )
 
 // FaultInjectionReconciler writes this host's entry in a FaultInjection's status: what it injected
@@ -123,7 +124,7 @@ func (r *FaultInjectionReconciler) readiness(fi *stargatev1.FaultInjection) meta
 		c.Reason, c.Message = ReasonFaultInjectionDisabled, "fault injection is turned off on this host (--fault-injection=false): nothing is injected"
 		return c
 	}
-	if _, err := validateFaultInjection(fi); err != nil {
+	if _, err := faults.ValidateInjection(fi); err != nil {
 		c.Reason, c.Message = ReasonFaultsInvalid, truncate(err.Error(), maxConditionMessage)
 		return c
 	}
