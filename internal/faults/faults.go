@@ -81,6 +81,17 @@ func needsDuration(t stargatev1.FaultType) bool {
 	return false
 }
 
+// IsBMCEntry reports whether fi's fault named name is a BMC fault: its status entries are the
+// BMC's, not the repaves'.
+func IsBMCEntry(fi *stargatev1.FaultInjection, name string) bool {
+	for _, f := range fi.Spec.Faults {
+		if f.Name == name {
+			return IsBMC(f.Type)
+		}
+	}
+	return false
+}
+
 // ParseProbability reads "0" to "1".
 func ParseProbability(s string) (float64, error) {
 	p, err := strconv.ParseFloat(s, 64)
