@@ -75,6 +75,7 @@ const FaultAtRunning = "Running"
 // +kubebuilder:validation:XValidation:rule="(self.type in ['NetworkLatency', 'NetworkPartition', 'Hang', 'ClockSkew', 'BMCUnavailable', 'BMCConnectionRefused', 'BMCPowerDelay', 'BMCStalePowerState', 'NodeFlapping']) == has(self.duration)",message="duration is required for NetworkLatency, NetworkPartition, Hang, ClockSkew, BMCUnavailable, BMCConnectionRefused, BMCPowerDelay, BMCStalePowerState and NodeFlapping, and only for them"
 // +kubebuilder:validation:XValidation:rule="!self.type.startsWith('Image') || self.at == 'ImageReady'",message="image faults strike at ImageReady"
 // +kubebuilder:validation:XValidation:rule="!(self.type in ['KubeletStops', 'NodeFlapping']) || self.at == 'Running'",message="node faults strike while the Server runs: at must be Running"
+// +kubebuilder:validation:XValidation:rule="!self.type.startsWith('BMC') || self.at == 'Running'",message="BMC faults strike the Server's BMC while the Server exists: at must be Running"
 type Fault struct {
 	// Name identifies the fault in this FaultInjection, its status and Events.
 	// +kubebuilder:validation:MinLength=1

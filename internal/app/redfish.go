@@ -51,8 +51,10 @@ func redfishBase(o Options) (string, error) {
 	return scheme + "://" + net.JoinHostPort(host, port), nil
 }
 
-// setupRedfish adds the Redfish service to the manager: it starts and stops with it.
-func setupRedfish(mgr ctrl.Manager, o Options, provider controller.Provider, copts controller.Options, wake chan event.GenericEvent) error {
+// setupRedfish adds the Redfish service to the manager: it starts and stops with it. Its BMC
+// faults go in copts.RunningFaults.
+func setupRedfish(mgr ctrl.Manager, o Options, provider controller.Provider, copts *controller.Options, wake chan event.GenericEvent,
+	metrics *controller.Metrics) error {
 	srv := &redfish.Server{PlainHTTP: o.RedfishPlainHTTP}
 	if !o.RedfishPlainHTTP {
 		host, _, _ := net.SplitHostPort(o.RedfishAddress)
@@ -69,9 +71,8 @@ func setupRedfish(mgr ctrl.Manager, o Options, provider controller.Provider, cop
 		}
 		srv.Certificate = &cert
 	}
-	backend := &bmc.Backend{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Provider: provider,
-		Recorder: mgr.GetEventRecorder("stargate-bmc"), Locks: copts.Locks, HostID: copts.HostID, Wake: wake,
-		MaxMemoryBytes: copts.MaxMemoryBytes, MaxCPUs: copts.MaxCPUs}
+	backend := bmc.NewBackend(mgr, provider, *copts, wake, metrics)
+	copts.RunningFaults = backend.Faults
 	srv.Handler = &redfish.Service{Backend: backend, Log: ctrl.Log.WithName("redfish")}
 	return mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		return srv.ListenAndServe(ctx, o.RedfishAddress)

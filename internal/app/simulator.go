@@ -163,6 +163,7 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		}
 	}
 	copts.Locks = &controller.ServerLocks{}
+	metrics := controller.NewMetrics(nil)
 	var wake chan event.GenericEvent
 	if o.RedfishAddress != "" {
 		if copts.RedfishURL, err = redfishBase(o); err != nil {
@@ -170,11 +171,11 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 		}
 		wake = make(chan event.GenericEvent, 64)
 		copts.Wake = wake
-		if err := setupRedfish(mgr, o, provider, copts, wake); err != nil {
+		if err := setupRedfish(mgr, o, provider, &copts, wake, metrics); err != nil {
 			return err
 		}
 	}
-	if err := controller.Setup(mgr, provider, copts, controller.NewMetrics(nil)); err != nil {
+	if err := controller.Setup(mgr, provider, copts, metrics); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

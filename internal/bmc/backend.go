@@ -47,6 +47,8 @@ type Backend struct {
 	// no bound): a blank machine is refused what a repave of its Server would be (ensureMachine).
 	MaxMemoryBytes int64
 	MaxCPUs        int
+	// Faults makes FaultInjections' BMC faults real; nil injects none.
+	Faults *Faults
 }
 
 var _ redfish.Backend = (*Backend)(nil)
@@ -128,6 +130,7 @@ func (b *Backend) System(ctx context.Context, id string) (redfish.System, error)
 	if mac := first(info.MACAddress, s.Status.MACAddress); mac != "" {
 		sys.MACAddresses = []string{mac}
 	}
+	b.faultedSystem(ctx, s, &sys)
 	return sys, nil
 }
 
@@ -140,36 +143,67 @@ func first(s ...string) string {
 	return ""
 }
 
-// Reset changes the Server's power as a BMC would.
+// Reset changes the Server's power as a BMC would (later, when a BMCPowerDelay strikes).
 func (b *Backend) Reset(ctx context.Context, id string, t redfish.ResetType, user string) error {
-	return b.change(ctx, id, user, "PowerChangedByBMC", "reset "+string(t), func(s *stargatev1.Server, key types.NamespacedName) error {
-		switch t {
-		case redfish.ResetOn, redfish.ResetForceRestart, redfish.ResetGracefulRestart:
-			if err := b.ensureMachine(ctx, s, user); err != nil {
-				return err
-			}
+	if b.Faults != nil {
+		s, err := b.server(ctx, id)
+		if err != nil {
+			return err
 		}
-		switch t {
-		case redfish.ResetOn:
-			return b.Provider.PowerOn(ctx, key)
-		case redfish.ResetForceOff:
-			return b.Provider.PowerOff(ctx, key)
-		case redfish.ResetGracefulShutdown:
-			return b.Provider.Shutdown(ctx, key)
-		case redfish.ResetForceRestart:
-			if err := b.Provider.PowerOff(ctx, key); err != nil {
-				return err
-			}
-			return b.Provider.PowerOn(ctx, key)
-		case redfish.ResetGracefulRestart:
-			if err := b.Provider.Shutdown(ctx, key); err != nil {
-				return err
-			}
-			go b.finishRestart(key)
+		if d := b.powerDelay(ctx, s); d > 0 {
+			b.delayedReset(s, id, t, user, d)
 			return nil
 		}
-		return &redfish.BadRequestError{Message: "unsupported reset type " + string(t)}
+	}
+	return b.reset(ctx, id, t, user)
+}
+
+// reset changes the Server's power now.
+func (b *Backend) reset(ctx context.Context, id string, t redfish.ResetType, user string) error {
+	return b.change(ctx, id, user, "PowerChangedByBMC", "reset "+string(t), func(s *stargatev1.Server, key types.NamespacedName) error {
+		var prior redfish.PowerState
+		if b.Faults != nil {
+			prior = b.powerNow(ctx, s)
+		}
+		if err := b.resetMachine(ctx, s, key, t, user); err != nil {
+			return err
+		}
+		if t != redfish.ResetForceOff && t != redfish.ResetGracefulShutdown {
+			b.bootsNow(ctx, s)
+		}
+		b.stalePower(ctx, s, prior)
+		return nil
 	})
+}
+
+// resetMachine asks the Provider for the power change t.
+func (b *Backend) resetMachine(ctx context.Context, s *stargatev1.Server, key types.NamespacedName, t redfish.ResetType, user string) error {
+	switch t {
+	case redfish.ResetOn, redfish.ResetForceRestart, redfish.ResetGracefulRestart:
+		if err := b.ensureMachine(ctx, s, user); err != nil {
+			return err
+		}
+	}
+	switch t {
+	case redfish.ResetOn:
+		return b.Provider.PowerOn(ctx, key)
+	case redfish.ResetForceOff:
+		return b.Provider.PowerOff(ctx, key)
+	case redfish.ResetGracefulShutdown:
+		return b.Provider.Shutdown(ctx, key)
+	case redfish.ResetForceRestart:
+		if err := b.Provider.PowerOff(ctx, key); err != nil {
+			return err
+		}
+		return b.Provider.PowerOn(ctx, key)
+	case redfish.ResetGracefulRestart:
+		if err := b.Provider.Shutdown(ctx, key); err != nil {
+			return err
+		}
+		go b.finishRestart(key)
+		return nil
+	}
+	return &redfish.BadRequestError{Message: "unsupported reset type " + string(t)}
 }
 
 // finishRestart powers a gracefully restarting server on again once it is off, forcing it off
@@ -197,6 +231,9 @@ func (b *Backend) finishRestart(key types.NamespacedName) {
 func (b *Backend) SetBoot(ctx context.Context, id string, boot redfish.Boot, user string) error {
 	what := fmt.Sprintf("boot override %s/%s/%s", boot.Target, boot.Enabled, boot.Mode)
 	return b.change(ctx, id, user, "BootChangedByBMC", what, func(s *stargatev1.Server, key types.NamespacedName) error {
+		if b.ignoresBoot(ctx, s, boot) {
+			return nil
+		}
 		if err := b.ensureMachine(ctx, s, user); err != nil {
 			return err
 		}
@@ -207,6 +244,9 @@ func (b *Backend) SetBoot(ctx context.Context, id string, boot redfish.Boot, use
 // InsertMedia attaches the image as the Server's virtual CD.
 func (b *Backend) InsertMedia(ctx context.Context, id, imageURL, user string) error {
 	return b.change(ctx, id, user, "MediaChangedByBMC", "insert virtual media "+imageURL, func(s *stargatev1.Server, key types.NamespacedName) error {
+		if err := b.insertMediaFault(ctx, s, imageURL); err != nil {
+			return err
+		}
 		if err := b.ensureMachine(ctx, s, user); err != nil {
 			return err
 		}

@@ -53,6 +53,8 @@ type world struct {
 	dc     *mockdc.Server
 	dcURL  string
 	bmcURL string
+	// metrics is the registry of the controller's and the BMC's metrics.
+	metrics *prometheus.Registry
 }
 
 func newWorld(t testing.TB, stepDelay time.Duration) *world {
@@ -63,6 +65,13 @@ func newWorld(t testing.TB, stepDelay time.Duration) *world {
 // newWorldWith is newWorld with the mock datacenter's provider wrapped (nil: as it is) and the
 // backend adjusted before it serves.
 func newWorldWith(t testing.TB, stepDelay time.Duration, wrap func(*mockdc.Provider) controller.Provider, adjust func(*bmc.Backend)) *world {
+	t.Helper()
+	return newWorldOpts(t, stepDelay, wrap, adjust, func(*controller.Options) {})
+}
+
+// newWorldOpts is newWorldWith with the controller's options tuned first (the backend follows them).
+func newWorldOpts(t testing.TB, stepDelay time.Duration, wrap func(*mockdc.Provider) controller.Provider, adjust func(*bmc.Backend),
+	tune func(*controller.Options)) *world {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ns := fmt.Sprintf("bmc-%d", time.Now().UnixNano()%1_000_000)
@@ -83,16 +92,22 @@ func newWorldWith(t testing.TB, stepDelay time.Duration, wrap func(*mockdc.Provi
 		t.Fatal(err)
 	}
 	wake := make(chan event.GenericEvent, 16)
-	locks := &controller.ServerLocks{}
-	backend := &bmc.Backend{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Provider: provider,
-		Recorder: mgr.GetEventRecorder("stargate-bmc"), Locks: locks, HostID: "host-" + ns, Wake: wake, RestartGrace: 2 * time.Second}
-	adjust(backend)
-	redfishSrv := httptest.NewServer(&redfish.Service{Backend: backend})
+	redfishSrv := httptest.NewUnstartedServer(nil)
+	redfishSrv.Start()
 	t.Cleanup(redfishSrv.Close)
-	opts := controller.Options{HostID: "host-" + ns, PollInterval: 50 * time.Millisecond, Locks: locks, Wake: wake, RedfishURL: redfishSrv.URL,
+	opts := controller.Options{HostID: "host-" + ns, PollInterval: 50 * time.Millisecond, Locks: &controller.ServerLocks{}, Wake: wake,
+		RedfishURL: redfishSrv.URL,
 		// Servers of other tests' namespaces are left alone.
 		ServerSelector: nil}
-	if err := controller.Setup(mgr, provider, opts, controller.NewMetrics(prometheus.NewRegistry())); err != nil {
+	tune(&opts)
+	reg := prometheus.NewRegistry()
+	metrics := controller.NewMetrics(reg)
+	backend := bmc.NewBackend(mgr, provider, opts, wake, metrics)
+	backend.RestartGrace = 2 * time.Second
+	adjust(backend)
+	opts.RunningFaults = backend.Faults
+	redfishSrv.Config.Handler = &redfish.Service{Backend: backend}
+	if err := controller.Setup(mgr, provider, opts, metrics); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
@@ -103,7 +118,7 @@ func newWorldWith(t testing.TB, stepDelay time.Duration, wrap func(*mockdc.Provi
 		}
 	}()
 	t.Cleanup(func() { cancel(); <-done })
-	return &world{t: t, ns: ns, dc: dc, dcURL: dcSrv.URL, bmcURL: redfishSrv.URL}
+	return &world{t: t, ns: ns, dc: dc, dcURL: dcSrv.URL, bmcURL: redfishSrv.URL, metrics: reg}
 }
 
 func (w *world) create(obj client.Object) {

@@ -3,9 +3,11 @@ package controller
 import (
 	"context"
 	"fmt"
-	"k8s.io/apimachinery/pkg/api/equality"
+	"slices"
 	"sort"
 	"strings"
+
+	"k8s.io/apimachinery/pkg/api/equality"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -22,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
+	"stargate.io/stargate/internal/faults"
 )
 
 // FaultInjectionReconciler writes this host's entry in a FaultInjection's status: what it injected
@@ -60,13 +63,22 @@ func (r *FaultInjectionReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 	}
 	entry := stargatev1.FaultInjectionHostStatus{Host: r.Options.HostID, ObservedGeneration: fi.Generation}
 	entry.Faults, entry.Injected = r.counts(fi, ops.Items)
+	// The BMC's counts (faults at Running) are written by the BMC with a field manager of its
+	// own: kept as they are, counted in the total, never applied here.
+	var bmcCounts []stargatev1.FaultCount
 	if prev != nil {
 		entry.Conditions = append(entry.Conditions, prev.Conditions...)
+		for _, c := range prev.Faults {
+			if faults.IsBMCEntry(fi, c.Name) {
+				bmcCounts = append(bmcCounts, c)
+				entry.Injected += c.Injected
+			}
+		}
 	}
 	ready := r.readiness(fi)
 	ready.ObservedGeneration = fi.Generation
 	meta.SetStatusCondition(&entry.Conditions, ready)
-	if prev != nil && equality.Semantic.DeepEqual(*prev, entry) {
+	if prev != nil && equality.Semantic.DeepEqual(*prev, withCounts(entry, bmcCounts)) {
 		return ctrl.Result{}, nil
 	}
 	if err := r.apply(ctx, fi, entry); err != nil {
@@ -76,6 +88,16 @@ func (r *FaultInjectionReconciler) Reconcile(ctx context.Context, req ctrl.Reque
 		r.Recorder.Eventf(fi, nil, corev1.EventTypeWarning, ready.Reason, "InjectFaults", "host %s: %s", r.Options.HostID, ready.Message)
 	}
 	return ctrl.Result{}, nil
+}
+
+// withCounts is entry with the counts more added, in name order, as the status lists them.
+func withCounts(entry stargatev1.FaultInjectionHostStatus, more []stargatev1.FaultCount) stargatev1.FaultInjectionHostStatus {
+	if len(more) == 0 {
+		return entry
+	}
+	entry.Faults = append(slices.Clone(entry.Faults), more...)
+	sort.Slice(entry.Faults, func(i, j int) bool { return entry.Faults[i].Name < entry.Faults[j].Name })
+	return entry
 }
 
 func readyOf(h *stargatev1.FaultInjectionHostStatus) *metav1.Condition {
@@ -123,18 +145,25 @@ func (r *FaultInjectionReconciler) readiness(fi *stargatev1.FaultInjection) meta
 		c.Reason, c.Message = ReasonFaultInjectionDisabled, "fault injection is turned off on this host (--fault-injection=false): nothing is injected"
 		return c
 	}
-	if _, err := validateFaultInjection(fi); err != nil {
+	if _, err := faults.ValidateInjection(fi); err != nil {
 		c.Reason, c.Message = ReasonFaultsInvalid, truncate(err.Error(), maxConditionMessage)
 		return c
 	}
 	injector, _ := r.Provider.(FaultInjector)
 	var unsupported []string
 	for _, f := range fi.Spec.Faults {
-		switch {
-		case f.At == stargatev1.FaultAtRunning:
+		if f.At != stargatev1.FaultAtRunning {
+			if injector == nil || !injector.SupportsFault(f.Type, f.At) {
+				unsupported = append(unsupported, fmt.Sprintf("%s (%s at %s)", f.Name, f.Type, f.At))
+			}
+			continue
+		}
+		switch running := r.Options.RunningFaults; {
+		case running != nil && running.SupportsFault(f.Type, f.At):
+		case faults.IsBMC(f.Type):
+			unsupported = append(unsupported, fmt.Sprintf("%s (%s: this host serves no Redfish BMC for its Servers, see --redfish-address)", f.Name, f.Type))
+		default:
 			unsupported = append(unsupported, fmt.Sprintf("%s (%s at Running: faults while a Server runs are not injected yet)", f.Name, f.Type))
-		case injector == nil || !injector.SupportsFault(f.Type, f.At):
-			unsupported = append(unsupported, fmt.Sprintf("%s (%s at %s)", f.Name, f.Type, f.At))
 		}
 	}
 	if len(unsupported) > 0 {

@@ -126,7 +126,7 @@ func TestFaultStrikesOnlySelectedServersOfItsNamespaceAndHost(t *testing.T) {
 		return hasEvent(h.events("op-target"), "FaultInjected") && hasEvent(h.events("target"), "FaultInjected"), "no FaultInjected events"
 	})
 	if err := testutil.GatherAndCompare(h.reg, strings.NewReader(`
-# HELP stargate_faults_injected_total Faults FaultInjections had injected into Operations, by fault type.
+# HELP stargate_faults_injected_total Faults FaultInjections had injected into Operations and BMCs, by fault type.
 # TYPE stargate_faults_injected_total counter
 stargate_faults_injected_total{type="DiskWriteError"} 1
 `), "stargate_faults_injected_total"); err != nil {

@@ -44,7 +44,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Buckets: []float64{0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600},
 	}, []string{"step"})
 	m.faultsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "stargate_faults_injected_total", Help: "Faults FaultInjections had injected into Operations, by fault type.",
+		Name: "stargate_faults_injected_total", Help: "Faults FaultInjections had injected into Operations and BMCs, by fault type.",
 	}, []string{"type"})
 	reg.MustRegister(m.stepSeconds, m.repaveSeconds, m.finishedTotal, m.running, m.guestSeconds, m.faultsTotal)
 	return m
@@ -88,3 +88,7 @@ func (m *Metrics) faultInjected(t stargatev1.FaultType) {
 		m.faultsTotal.WithLabelValues(string(t)).Inc()
 	}
 }
+
+// FaultInjected counts one injection of a fault of type t by another injector of this host (the
+// simulator's BMC); nil counts nothing.
+func (m *Metrics) FaultInjected(t stargatev1.FaultType) { m.faultInjected(t) }

@@ -23,6 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
+	"stargate.io/stargate/internal/faults"
 )
 
 // serverRefIndex indexes Operations by the Server they act on (also a selectable field of the CRD,
@@ -46,7 +47,7 @@ type OperationReconciler struct {
 
 	capacity *capacity
 	// faults remembers this process's firstN decisions.
-	faults faultLedger
+	faults faults.Ledger
 	// finalizer is this host's OperationFinalizer.
 	finalizer string
 }

@@ -45,6 +45,9 @@ type Options struct {
 	// DisableFaultInjection turns FaultInjections off on this host (--fault-injection=false):
 	// nothing is injected, and their status says so.
 	DisableFaultInjection bool
+	// RunningFaults injects the faults that strike while a Server exists (at Running): the
+	// simulator's BMC service, when this host serves one. nil: this host injects none.
+	RunningFaults FaultInjector
 	// ReferenceWait is how long an Operation waits for a missing Server or profile before failing.
 	ReferenceWait time.Duration
 	// PollInterval is how often a running Operation is checked.

@@ -24,6 +24,8 @@ type message struct {
 type apiError struct {
 	status int
 	msgs   []message
+	// retryAfter, when set, is sent as the Retry-After header (seconds).
+	retryAfter string
 }
 
 func (e *apiError) Error() string { return e.msgs[0].text }

@@ -32,7 +32,8 @@ import (
 //
 // Errors: ErrNotFound when the system is unknown (404), a *BadRequestError when the request cannot
 // be honoured as asked (400), ErrConflict when the system is busy or the change conflicts with
-// its state (409); any other error is a 500 whose text the client does not see.
+// its state (409), a *ServiceError to answer with its status and message (e.g. a BMC's failure);
+// any other error is a 500 whose text the client does not see. A Backend may also be a Gatekeeper.
 type Backend interface {
 	// Authorize reports whether user/password may act on the system (its BMC credentials). It is
 	// false for an unknown system, so that a client without credentials learns nothing about

@@ -171,6 +171,9 @@ func (s *Service) route(req *request, segs []string) {
 		}
 		req.id = id
 		req.base = root + "/" + segs[0] + "/" + id
+		if !s.admit(req) {
+			return
+		}
 		var ep endpoint
 		var found bool
 		if kind == kindSystem {
@@ -347,8 +350,11 @@ func (s *Service) authorizedIDs(req *request) ([]string, error) {
 func (s *Service) fail(req *request, err error) {
 	var api *apiError
 	var bad *BadRequestError
+	var svc *ServiceError
 	switch {
 	case errors.As(err, &api):
+	case errors.As(err, &svc):
+		api = svc.apiError()
 	case errors.As(err, &bad):
 		api = errorf(http.StatusBadRequest, msgGeneralError(bad.Message))
 	case errors.Is(err, ErrNotFound):
@@ -358,6 +364,9 @@ func (s *Service) fail(req *request, err error) {
 	default:
 		s.Log.Error(err, "Redfish request failed", "method", req.r.Method, "path", req.r.URL.EscapedPath(), "user", req.user)
 		api = errorf(http.StatusInternalServerError, msgInternalError())
+	}
+	if api.retryAfter != "" {
+		req.w.Header().Set("Retry-After", api.retryAfter)
 	}
 	writeJSON(req.w, api.status, api.body())
 }

@@ -1,4 +1,4 @@
-package controller
+package faults
 
 import (
 	"fmt"
@@ -19,11 +19,11 @@ func TestDrawFaultIsStableAndBounded(t *testing.T) {
 	struck := 0
 	for i := range 1000 {
 		op := types.UID(fmt.Sprintf("op-%d", i))
-		a, b := drawFault("fi", op, "f", 0.5), drawFault("fi", op, "f", 0.5)
+		a, b := Draw("fi", op, "f", 0.5), Draw("fi", op, "f", 0.5)
 		if a != b {
 			t.Fatalf("operation %s: the draw changed between two decisions", op)
 		}
-		if drawFault("fi", op, "f", 0) || !drawFault("fi", op, "f", 1) {
+		if Draw("fi", op, "f", 0) || !Draw("fi", op, "f", 1) {
 			t.Fatalf("operation %s: probability 0 struck or 1 did not", op)
 		}
 		if a {
@@ -40,7 +40,7 @@ func TestDrawFaultIsStableAndBounded(t *testing.T) {
 func TestValidateFaultRefusesWhatAdmissionRefuses(t *testing.T) {
 	valid := stargatev1.Fault{Name: "f", Type: stargatev1.FaultHang, At: stargatev1.ConditionVMRunning, Probability: ptr.To("0.5"),
 		Duration: &metav1.Duration{Duration: time.Minute}}
-	if err := validateFault(valid); err != nil {
+	if err := Validate(valid); err != nil {
 		t.Fatalf("a valid fault was refused: %v", err)
 	}
 	cases := map[string]func(*stargatev1.Fault){
@@ -51,11 +51,12 @@ func TestValidateFaultRefusesWhatAdmissionRefuses(t *testing.T) {
 		"unknown step":    func(f *stargatev1.Fault) { f.At = "Elsewhere" },
 		"percent":         func(f *stargatev1.Fault) { f.Percent = ptr.To[int32](101) },
 		"firstN too high": func(f *stargatev1.Fault) { f.Probability, f.FirstN = nil, ptr.To[int32](1_000_000) },
+		"BMC at a step":   func(f *stargatev1.Fault) { f.Type = stargatev1.FaultBMCUnavailable },
 	}
 	for name, mutate := range cases {
 		f := valid
 		mutate(&f)
-		if err := validateFault(f); err == nil || !strings.Contains(err.Error(), "fault f") {
+		if err := Validate(f); err == nil || !strings.Contains(err.Error(), "fault f") {
 			t.Errorf("%s: got %v, want a refusal naming the fault", name, err)
 		}
 	}
@@ -64,13 +65,13 @@ func TestValidateFaultRefusesWhatAdmissionRefuses(t *testing.T) {
 // A firstN decision made again for the same Operation (its status write was lost) is the same
 // decision, and it counts once.
 func TestFaultLedgerCountsAnOperationOnce(t *testing.T) {
-	var l faultLedger
-	l.take("fi/f", "op1")
-	l.take("fi/f", "op1")
-	if !l.has("fi/f", "op1") || l.has("fi/f", "op2") {
+	var l Ledger
+	l.Take("fi/f", "op1")
+	l.Take("fi/f", "op1")
+	if !l.Has("fi/f", "op1") || l.Has("fi/f", "op2") {
 		t.Error("the ledger does not know what it took")
 	}
-	if n := l.count("fi/f", map[types.UID]struct{}{"op1": {}, "op3": {}}); n != 2 {
+	if n := l.Count("fi/f", map[types.UID]struct{}{"op1": {}, "op3": {}}); n != 2 {
 		t.Errorf("op1 in the ledger and the cache, op3 in the cache: counted %d, want 2", n)
 	}
 }
