@@ -57,7 +57,7 @@ start_redfish_dc() {
 		--metrics-bind-address 0 --health-probe-bind-address 0 --poll-interval 2s >"${RF_LOG}" 2>&1 &
 	RF_PID=$!
 	local deadline=$((SECONDS + 60))
-	until grep -q '"Starting workers"' "${RF_LOG}"; do
+	until grep -qs '"Starting workers"' "${RF_LOG}"; do
 		kill -0 "${RF_PID}" 2>/dev/null || die "the Redfish datacenter controller exited at start: $(tail -n 5 "${RF_LOG}")"
 		((SECONDS < deadline)) || die "the Redfish datacenter controller did not start within 60 s (log: ${RF_LOG})"
 		sleep 0.5
