@@ -97,8 +97,12 @@ func writeEntry(tw *tar.Writer, e entry, mtime time.Time) error {
 	if err := tw.WriteHeader(h); err != nil {
 		return err
 	}
-	if n, err := io.Copy(tw, f); err != nil || n != fi.Size() {
-		return fmt.Errorf("copying %s (%d of %d bytes): %v", e.src, n, fi.Size(), err)
+	n, err := io.Copy(tw, f)
+	if err != nil {
+		return fmt.Errorf("copying %s: %w", e.src, err)
+	}
+	if n != fi.Size() {
+		return fmt.Errorf("copying %s: %d of %d bytes (it changed while read)", e.src, n, fi.Size())
 	}
 	return nil
 }
