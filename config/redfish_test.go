@@ -217,10 +217,7 @@ func checkDeployment(t *testing.T, objs []*unstructured.Unstructured) {
 		t.Fatalf("want one container run as stargate-redfish-dc, replaced by Recreate: %+v", d.Spec)
 	}
 	c := pod.Containers[0]
-	args := slices.Clone(c.Args)
-	for i := range args {
-		args[i] = strings.NewReplacer("$(INSTALLER_URL)", "http://192.0.2.1:30082", "$(BMC_NETWORKS)", "192.0.2.0/24").Replace(args[i])
-	}
+	args := deploymentArgs(t, objs)
 	var o app.Options
 	fs := flag.NewFlagSet("simulator", flag.ContinueOnError)
 	o.BindFlags(fs)
