@@ -87,6 +87,20 @@ verify-tidy: ## Fail when go.mod/go.sum are not tidy (shows the diff go mod tidy
 build: ## Build the binaries into bin/.
 	go build -o bin/ ./cmd/...
 
+# The Redfish datacenter's container image (hack/image; docs/redfish-datacenter.md, "Running it as a
+# Pod"). IMAGE names it; the labels say where it came from, and every timestamp is the commit's, so
+# one commit and one installer ISO give one digest.
+IMAGE ?= localhost/stargate-redfish-dc:dev
+IMAGE_SOURCE ?= stargate.io/stargate
+
+.PHONY: image
+image: deps installer-iso ## Build the Redfish datacenter's container image without a container engine: bin/image/oci (OCI layout), bin/image/stargate-redfish-dc.tar (podman load, ctr images import); prints its digest.
+	CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -buildid=" -o bin/image/simulator ./cmd/simulator
+	rm -rf bin/image/oci bin/image/stargate-redfish-dc.tar
+	go run ./hack/image --binary bin/image/simulator --installer-iso "$$(hack/installer-iso/build.sh)" \
+		--layout bin/image/oci --tarball bin/image/stargate-redfish-dc.tar --tag '$(IMAGE)' --source '$(IMAGE_SOURCE)' \
+		--version "$$(git describe --tags --always --dirty)" --revision "$$(git rev-parse HEAD)" --epoch "$$(git log -1 --format=%ct)"
+
 ##@ Demo
 
 .PHONY: demo

@@ -27,6 +27,7 @@ readonly PACKAGES=(
 	python3-libvirt python3-flask python3-tenacity python3-bcrypt python3-webob    # sushy-emulator (OpenStack's BMC emulator, from
 	python3-pbr python3-requests                                                   #   ../shared/third_party/sushy-tools)
 	shellcheck                                                                     # make lint
+	skopeo umoci                                                                   # hack/image's test reads the image with them
 )
 
 if [[ "${1:-}" == --list ]]; then
