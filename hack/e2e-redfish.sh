@@ -192,6 +192,14 @@ EOF
 	rk get operation "${op}" -o jsonpath='{range .status.timeline[*]}{.name}={.duration} {end}' >"${TMP}/${op}.timeline"
 	log "  ${op} timeline: $(<"${TMP}/${op}.timeline")"
 	operation_table "${RF_NAMESPACE}" "${op}"
+	if [[ "${E2E_BENCH_JOIN:-}" == 1 ]]; then
+		# The simulator's repave-1 ran the same profile the same way (no golden image yet: the
+		# installation by cloud-init itself); the Redfish repave adds the installer and the write.
+		local rf_s sim_s
+		rf_s="$(op_seconds "${op}" "${RF_NAMESPACE}")" sim_s="$(op_seconds repave-1)"
+		log "  repave-1 (simulator) timeline: $(kn get operation repave-1 -o 'jsonpath={range .status.timeline[*]}{.name}={.duration} {end}')"
+		log "BENCH redfish: Redfish repave ${rf_s} s, simulator repave of the same profile ${sim_s} s, ratio $(python3 -c "print(round(${rf_s}/${sim_s}, 2))")"
+	fi
 	PASSED=$((PASSED + 1))
 
 	# Forgetting a real server does not wipe it; the hardware's own deletion does.

@@ -224,6 +224,13 @@ spec:
 EOF
 }
 
+op_seconds() { # op_seconds OP [NAMESPACE]: created → completed, in seconds
+	local c d ns="${2:-${NAMESPACE}}"
+	c="$(k -n "${ns}" get operation "$1" -o 'jsonpath={.metadata.creationTimestamp}')"
+	d="$(k -n "${ns}" get operation "$1" -o 'jsonpath={.status.completionTime}')"
+	echo $(($(date -d "${d}" +%s) - $(date -d "${c}" +%s)))
+}
+
 server_field() { kn get server "${SERVER}" -o "jsonpath={${1}}"; }
 node_field() { k get node "${SERVER}" -o "jsonpath={${1}}"; }
 
@@ -427,12 +434,6 @@ PY
 	assert_installed repave-plain
 	assert_image repave-plain Cached
 	record repave-plain
-	op_seconds() { # op_seconds OP: created → completed, in seconds
-		local c d
-		c="$(kn get operation "$1" -o 'jsonpath={.metadata.creationTimestamp}')"
-		d="$(kn get operation "$1" -o 'jsonpath={.status.completionTime}')"
-		echo $(($(date -d "${d}" +%s) - $(date -d "${c}" +%s)))
-	}
 	golden_s="$(op_seconds repave-2)" plain_s="$(op_seconds repave-plain)"
 	for op in repave-1 repave-2 repave-plain; do
 		log "  ${op} timeline: $(kn get operation "${op}" -o 'jsonpath={range .status.timeline[*]}{.name}={.duration} {end}')"
