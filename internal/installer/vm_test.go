@@ -30,7 +30,9 @@ const envInstallerISO = "STARGATE_INSTALLER_ISO"
 // the image and takes the agent's reports.
 type controllerStub struct {
 	image []byte
-	token string
+	// imagePath, when set, is served instead of image (an image too large for memory).
+	imagePath string
+	token     string
 
 	mu       sync.Mutex
 	reports  []installspec.Report
@@ -39,6 +41,8 @@ type controllerStub struct {
 
 func (c *controllerStub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
+	case r.Method == http.MethodGet && r.URL.Path == "/images/test.raw" && c.imagePath != "":
+		http.ServeFile(w, r, c.imagePath)
 	case r.Method == http.MethodGet && r.URL.Path == "/images/test.raw":
 		http.ServeContent(w, r, "test.raw", time.Time{}, bytes.NewReader(c.image))
 	case r.Method == http.MethodPost && r.URL.Path == "/callback":
