@@ -163,6 +163,7 @@ test-short: $(if $(KUBEBUILDER_ASSETS),,envtest-assets) ## Run the fast tests on
 	KUBEBUILDER_ASSETS="$(or $(KUBEBUILDER_ASSETS),$(KUBE_BIN_DIR))" go test -short ./...
 
 .PHONY: bench
-bench: $(if $(KUBEBUILDER_ASSETS),,envtest-assets) $(if $(IS_ROOT),guest-image bench-join) ## Run the benchmarks (as root including real VM boots, one each, and bench-join).
+bench: $(if $(KUBEBUILDER_ASSETS),,envtest-assets) $(if $(IS_ROOT),guest-image bench-join) installer-iso ## Run the benchmarks (as root including real VM boots, one each, and bench-join).
 	$(if $(IS_ROOT),STARGATE_GUEST_IMAGE="$${STARGATE_GUEST_IMAGE:-$$(hack/guest-image/build.sh)}") \
+	STARGATE_INSTALLER_ISO="$${STARGATE_INSTALLER_ISO:-$$(hack/installer-iso/build.sh)}" \
 	KUBEBUILDER_ASSETS="$(or $(KUBEBUILDER_ASSETS),$(KUBE_BIN_DIR))" go test -timeout 60m -run '^$$' -bench . -benchmem ./...
