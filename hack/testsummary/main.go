@@ -13,11 +13,13 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -42,6 +44,7 @@ type event struct {
 	Output      string
 	ImportPath  string // build-output, build-fail
 	FailedBuild string
+	Elapsed     float64 // seconds, on pass and fail
 }
 
 // test is what is known about one test (or subtest) of one package.
@@ -49,6 +52,7 @@ type test struct {
 	pkg, name string
 	output    []string
 	done      bool
+	elapsed   float64 // seconds, once passed or failed
 }
 
 // summary collects the results while the stream is passed through.
@@ -162,6 +166,7 @@ func (s *summary) testEvent(e event) {
 	}
 	if t.done && e.Action != "skip" {
 		t.output = nil // keep only what the summary needs
+		t.elapsed = e.Elapsed
 	}
 }
 
@@ -219,5 +224,28 @@ func (s *summary) print() {
 		for _, t := range s.failedTests {
 			fmt.Fprintf(w, "  %s %s\n", t.pkg, t.name)
 		}
+	}
+	s.printSlowest(slowestShown)
+}
+
+// slowestShown is how many of the slowest tests the summary names: where the time of a run goes.
+const slowestShown = 15
+
+// printSlowest names the n slowest top-level tests (a parallel test's time overlaps others').
+func (s *summary) printSlowest(n int) {
+	var top []*test
+	for _, t := range s.order {
+		if t.done && t.elapsed > 0 && !strings.Contains(t.name, "/") {
+			top = append(top, t)
+		}
+	}
+	if len(top) == 0 {
+		return
+	}
+	slices.SortStableFunc(top, func(a, b *test) int { return cmp.Compare(b.elapsed, a.elapsed) })
+	top = top[:min(n, len(top))]
+	fmt.Fprintf(s.out, "slowest tests (seconds; parallel ones overlap):\n")
+	for _, t := range top {
+		fmt.Fprintf(s.out, "  %7.1f %s %s\n", t.elapsed, t.pkg, t.name)
 	}
 }

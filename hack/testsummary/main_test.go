@@ -108,3 +108,25 @@ not json: passed through
 		t.Errorf("got:\n%q\nwant:\n%q", out.String(), want)
 	}
 }
+
+// The slowest top-level tests are named, slowest first; subtests and skips are not.
+func TestSummaryNamesTheSlowestTests(t *testing.T) {
+	var in strings.Builder
+	for _, e := range []string{
+		`{"Action":"run","Package":"p","Test":"TestFast"}`, `{"Action":"pass","Package":"p","Test":"TestFast","Elapsed":0.5}`,
+		`{"Action":"run","Package":"p","Test":"TestVM"}`, `{"Action":"run","Package":"p","Test":"TestVM/boot"}`,
+		`{"Action":"pass","Package":"p","Test":"TestVM/boot","Elapsed":90}`, `{"Action":"pass","Package":"p","Test":"TestVM","Elapsed":95.25}`,
+		`{"Action":"run","Package":"q","Test":"TestSkip"}`, `{"Action":"skip","Package":"q","Test":"TestSkip","Elapsed":300}`,
+		`{"Action":"run","Package":"q","Test":"TestMid"}`, `{"Action":"pass","Package":"q","Test":"TestMid","Elapsed":12}`,
+	} {
+		in.WriteString(e + "\n")
+	}
+	var out bytes.Buffer
+	if _, err := summarize(strings.NewReader(in.String()), &out, false); err != nil {
+		t.Fatal(err)
+	}
+	want := "slowest tests (seconds; parallel ones overlap):\n     95.2 p TestVM\n     12.0 q TestMid\n      0.5 p TestFast\n"
+	if !strings.HasSuffix(out.String(), want) {
+		t.Errorf("summary ends\n%s\nwant it to end\n%s", out.String(), want)
+	}
+}
