@@ -20,7 +20,6 @@ import (
 
 	"stargate.io/stargate/internal/app"
 	"stargate.io/stargate/internal/hostlease"
-	"stargate.io/stargate/internal/testenv"
 	"stargate.io/stargate/internal/testreq"
 )
 
@@ -33,22 +32,9 @@ func TestRedfishRunsAsItsServiceAccount(t *testing.T) {
 	if iso == "" {
 		testreq.Need(t, "STARGATE_INSTALLER_ISO (the installer ISO)", "run `make test`, which builds it, or set it to what `make installer-iso` prints")
 	}
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		testreq.Need(t, "KUBEBUILDER_ASSETS (etcd and kube-apiserver for envtest)",
-			"run `make test`, which builds them, or point KUBEBUILDER_ASSETS at a directory holding both")
-	}
 	objs := kustomizationObjects(t, "redfish")
-	env, err := testenv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = env.Stop() }()
+	env := applyToAPIServer(t, objs)
 	ctx := context.Background()
-	for _, u := range objs {
-		if err := env.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner("config-test"), client.ForceOwnership); err != nil {
-			t.Fatalf("applying %s %s: %v", u.GetKind(), u.GetName(), err)
-		}
-	}
 
 	// The image's entrypoint flags, the Deployment's args, then what a test process needs instead
 	// of the Pod's ports.

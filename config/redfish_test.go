@@ -26,7 +26,6 @@ import (
 
 	"stargate.io/stargate/internal/app"
 	"stargate.io/stargate/internal/testenv"
-	"stargate.io/stargate/internal/testreq"
 	"stargate.io/stargate/pkg/filenames"
 )
 
@@ -38,26 +37,26 @@ const (
 // TestRedfishManifests applies config/redfish to a real API server (server-side apply, so every
 // field is checked against the schema) and asks it what the Pod's ServiceAccount may do: all
 // that the generated RBAC (the controllers' markers) grants, and nothing else that matters.
+// applyToAPIServer applies objs server-side to a real API server of the test's own.
+func applyToAPIServer(t *testing.T, objs []*unstructured.Unstructured) *testenv.Env {
+	t.Helper()
+	env := testenv.StartFor(t)
+	for _, u := range objs {
+		if err := env.Client.Apply(context.Background(), client.ApplyConfigurationFromUnstructured(u), client.FieldOwner("config-test"),
+			client.ForceOwnership); err != nil {
+			t.Fatalf("applying %s %s: %v", u.GetKind(), u.GetName(), err)
+		}
+	}
+	return env
+}
+
 func TestRedfishManifests(t *testing.T) {
 	objs := kustomizationObjects(t, "redfish")
 	checkRulesMatchGenerated(t, objs)
 	checkDeployment(t, objs)
 
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		testreq.Need(t, "KUBEBUILDER_ASSETS (etcd and kube-apiserver for envtest)",
-			"run `make test`, which builds them, or point KUBEBUILDER_ASSETS at a directory holding both")
-	}
-	env, err := testenv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = env.Stop() }()
+	env := applyToAPIServer(t, objs)
 	ctx := context.Background()
-	for _, u := range objs {
-		if err := env.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(u), client.FieldOwner("config-test"), client.ForceOwnership); err != nil {
-			t.Fatalf("applying %s %s: %v", u.GetKind(), u.GetName(), err)
-		}
-	}
 
 	type check struct{ ns, group, resource, verb string }
 	can := func(c check) bool {

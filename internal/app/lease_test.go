@@ -15,22 +15,13 @@ import (
 
 	"stargate.io/stargate/internal/hostlease"
 	"stargate.io/stargate/internal/testenv"
-	"stargate.io/stargate/internal/testreq"
 )
 
 // A second simulator with the same --host-id refuses to start while the first renews the host's
 // Lease, naming the holder; a clean stop releases it (hostlease_test.go: a restart then takes it
 // at once). One Run per process after that: the controller's metrics register globally.
 func TestSameHostIDRefusedWhileTheFirstRuns(t *testing.T) {
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		testreq.Need(t, "KUBEBUILDER_ASSETS (etcd and kube-apiserver for envtest)",
-			"run `make test`, which builds them, or point KUBEBUILDER_ASSETS at a directory holding both")
-	}
-	env, err := testenv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = env.Stop() }()
+	env := testenv.StartFor(t)
 	if err := env.Client.Create(context.Background(), testenv.Namespace(hostlease.DefaultNamespace)); err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +48,7 @@ func TestSameHostIDRefusedWhileTheFirstRuns(t *testing.T) {
 	}
 
 	start := time.Now()
-	err = Run(context.Background(), env.Config, opts(200))
+	err := Run(context.Background(), env.Config, opts(200))
 	holder := fmt.Sprintf("dup/b/%s/%d", hostlease.Self().PIDNS, os.Getpid())
 	if !errors.Is(err, hostlease.ErrHeldByAnother) || !strings.Contains(err.Error(), holder) || !strings.Contains(err.Error(), "--host-id") {
 		t.Fatalf("duplicate start: %v; want a refusal naming the holder and the fix", err)

@@ -10,7 +10,7 @@ import (
 
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"stargate.io/stargate/internal/testreq"
+	"stargate.io/stargate/internal/testenv"
 )
 
 func defaults(t *testing.T) Options {
@@ -101,10 +101,7 @@ type discard struct{}
 func (discard) Info(string, ...any) {}
 
 func TestRunExplainsMissingCRDs(t *testing.T) {
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		testreq.Need(t, "KUBEBUILDER_ASSETS (etcd and kube-apiserver for envtest)",
-			"run `make test`, which builds them, or point KUBEBUILDER_ASSETS at a directory holding both")
-	}
+	testenv.NeedAssets(t)
 	env := &envtest.Environment{} // a real apiserver without the Stargate CRDs
 	cfg, err := env.Start()
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
+	"stargate.io/stargate/internal/testreq"
 )
 
 // Env is a running apiserver with the Stargate CRDs.
@@ -109,6 +110,32 @@ func (e *Env) WriteKubeconfig(path, server string) error {
 func (e *Env) Stop() error {
 	e.unguard()
 	return e.env.Stop()
+}
+
+// NeedAssets stops t (skip on a workstation, failure in CI) unless KUBEBUILDER_ASSETS names the
+// etcd and kube-apiserver binaries.
+func NeedAssets(t testing.TB) {
+	t.Helper()
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		testreq.Need(t, "KUBEBUILDER_ASSETS (etcd and kube-apiserver for envtest)",
+			"run `make test`, which builds them, or point KUBEBUILDER_ASSETS at a directory holding both")
+	}
+}
+
+// StartFor starts an Env of t's own (after NeedAssets), stopped when t ends.
+func StartFor(t testing.TB) *Env {
+	t.Helper()
+	NeedAssets(t)
+	e, err := Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := e.Stop(); err != nil {
+			t.Errorf("stopping envtest: %v", err)
+		}
+	})
+	return e
 }
 
 // Namespace returns a namespace object, for tests that create their own.
