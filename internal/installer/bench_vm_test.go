@@ -19,7 +19,6 @@ import (
 	"stargate.io/stargate/internal/netnstest"
 	"stargate.io/stargate/internal/testreq"
 	"stargate.io/stargate/pkg/cloudinit"
-	"stargate.io/stargate/pkg/installeriso"
 	"stargate.io/stargate/pkg/installspec"
 )
 
@@ -96,19 +95,7 @@ func benchInstallerWrite(b *testing.B, qemuBin, qemuImg, iso, dir string, stub *
 		Seed:     installspec.Seed{MetaData: []byte("instance-id: i-bench\nlocal-hostname: bench\n"), UserData: []byte("#cloud-config\n")},
 		Callback: installspec.Callback{URL: strings.TrimSuffix(img.URL, "/images/test.raw") + "/callback", Token: stub.token},
 	}
-	base, err := installeriso.OpenBase(iso)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer base.Close()
-	medium, err := base.NewMedium(spec)
-	if err != nil {
-		b.Fatal(err)
-	}
-	isoFile := filepath.Join(dir, "installer.iso")
-	if err := medium.WriteFile(isoFile); err != nil {
-		b.Fatal(err)
-	}
+	isoFile := writeInstallerISO(b, iso, spec, dir)
 	target := emptyQcow2(b, qemuImg, dir, "installer-target.qcow2")
 	runVM(b, qemuBin, filepath.Join(dir, "installer-console.log"),
 		"-drive", "file="+isoFile+",media=cdrom,readonly=on", "-boot", "order=d",

@@ -137,19 +137,7 @@ func bootInstaller(t *testing.T, edit func(*installspec.Spec), uefi bool) *vmRun
 	}
 
 	dir := t.TempDir()
-	base, err := installeriso.OpenBase(isoPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer base.Close()
-	medium, err := base.NewMedium(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	isoFile := filepath.Join(dir, "installer.iso")
-	if err := medium.WriteFile(isoFile); err != nil {
-		t.Fatal(err)
-	}
+	isoFile := writeInstallerISO(t, isoPath, spec, dir)
 	run.target, run.decoy = filepath.Join(dir, "target.raw"), filepath.Join(dir, "decoy.raw")
 	for _, d := range []string{run.target, run.decoy} {
 		if err := os.WriteFile(d, nil, 0o600); err != nil {
@@ -201,6 +189,25 @@ func bootInstaller(t *testing.T, edit func(*installspec.Spec), uefi bool) *vmRun
 		t.Errorf("%d reports came with a wrong token", run.stub.badToken)
 	}
 	return run
+}
+
+// writeInstallerISO writes dir/installer.iso: the base ISO with spec in its config slot.
+func writeInstallerISO(t testing.TB, baseISO string, spec *installspec.Spec, dir string) string {
+	t.Helper()
+	base, err := installeriso.OpenBase(baseISO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer base.Close()
+	medium, err := base.NewMedium(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	isoFile := filepath.Join(dir, "installer.iso")
+	if err := medium.WriteFile(isoFile); err != nil {
+		t.Fatal(err)
+	}
+	return isoFile
 }
 
 // TestInstallerBootsAndInstalls: booted by SeaBIOS, the agent loads its drivers, configures the
