@@ -7,8 +7,9 @@
 # 127.0.0.1:8443 (https, its self-signed certificate). A second controller, `bin/simulator --provider
 # redfish` (host redfish-e2e, only Servers labelled stargate.io/datacenter=redfish), drives that BMC
 # for Server rf-worker-1 of namespace dc-redfish: its spec.bmc names the BMC's address and system,
-# the CA that verifies it and the credentials; spec.network gives the static address 192.168.100.5/24
-# (outside the simulator's pool, .11 up) on the blank machine's MAC. The Operation repaves it with
+# the CA that verifies it and the credentials; spec.network names the blank machine's MAC and no
+# address: the controller's --address-pool (192.168.100.5-192.168.100.9, outside the simulator's
+# .11 up) gives it 192.168.100.5 with the pool's gateway. The Operation repaves it with
 # the k8s-worker-local profile: the installer ISO (make installer-iso) is inserted and booted, the
 # raw image written, the machine boots its disk, calls back, and its Node joins.
 #
@@ -53,6 +54,7 @@ start_redfish_dc() {
 	ip netns exec "${NS}" "${SIMULATOR}" --provider redfish --host-id redfish-e2e --kubeconfig "${KCFG}" \
 		--work-dir "${TMP}/redfish-work" --server-selector stargate.io/datacenter=redfish \
 		--bmc-networks "${BMC_LISTEN%:*}/32" --installer-listen "${INSTALLER_LISTEN}" \
+		--address-pool 192.168.100.0/24 --address-pool-range "${RF_ADDRESS}-192.168.100.9" --address-pool-gateway 192.168.100.1 \
 		--installer-url "http://${INSTALLER_LISTEN}" --installer-iso "${iso}" --image-dir "$(dirname "${IMAGE}")" \
 		--metrics-bind-address 0 --health-probe-bind-address 0 --poll-interval 2s >"${RF_LOG}" 2>&1 &
 	RF_PID=$!
@@ -148,10 +150,7 @@ spec:
     systemID: "${system}"
     credentialsSecretRef: {name: bmc}
     caSecretRef: {name: bmc-ca}
-  network:
-    macAddress: "${HW_MAC}"
-    address: ${RF_ADDRESS}/24
-    gateway: 192.168.100.1
+  network: {macAddress: "${HW_MAC}"}
 EOF
 	sed "s/^  namespace: .*/  namespace: ${RF_NAMESPACE}/" "${TMP}/profile.yaml" | rk apply -f - >/dev/null
 	rk apply -f - >/dev/null <<EOF

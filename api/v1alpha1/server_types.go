@@ -90,10 +90,13 @@ type StaticNetwork struct {
 	// MACAddress of the interface to configure, six lower-case colon-separated hex pairs.
 	// +kubebuilder:validation:Pattern=`^([0-9a-f]{2}:){5}[0-9a-f]{2}$`
 	MACAddress string `json:"macAddress"`
-	// Address is the server's IP address with its prefix length, e.g. 10.0.0.11/24.
+	// Address is the server's IP address with its prefix length, e.g. 10.0.0.11/24. Unset, the
+	// Redfish datacenter gives one of its address pool (--address-pool), kept across repaves and
+	// shown in status.ipAddress, with the pool's gateway and DNS where these fields name none.
 	// +kubebuilder:validation:MaxLength=64
 	// +kubebuilder:validation:XValidation:rule="isCIDR(self) && cidr(self).prefixLength() > 0 && cidr(self).ip().isGlobalUnicast()",message="spec.network.address must be a unicast address with a prefix length, e.g. 10.0.0.11/24"
-	Address string `json:"address"`
+	// +optional
+	Address string `json:"address,omitempty"`
 	// Gateway is the default route, an address on Address's subnet; without it only the subnet is
 	// reachable.
 	// +kubebuilder:validation:MaxLength=64

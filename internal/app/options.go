@@ -68,6 +68,9 @@ type Options struct {
 	InstallerListen string
 	InstallerURL    string
 	InstallerISO    string
+	// The address pool for Servers whose spec.network names no address.
+	AddressPool, AddressPoolRange, AddressPoolGateway string
+	AddressPoolDNS                                    []string
 }
 
 // BindFlags registers the options on fs, with their defaults.

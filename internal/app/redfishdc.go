@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -16,6 +17,7 @@ import (
 
 	"stargate.io/stargate/internal/redfishdc"
 	"stargate.io/stargate/pkg/imagecache"
+	"stargate.io/stargate/pkg/ipam"
 	"stargate.io/stargate/pkg/qemu"
 )
 
@@ -28,6 +30,12 @@ func (o *Options) bindRedfishDCFlags(fs *flag.FlagSet) {
 		"repave's installer ISO (to the BMC), raw image and callbacks (to the server)")
 	fs.StringVar(&o.InstallerURL, "installer-url", "", "with --provider=redfish: the http:// URL BMCs and installing servers reach "+
 		"--installer-listen at, e.g. http://10.0.0.1:8082 (required)")
+	fs.StringVar(&o.AddressPool, "address-pool", "", "with --provider=redfish: the subnet whose addresses Servers get when their "+
+		"spec.network names a MAC and no address, e.g. 10.20.0.0/24 (default: none; such Servers are refused)")
+	fs.StringVar(&o.AddressPoolRange, "address-pool-range", "", "with --address-pool: FIRST-LAST addresses given out "+
+		"(default: .11 to the last usable address of the subnet)")
+	fs.StringVar(&o.AddressPoolGateway, "address-pool-gateway", "", "with --address-pool: the default route of servers given a pool address")
+	fs.Var(listFlag{&o.AddressPoolDNS}, "address-pool-dns", "with --address-pool: DNS servers of servers given a pool address (repeat or comma-separate)")
 	fs.StringVar(&o.InstallerISO, "installer-iso", "", "with --provider=redfish: the base installer ISO, as `make installer-iso` prints (required)")
 }
 
@@ -72,6 +80,10 @@ func redfishDCConfig(o Options) (redfishdc.Config, error) {
 		}
 		networks = append(networks, p.Masked())
 	}
+	pool, err := addressPool(o)
+	if err != nil {
+		return redfishdc.Config{}, err
+	}
 	pol, err := imagePolicy(o)
 	if err != nil {
 		return redfishdc.Config{}, err
@@ -81,7 +93,49 @@ func redfishDCConfig(o Options) (redfishdc.Config, error) {
 		ConnectTimeout: pol.ConnectTimeout, HeaderTimeout: pol.HeaderTimeout, StallTimeout: pol.StallTimeout,
 		Verify: func(ctx context.Context, path string) error { _, err := qemu.InspectBaseImage(ctx, path); return err }}
 	return redfishdc.Config{Images: images, RawDir: filepath.Join(dir, "raw"), InstallerISO: o.InstallerISO,
-		PublicURL: o.InstallerURL, BMCNetworks: networks}, nil
+		PublicURL: o.InstallerURL, BMCNetworks: networks, AddressPool: pool}, nil
+}
+
+// addressPool reads the --address-pool flags; nil without --address-pool.
+func addressPool(o Options) (*redfishdc.AddressPool, error) {
+	if o.AddressPool == "" {
+		if o.AddressPoolRange != "" || o.AddressPoolGateway != "" || len(o.AddressPoolDNS) > 0 {
+			return nil, errors.New("--address-pool-range, --address-pool-gateway and --address-pool-dns need --address-pool")
+		}
+		return nil, nil
+	}
+	subnet, err := netip.ParsePrefix(o.AddressPool)
+	if err != nil {
+		return nil, fmt.Errorf("--address-pool %q: want a subnet such as 10.20.0.0/24", o.AddressPool)
+	}
+	pool := &redfishdc.AddressPool{Subnet: subnet.Masked()}
+	// The simulator's default range: .11 up, leaving the first ten for routers and services.
+	pool.First, pool.Last = ipam.NthAddr(subnet, 11), ipam.LastUsable(subnet)
+	if o.AddressPoolRange != "" {
+		first, last, ok := strings.Cut(o.AddressPoolRange, "-")
+		a, err1 := netip.ParseAddr(strings.TrimSpace(first))
+		b, err2 := netip.ParseAddr(strings.TrimSpace(last))
+		if !ok || err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("--address-pool-range %q: want FIRST-LAST, e.g. 10.20.0.50-10.20.0.250", o.AddressPoolRange)
+		}
+		pool.First, pool.Last = a, b
+	}
+	if o.AddressPoolGateway != "" {
+		if pool.Gateway, err = netip.ParseAddr(o.AddressPoolGateway); err != nil {
+			return nil, fmt.Errorf("--address-pool-gateway %q: want an address", o.AddressPoolGateway)
+		}
+	}
+	for _, d := range o.AddressPoolDNS {
+		a, err := netip.ParseAddr(d)
+		if err != nil {
+			return nil, fmt.Errorf("--address-pool-dns %q: want an address", d)
+		}
+		pool.DNS = append(pool.DNS, a)
+	}
+	if err := pool.Validate(); err != nil {
+		return nil, fmt.Errorf("--address-pool: %w", err)
+	}
+	return pool, nil
 }
 
 // installerServer serves the Redfish datacenter's HTTP paths while the manager runs.

@@ -84,6 +84,8 @@ type dcOptions struct {
 	bmcHandler func(http.Handler) http.Handler
 	// https serves the BMC with a certificate of its own CA (dc.bmcCA).
 	https bool
+	// pool is the datacenter's address pool (--address-pool).
+	pool *redfishdc.AddressPool
 }
 
 func newDC(t *testing.T, opt dcOptions) *dc {
@@ -146,6 +148,7 @@ func newDC(t *testing.T, opt dcOptions) *dc {
 		InstallerISO: fakeInstallerISO(t, dir),
 		PublicURL:    srv.URL,
 		BMCNetworks:  networks,
+		AddressPool:  opt.pool,
 		BMCClient:    redfishclient.Config{RequestTimeout: 300 * time.Millisecond, Attempts: 2, MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond},
 		StepRetry:    50 * time.Millisecond,
 	})

@@ -51,6 +51,8 @@ type Config struct {
 	// installer has no trust roots of its own, so it must be http: the URLs carry no credential
 	// that outlives the Operation, and the image's sha256 travels in the ISO.
 	PublicURL string
+	// AddressPool, when set, gives Servers whose spec.network names no address one of its own.
+	AddressPool *AddressPool
 	// BMCNetworks are the networks BMC addresses may be in; none means no BMC may be reached.
 	BMCNetworks []netip.Prefix
 	// BMCClient holds the timeouts and retries of BMC requests (Endpoint and credentials are
@@ -84,6 +86,8 @@ type Provider struct {
 	goneOrder []string
 	// claims are the BMC systems Servers drive, by BMC and resolved system path (see claim).
 	claims map[string]types.NamespacedName
+	// allocated are the pool's addresses this process gave to Servers (see allocate).
+	allocated map[netip.Addr]types.NamespacedName
 }
 
 // maxGone bounds the forgotten Operations whose URLs still answer 410.
@@ -100,6 +104,11 @@ func New(cfg Config) (*Provider, error) {
 	if cfg.Reader == nil || cfg.SecretReader == nil || cfg.Images == nil || cfg.RawDir == "" {
 		return nil, errors.New("redfish datacenter: Reader, SecretReader, Images and RawDir must be set")
 	}
+	if cfg.AddressPool != nil {
+		if err := cfg.AddressPool.Validate(); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.PowerOffGrace <= 0 {
 		cfg.PowerOffGrace = DefaultPowerOffGrace
 	}
@@ -114,7 +123,7 @@ func New(cfg Config) (*Provider, error) {
 	ctx, stop := context.WithCancel(context.Background())
 	return &Provider{cfg: cfg, base: base, raw: newRawImages(cfg.RawDir, cfg.QemuImg), ctx: ctx, stop: stop,
 		ops: map[string]*operation{}, current: map[types.NamespacedName]*operation{}, routes: map[string]*operation{},
-		gone: map[string]bool{}, claims: map[string]types.NamespacedName{}}, nil
+		gone: map[string]bool{}, claims: map[string]types.NamespacedName{}, allocated: map[netip.Addr]types.NamespacedName{}}, nil
 }
 
 // Close ends every Operation's work and closes the installer ISO.
@@ -168,6 +177,15 @@ func (p *Provider) Inspect(ctx context.Context, key types.NamespacedName) (contr
 	p.mu.Lock()
 	if op := p.current[key]; op != nil && op.succeeded() {
 		info.InstanceID = op.instanceID
+	}
+	if info.IPAddress == "" && s.Spec.Network != nil {
+		// A pool address: this process's allocation, or what the last repave recorded.
+		info.IPAddress = s.Status.IPAddress
+		for a, k := range p.allocated {
+			if k == key {
+				info.IPAddress = a.String()
+			}
+		}
 	}
 	p.mu.Unlock()
 	return info, nil
@@ -275,6 +293,7 @@ func (p *Provider) Release(_ context.Context, key types.NamespacedName) error {
 		p.forget(op)
 		delete(p.current, key)
 	}
+	p.releaseAddress(key)
 	return nil
 }
 

@@ -46,10 +46,13 @@ type operation struct {
 	touched   bool // this repave changed the server's media or power
 	// settled is set once the controller stopped this repave (or a power Operation followed it):
 	// from then on PowerOff is a power Operation's and acts.
-	settled  bool
-	medium   *installeriso.Medium
-	raw      rawImage
-	ip, mac  string
+	settled bool
+	medium  *installeriso.Medium
+	raw     rawImage
+	ip, mac string
+	// network is what the installer and the installed OS get: spec.network, or with the pool's
+	// address (effectiveNetwork).
+	network  stargatev1.StaticNetwork
 	timeline []controller.TimelineStep
 	// writeRate is the installer's last average write rate (bytes/s), for the ImageWritten message.
 	writeRate int64
@@ -78,8 +81,15 @@ func (p *Provider) start(ctx context.Context, req controller.RepaveRequest) (*op
 	case err != nil:
 		return nil, err
 	default:
-		op.mac = s.Spec.Network.MACAddress
-		op.ip, _, _ = strings.Cut(s.Spec.Network.Address, "/")
+		op.network, err = p.effectiveNetwork(ctx, s)
+		if errors.As(err, &ce) {
+			op.failLocked(stargatev1.ConditionInstallerReady, ce.reason, ce.msg)
+			break
+		} else if err != nil {
+			return nil, err
+		}
+		op.mac = op.network.MACAddress
+		op.ip, _, _ = strings.Cut(op.network.Address, "/")
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -253,7 +263,7 @@ func (o *operation) buildInstaller(req controller.RepaveRequest, s *stargatev1.S
 }
 
 func (o *operation) installSpec(req controller.RepaveRequest, s *stargatev1.Server, img rawImage) (*installspec.Spec, error) {
-	n := s.Spec.Network
+	n := o.network
 	prefix, err := netip.ParsePrefix(n.Address)
 	if err != nil {
 		return nil, fmt.Errorf("spec.network.address: %w", err)

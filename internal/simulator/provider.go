@@ -135,10 +135,10 @@ func New(cfg Config) (*Provider, error) {
 	}
 	subnet := cfg.Network.Subnet()
 	if !cfg.FirstIP.IsValid() {
-		cfg.FirstIP = nthAddr(subnet, 11)
+		cfg.FirstIP = ipam.NthAddr(subnet, 11)
 	}
 	if !cfg.LastIP.IsValid() {
-		cfg.LastIP = lastUsable(subnet)
+		cfg.LastIP = ipam.LastUsable(subnet)
 	}
 	if !subnet.Contains(cfg.FirstIP) || !subnet.Contains(cfg.LastIP) || cfg.LastIP.Less(cfg.FirstIP) {
 		return nil, fmt.Errorf("IP range %s-%s is not inside the subnet %s", cfg.FirstIP, cfg.LastIP, subnet)
@@ -185,23 +185,6 @@ func New(cfg Config) (*Provider, error) {
 		guestCPUs:    map[types.NamespacedName]int{},
 		hostCPUs:     runtime.NumCPU(),
 	}, nil
-}
-
-func nthAddr(p netip.Prefix, n int) netip.Addr {
-	a := p.Masked().Addr()
-	for range n {
-		a = a.Next()
-	}
-	return a
-}
-
-func lastUsable(p netip.Prefix) netip.Addr {
-	a := p.Masked().Addr()
-	last := a
-	for next := a.Next(); next.IsValid() && p.Contains(next); next = next.Next() {
-		last = next
-	}
-	return last.Prev() // the broadcast address is not usable
 }
 
 // lock serialises work on one server.
