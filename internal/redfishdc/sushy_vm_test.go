@@ -177,6 +177,18 @@ func checkRepaved(t *testing.T, e *sushytest.Emulator, d *dc, op *stargatev1.Ope
 			t.Errorf("the domain's CD drive still holds %q (inactive definition: %v)", src, inactive)
 		}
 	}
+	// The emulator keeps a "Once" override for good (it says Continuous): the domain's next boot
+	// must be its disk, not the CD.
+	if e.Domain(t, vmName, true).BootsFromCD() {
+		t.Errorf("the domain boots from its CD next:\n%s", e.Virsh(t, "dumpxml", "--inactive", vmName))
+	}
+	// Nothing the provider asked of this BMC was refused (sushytest.Start's readiness probe asks
+	// for the Systems without credentials: its 401s are expected).
+	for _, r := range e.Refused(t) {
+		if r != "401 GET /redfish/v1/Systems" {
+			t.Errorf("sushy-emulator refused %s", r)
+		}
+	}
 }
 
 // waitForEnd waits until the Operation Succeeded or Failed, logging its steps as they change.

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -249,9 +250,13 @@ func (e *Emulator) DumpLogs(t testing.TB) {
 		if len(data) > 8<<10 {
 			data = data[len(data)-8<<10:]
 		}
-		t.Logf("--- %s (end):\n%s", ent.Name(), data)
+		t.Logf("--- %s (end):\n%s", ent.Name(), terminalControl.ReplaceAll(data, nil))
 	}
 }
+
+// terminalControl matches what a console writes for terminals (colours, cursor moves, carriage
+// returns), dropped from logs shown.
+var terminalControl = regexp.MustCompile(`\x1b\[[0-9;?]*[a-zA-Z]|\r`)
 
 // waitFor calls ready until it succeeds, for at most a minute.
 func waitFor(t *testing.T, what string, ready func() error) {
@@ -295,4 +300,24 @@ func chownTree(dir string, uid int) error {
 		}
 		return os.Lchown(p, uid, uid)
 	})
+}
+
+// accessLine is a request in the emulator's (werkzeug's) log: `... "METHOD PATH HTTP/1.1" STATUS`.
+var accessLine = regexp.MustCompile(`"([A-Z]+ \S+) HTTP/[0-9.]+" ([0-9]{3})`)
+
+// Refused lists the requests the emulator answered with a 4xx or 5xx status, as "STATUS METHOD
+// PATH", in order: what a client did that this BMC did not take.
+func (e *Emulator) Refused(t testing.TB) []string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(e.Logs, "sushy-emulator.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, m := range accessLine.FindAllStringSubmatch(string(data), -1) {
+		if m[2] >= "400" {
+			out = append(out, m[2]+" "+m[1])
+		}
+	}
+	return out
 }

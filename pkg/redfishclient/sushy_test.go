@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -158,6 +159,12 @@ func TestSushyEmulator(t *testing.T) {
 	}
 	if src := e.Domain(t, e.domain, true).CDROMSource(); src != "" {
 		t.Errorf("after eject the domain's CD drive still holds %q", src)
+	}
+	// The emulator's log tells what it refused: the wrong password, and that alone.
+	if refused := e.Refused(t); !slices.Contains(refused, "401 GET /redfish/v1/Systems") || slices.ContainsFunc(refused, func(r string) bool {
+		return !strings.HasPrefix(r, "401 ")
+	}) {
+		t.Errorf("the emulator refused %q; want the 401s of the wrong password and the readiness probe alone", refused)
 	}
 	t.Logf("the whole exchange took %s", time.Since(start).Round(time.Millisecond))
 }
