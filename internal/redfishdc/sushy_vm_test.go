@@ -113,7 +113,7 @@ func TestRepaveThroughSushyEmulator(t *testing.T) {
 		BMCNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
 		BMCClient:   redfishclient.Config{RequestTimeout: time.Minute},
 		StepRetry:   2 * time.Second,
-		Log:         zap.New(zap.WriteTo(providerLog)),
+		Log:         zap.New(zap.WriteTo(providerLog), zap.UseDevMode(true)), // V(1) too: what a failure needs
 	})
 
 	d := &dc{t: t, ns: ns}
