@@ -23,7 +23,7 @@ readonly PACKAGES=(
 	grub-efi-amd64-bin mtools kmod cpio                                            # the installer ISO (UEFI GRUB, its FAT image, depmod, initramfs)
 	ovmf                                                                           # UEFI firmware: the installer ISO's UEFI boot test
 	python3-sushy                                                                  # pkg/redfish: OpenStack Ironic's Redfish client
-	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients                      # pkg/redfishclient: libvirt behind sushy-emulator
+	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients                      # pkg/redfishclient, internal/redfishdc: libvirt behind sushy-emulator
 	python3-libvirt python3-flask python3-tenacity python3-bcrypt python3-webob    # sushy-emulator (OpenStack's BMC emulator, from
 	python3-pbr python3-requests                                                   #   ../shared/third_party/sushy-tools)
 	shellcheck                                                                     # make lint

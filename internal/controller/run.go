@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -126,9 +127,7 @@ func gateProviderStep(ctx context.Context, r *OperationReconciler, s *operationS
 		}
 	}
 	s.progress = st
-	if len(st.Timeline) > 0 && len(s.op.Status.Timeline) == 0 {
-		s.recordTimeline(st.Timeline...)
-	}
+	s.recordTimeline(newSteps(s.op.Status.Timeline, st.Timeline)...)
 	switch {
 	case st.Failed:
 		return r.failRunning(ctx, s, st.Reason, st.Message)
@@ -207,6 +206,19 @@ func repaveRequest(op *stargatev1.Operation, server *stargatev1.Server, profile 
 		Installation:  []byte(profile.Spec.InstallationUserData()),
 		Faults:        faultsOf(op),
 	}
+}
+
+// newSteps are the steps of a provider's timeline the Operation's does not hold yet. A provider's
+// timeline may grow as the repave goes (the Redfish datacenter's image write, then the installed
+// OS's boot), and each step is recorded once, by name.
+func newSteps(recorded []stargatev1.TimelineStep, steps []TimelineStep) []TimelineStep {
+	var out []TimelineStep
+	for _, step := range steps {
+		if !slices.ContainsFunc(recorded, func(r stargatev1.TimelineStep) bool { return r.Name == step.Name }) {
+			out = append(out, step)
+		}
+	}
+	return out
 }
 
 // recordTimeline adds steps to the Operation's timeline, and to the metrics once saved.

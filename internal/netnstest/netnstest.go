@@ -33,17 +33,21 @@ const prefix = "stargate-test-"
 const envNetns = "STARGATE_TEST_NETNS"
 
 // Main runs m, inside a fresh network namespace when running as root.
-func Main(m *testing.M) int {
+func Main(m *testing.M) int { return MainFunc(m.Run) }
+
+// MainFunc is Main for a TestMain that does more than m.Run: run does it (starts envtest, runs
+// the tests), in the namespace.
+func MainFunc(run func() int) int {
 	if os.Getenv(envNetns) != "" {
 		// Inside: the namespace has only a down loopback.
 		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "netnstest: bringing up loopback: %v: %s\n", err, out)
 			return 1
 		}
-		return m.Run()
+		return run()
 	}
 	if os.Geteuid() != 0 {
-		return m.Run()
+		return run()
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		fmt.Fprintln(os.Stderr, "netnstest: iproute2's ip is required to create a test network namespace (apt-get install iproute2)")

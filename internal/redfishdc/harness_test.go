@@ -24,26 +24,20 @@ import (
 	"github.com/diskfs/go-diskfs/backend/file"
 	"github.com/diskfs/go-diskfs/filesystem/iso9660"
 	"github.com/go-logr/logr"
-	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/controller"
+	"stargate.io/stargate/internal/netnstest"
 	"stargate.io/stargate/internal/redfishdc"
 	"stargate.io/stargate/internal/testenv"
 	"stargate.io/stargate/internal/testreq"
-	"stargate.io/stargate/pkg/imagecache"
 	"stargate.io/stargate/pkg/installeriso"
 	"stargate.io/stargate/pkg/installspec"
-	"stargate.io/stargate/pkg/qemu"
 	"stargate.io/stargate/pkg/redfish"
 	"stargate.io/stargate/pkg/redfishclient"
 )
@@ -52,7 +46,9 @@ var env *testenv.Env
 
 func TestMain(m *testing.M) {
 	ctrl.SetLogger(logr.Discard())
-	os.Exit(testenv.Main(m, &env))
+	// As root, the package runs in a network namespace of its own (netnstest), where envtest starts:
+	// the sushy-emulator test runs in one of its own from there.
+	os.Exit(netnstest.MainFunc(func() int { return testenv.Main(m, &env) }))
 }
 
 const (
@@ -125,52 +121,14 @@ func newDC(t *testing.T, opt dcOptions) *dc {
 	if networks == nil {
 		networks = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 	}
-	// The provider's URLs are known once its server listens; the handler is set right after.
-	var handler atomic.Pointer[redfishdc.Provider]
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handler.Load().ServeHTTP(w, r) }))
-	t.Cleanup(srv.Close)
-	ctx, cancel := context.WithCancel(context.Background())
-	mgr, err := ctrl.NewManager(env.Config, ctrl.Options{
-		Scheme:                 env.Scheme,
-		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{ns: {}}},
-		Metrics:                metricsserver.Options{BindAddress: "0"},
-		HealthProbeBindAddress: "0",
-		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := redfishdc.New(redfishdc.Config{
-		Reader: mgr.GetClient(), SecretReader: mgr.GetAPIReader(),
-		Images: &imagecache.Cache{Dir: filepath.Join(dir, "cache"), FileDirs: []string{filepath.Join(dir, "images")},
-			Verify: func(ctx context.Context, path string) error { _, err := qemu.InspectBaseImage(ctx, path); return err }},
+	d.provider = startProvider(t, ns, "127.0.0.1:0", controller.Options{PollInterval: 50 * time.Millisecond}, redfishdc.Config{
+		Images: imageCache(filepath.Join(dir, "cache"), filepath.Join(dir, "images")),
 		RawDir: filepath.Join(dir, "raw"), QemuImg: qemuImg,
 		InstallerISO: fakeInstallerISO(t, dir),
-		PublicURL:    srv.URL,
 		BMCNetworks:  networks,
 		AddressPool:  opt.pool,
 		BMCClient:    redfishclient.Config{RequestTimeout: 300 * time.Millisecond, Attempts: 2, MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond},
 		StepRetry:    50 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	handler.Store(p)
-	d.provider = p
-	if err := controller.Setup(mgr, p, controller.Options{PollInterval: 50 * time.Millisecond}, controller.NewMetrics(prometheus.NewRegistry())); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := mgr.Start(ctx); err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		_ = p.Close()
 	})
 	return d
 }

@@ -114,7 +114,9 @@ func TestRepaveThroughTheBMC(t *testing.T) {
 	if code := m.post(url, token, readyLine(controller.InstanceID(op))); code != http.StatusUnauthorized {
 		t.Errorf("the guest callback with the installer's token: %d, want 401", code)
 	}
-	if code := m.post(url, guestToken, readyLine(controller.InstanceID(op))); code != http.StatusNoContent {
+	// The installed OS reports its own boot timeline (here, the kernel's 1.5 s).
+	guestLine := strings.Replace(readyLine(controller.InstanceID(op)), `"timeline": {}`, `"timeline": {"init_start": 1.5}`, 1)
+	if code := m.post(url, guestToken, guestLine); code != http.StatusNoContent {
 		t.Fatalf("the guest callback: %d", code)
 	}
 	op = d.waitForPhase("r1", stargatev1.OperationSucceeded)
@@ -127,8 +129,10 @@ func TestRepaveThroughTheBMC(t *testing.T) {
 	if c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionImageWritten); !strings.Contains(c.Message, "(3.0 MiB at 1.0 MiB/s)") {
 		t.Errorf("ImageWritten after the write: %q, want the size and the installer's average rate", c.Message)
 	}
-	if len(op.Status.Timeline) == 0 || op.Status.Timeline[0].Name != "image-write" || op.Status.Timeline[0].Duration.Duration <= 0 {
-		t.Errorf("timeline %+v, want the image write first", op.Status.Timeline)
+	// The timeline grew as the repave went: the write's step first, the guest's after it.
+	if tl := op.Status.Timeline; len(tl) != 2 || tl[0].Name != "image-write" || tl[0].Duration.Duration <= 0 ||
+		tl[1].Name != "kernel" || tl[1].Duration.Duration != 1500*time.Millisecond {
+		t.Errorf("timeline %+v, want the image write, then the guest's kernel (1.5s)", tl)
 	}
 	// After the Operation, every URL of it answers 410.
 	if code := m.post(url, guestToken, readyLine(controller.InstanceID(op))); code != http.StatusGone {
