@@ -94,7 +94,13 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	}
 	st.set(stargatev1.ConditionCloudInitReady, controller.StepDone, "Written", "NoCloud seed written for instance "+req.InstanceID)
 	st.set(stargatev1.ConditionNetworkReady, controller.StepDone, "Attached", fmt.Sprintf("Tap %s on bridge %s, address %s, MAC %s", tap, p.cfg.Network.Bridge, ip, mac))
-	return p.watched(req, dir, p.observeGuest(st, req, dir)), nil
+	if err := p.resumeHang(dir, qmp); err != nil {
+		return controller.RepaveStatus{}, err
+	}
+	if err := p.strikeFaults(ctx, req, dir, qmp); err != nil {
+		return controller.RepaveStatus{}, err
+	}
+	return p.watched(req, dir, withFaultNotes(p.observeGuest(st, req, dir), req.Faults, dir)), nil
 }
 
 // bootImage is what a new installation boots: the cached OS image with the user-data, or, for a
@@ -135,6 +141,9 @@ func (p *Provider) install(ctx context.Context, st *status, in installation) err
 		return fmt.Errorf("creating VM directory: %w", err)
 	}
 	_ = os.Remove(filepath.Join(dir, filenames.InstanceIDFile))
+	if err := forgetStrikes(dir); err != nil {
+		return err
+	}
 	// No longer a blank machine: from here on it is this installation, or nothing if it fails.
 	if err := os.Remove(filepath.Join(dir, filenames.BlankFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("removing the blank machine's mark: %w", err)
@@ -181,6 +190,11 @@ func (p *Provider) install(ctx context.Context, st *status, in installation) err
 	}
 	spec := qemu.VMSpec{Name: req.Server.Namespace + "." + req.Server.Name, Dir: dir, QMPSocket: in.qmp,
 		CPUs: req.CPUs, MemoryMiB: req.MemoryMiB, MAC: in.mac, Tap: in.tap, Accel: p.cfg.Accel}
+	// Recorded with the spec: a power-on of this installation has the same hardware faults, a
+	// new installation without them a clean disk.
+	if err := machineFaultsOf(req.Faults).apply(&spec); err != nil {
+		return err
+	}
 	if err := writeVMSpec(dir, spec); err != nil {
 		return err
 	}

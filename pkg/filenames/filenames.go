@@ -83,6 +83,15 @@ const (
 	// MediaFile holds the virtual CD (its URL, digest and cached path) as JSON while one is
 	// inserted; absent means an empty drive.
 	MediaFile = "media.json"
+	// BlkdebugFile holds the QEMU blkdebug rules of a VM whose disk has an injected I/O error
+	// (a FaultInjection's DiskReadError or DiskWriteError); absent on a VM without one.
+	BlkdebugFile = "blkdebug.conf"
+	// FaultsStruckFile lists the faults of the current installation that struck already (one
+	// line each), so that a poll or a restart never strikes one twice.
+	FaultsStruckFile = "faults-struck"
+	// HangFile holds the time (RFC 3339) an injected Hang ends while the VM is stopped by it: the
+	// simulator resumes the VM once it has passed, also after a restart.
+	HangFile = "hang-until"
 )
 
 // QMPSocketSuffix ends the name of every QMP socket in RunDir.

@@ -109,6 +109,19 @@ type VMSpec struct {
 	// as a real server shows them over serial-over-LAN. Installed VMs keep a console that starts
 	// with their boot loader.
 	FirmwareConsole bool `json:",omitempty"`
+	// Blkdebug puts QEMU's blkdebug driver between the guest and its disk, with the rules of
+	// Dir's blkdebug file (see BlkdebugConfig): injected I/O errors. The path is not recorded: it
+	// is always the one in Dir.
+	Blkdebug bool `json:",omitempty"`
+	// DiskBytesPerSecond throttles the disk's reads and writes together to this many bytes a
+	// second (an injected slow disk); 0 means no limit.
+	DiskBytesPerSecond int64 `json:",omitempty"`
+	// ClockSkew starts the guest's real-time clock this far ahead of the host's (an injected
+	// clock skew); the guest reads it at boot.
+	ClockSkew time.Duration `json:",omitempty"`
+	// StartedAt is when Start runs QEMU: the base of a skewed clock. Start sets it; it is not
+	// recorded, so a later power-on skews from its own start.
+	StartedAt time.Time `json:"-"`
 }
 
 // serconPort is the I/O port of the first serial port (COM1), where SeaBIOS's serial console
@@ -130,7 +143,7 @@ func Cmdline(spec VMSpec) []string {
 		"-smp", strconv.Itoa(spec.CPUs),
 		"-m", strconv.FormatInt(spec.MemoryMiB, 10),
 		"-nodefaults", "-display", "none", "-vga", "none",
-		"-drive", "file="+filepath.Join(spec.Dir, filenames.DiskFile)+",if=virtio,format=qcow2,discard=unmap",
+		"-drive", diskDrive(spec),
 	)
 	if !spec.NoSeed {
 		// The seed on virtio too: minimal cloud kernels may have no ATA/CD-ROM drivers, and
@@ -168,6 +181,9 @@ func Cmdline(spec VMSpec) []string {
 	}
 	if spec.NoReboot {
 		args = append(args, "-no-reboot")
+	}
+	if spec.ClockSkew != 0 {
+		args = append(args, "-rtc", "base="+spec.StartedAt.Add(spec.ClockSkew).UTC().Format("2006-01-02T15:04:05"))
 	}
 	return args
 }
@@ -240,6 +256,12 @@ func (v VMs) Start(ctx context.Context, spec VMSpec) error {
 			return fmt.Errorf("writing the firmware console setting: %w", err)
 		}
 	}
+	if spec.Blkdebug {
+		if _, err := os.Stat(filepath.Join(spec.Dir, filenames.BlkdebugFile)); err != nil {
+			return fmt.Errorf("cannot start VM with its injected disk errors: %w", err)
+		}
+	}
+	spec.StartedAt = time.Now()
 	args := Cmdline(spec)
 	cmd := exec.CommandContext(ctx, v.binary(), args...)
 	cmd.Dir = spec.Dir
@@ -279,7 +301,7 @@ func (v VMs) Status(dir string) (VMStatus, error) {
 	if err != nil {
 		return VMStatus{}, nil // gone
 	}
-	if !bytes.Contains(cmdline, []byte("file="+filepath.Join(dir, filenames.DiskFile)+",")) {
+	if !usesDisk(cmdline, dir) {
 		return VMStatus{}, nil // the PID now belongs to someone else
 	}
 	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 var updateGolden = flag.Bool("update", false, "rewrite golden files")
@@ -26,6 +27,7 @@ func TestCmdlineGolden(t *testing.T) {
 		noReboot bool
 		noSeed   bool
 		firmware bool
+		faults   bool
 	}{
 		// Without a CD the command line is the one VMs had before virtual media.
 		{golden: "tcg", accel: AccelTCG},
@@ -39,11 +41,17 @@ func TestCmdlineGolden(t *testing.T) {
 		// by an override, or none.
 		{golden: "blank-tcg", accel: AccelTCG, noSeed: true, firmware: true},
 		{golden: "blank-cdboot-tcg", accel: AccelTCG, cd: iso, bootCD: true, noSeed: true, firmware: true},
+		// Injected faults: the disk under blkdebug and throttled, the clock 90 minutes ahead.
+		{golden: "faults-tcg", accel: AccelTCG, faults: true},
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
 			spec := base
 			spec.Accel, spec.CD, spec.BootCD, spec.NoReboot = tc.accel, tc.cd, tc.bootCD, tc.noReboot
 			spec.NoSeed, spec.FirmwareConsole = tc.noSeed, tc.firmware
+			if tc.faults {
+				spec.Blkdebug, spec.DiskBytesPerSecond, spec.ClockSkew = true, 1048576, 90*time.Minute
+				spec.StartedAt = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+			}
 			got := strings.Join(Cmdline(spec), "\n") + "\n"
 			golden := filepath.Join("testdata", "cmdline-"+tc.golden+".golden")
 			if *updateGolden {
