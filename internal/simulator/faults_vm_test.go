@@ -100,8 +100,8 @@ func (r *faultRig) repave(name string, timeout time.Duration, want stargatev1.Op
 // TestDiskFaultsWithQEMU: a DiskWriteError makes the guest's writes fail (QEMU blkdebug): the
 // kernel logs the I/O errors, the root file system stays read-only, cloud-init crashes on it and
 // never reports, and the repave fails as any such guest's does: at its spec.timeout, stuck at
-// GuestReady with the console's last line. With the FaultInjection deleted, the next repave of
-// the same Server gets a clean disk and succeeds.
+// GuestReady, its message quoting the guest's error lines. With the FaultInjection deleted, the
+// next repave of the same Server gets a clean disk and succeeds.
 func TestDiskFaultsWithQEMU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs under TCG (minutes); skipped in -short mode")
@@ -113,7 +113,8 @@ func TestDiskFaultsWithQEMU(t *testing.T) {
 	fi := r.inject("broken-disk", stargatev1.Fault{Name: "writes", Type: stargatev1.FaultDiskWriteError,
 		At: stargatev1.ConditionVMRunning, AfterOperations: ptr.To[int64](0)})
 
-	op := r.repave("broken", 4*time.Minute, stargatev1.OperationFailed, nil)
+	// The errors come within seconds of the kernel's start: a short timeout keeps the test short.
+	op := r.repave("broken", 150*time.Second, stargatev1.OperationFailed, nil)
 	if len(op.Status.Faults) != 1 || op.Status.Faults[0].Fault.Name != "writes" {
 		t.Errorf("faults recorded: %+v", op.Status.Faults)
 	}

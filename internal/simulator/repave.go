@@ -252,8 +252,13 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 			fmt.Sprintf("The guest showed no sign of cloud-init within %s of starting (boot watchdog).%s\n--- last lines of the serial console ---\n%s",
 				p.cfg.BootTimeout, hint, cloudinit.ConsoleTail(console, 25, 3000)))
 	}
-	st.set(stargatev1.ConditionGuestReady, controller.StepInProgress, "Booting", fmt.Sprintf("Waiting for cloud-init to finish (VM up %s); console: %s",
-		up, lastLine(console)))
+	msg := fmt.Sprintf("Waiting for cloud-init to finish (VM up %s); console: %s", up, lastLine(console))
+	if errs := cloudinit.GuestErrors(console, 3); len(errs) > 0 {
+		// A guest stuck on a broken disk or kernel never reports: the reason is in these lines,
+		// and a timeout's message (the step's message) keeps them.
+		msg += "; the guest reported errors: " + strings.Join(errs, " | ")
+	}
+	st.set(stargatev1.ConditionGuestReady, controller.StepInProgress, "Booting", msg)
 	return st.finish()
 }
 

@@ -283,3 +283,21 @@ func ConsoleTail(console []byte, maxLines, maxBytes int) string {
 	}
 	return out
 }
+
+// guestErrorLine matches the console lines in which a guest says something broke underneath it:
+// its disk (I/O errors, a file system gone read-only), its kernel, its memory, or cloud-init
+// itself crashing. A guest that hangs on one of these never reports; the line says why.
+var guestErrorLine = regexp.MustCompile(`I/O error|EXT4-fs error|Read-only file system|Kernel panic|Out of memory|` +
+	`blk_update_request|Buffer I/O error|Traceback \(most recent call last\)|segfault at`)
+
+// GuestErrors returns the last maxLines console lines of console that report a failure beneath
+// the guest's software (guestErrorLine), cleaned as ConsoleTail cleans them, newest last.
+func GuestErrors(console []byte, maxLines int) []string {
+	var out []string
+	for _, l := range strings.Split(ConsoleTail(console, 1<<20, len(console)+1), "\n") {
+		if l = strings.TrimSpace(l); guestErrorLine.MatchString(l) {
+			out = append(out, l)
+		}
+	}
+	return out[max(0, len(out)-maxLines):]
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -147,5 +148,26 @@ func TestCallbackVendorDataPostsTheResult(t *testing.T) {
 	}
 	if r := ParseGuestResult([]byte(body), "i-7"); !r.Done || len(r.Errors) != 0 {
 		t.Errorf("the body %q does not parse as a successful result: %+v", body, r)
+	}
+}
+
+// The lines of a guest whose disk broke beneath it (seen with a DiskWriteError fault) are found
+// among ordinary ones, newest last, at most the number asked for.
+func TestGuestErrors(t *testing.T) {
+	console := []byte("[    1.2] Linux version 6.1\r\n" +
+		"[    3.1] I/O error, dev vda, sector 2048 op 0x1:(WRITE) flags 0x800 phys_seg 1 prio class 2\r\n" +
+		"[    3.2] Buffer I/O error on dev vda1, logical block 0, lost sync page write\r\n" +
+		"\x1b[0;1;31m[    3.3] EXT4-fs (vda1): I/O error while writing superblock\x1b[0m\r\n" +
+		"[   40.0] cloud-init[312]: OSError: [Errno 30] Read-only file system: '/var/lib/cloud'\r\n" +
+		"[  118.7] clocksource: Switched to clocksource hpet\r\n")
+	got := GuestErrors(console, 3)
+	want := []string{"[    3.2] Buffer I/O error on dev vda1, logical block 0, lost sync page write",
+		"[    3.3] EXT4-fs (vda1): I/O error while writing superblock",
+		"[   40.0] cloud-init[312]: OSError: [Errno 30] Read-only file system: '/var/lib/cloud'"}
+	if !slices.Equal(got, want) {
+		t.Errorf("GuestErrors:\n%q\nwant\n%q", got, want)
+	}
+	if got := GuestErrors([]byte("[ 1.0] all is well\n[ 2.0] cloud-init finished\n"), 3); len(got) != 0 {
+		t.Errorf("a healthy console: %q", got)
 	}
 }
