@@ -112,13 +112,9 @@ func addressPool(o Options) (*redfishdc.AddressPool, error) {
 	// The simulator's default range: .11 up, leaving the first ten for routers and services.
 	pool.First, pool.Last = ipam.NthAddr(subnet, 11), ipam.LastUsable(subnet)
 	if o.AddressPoolRange != "" {
-		first, last, ok := strings.Cut(o.AddressPoolRange, "-")
-		a, err1 := netip.ParseAddr(strings.TrimSpace(first))
-		b, err2 := netip.ParseAddr(strings.TrimSpace(last))
-		if !ok || err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("--address-pool-range %q: want FIRST-LAST, e.g. 10.20.0.50-10.20.0.250", o.AddressPoolRange)
+		if pool.First, pool.Last, err = parseRange("--address-pool-range", o.AddressPoolRange, "10.20.0.50-10.20.0.250"); err != nil {
+			return nil, err
 		}
-		pool.First, pool.Last = a, b
 	}
 	if o.AddressPoolGateway != "" {
 		if pool.Gateway, err = netip.ParseAddr(o.AddressPoolGateway); err != nil {
@@ -136,6 +132,17 @@ func addressPool(o Options) (*redfishdc.AddressPool, error) {
 		return nil, fmt.Errorf("--address-pool: %w", err)
 	}
 	return pool, nil
+}
+
+// parseRange reads a flag's FIRST-LAST addresses; example is shown when it cannot.
+func parseRange(flag, value, example string) (first, last netip.Addr, err error) {
+	f, l, ok := strings.Cut(value, "-")
+	a, err1 := netip.ParseAddr(strings.TrimSpace(f))
+	b, err2 := netip.ParseAddr(strings.TrimSpace(l))
+	if !ok || err1 != nil || err2 != nil {
+		return netip.Addr{}, netip.Addr{}, fmt.Errorf("%s %q: want FIRST-LAST, e.g. %s", flag, value, example)
+	}
+	return a, b, nil
 }
 
 // installerServer serves the Redfish datacenter's HTTP paths while the manager runs.

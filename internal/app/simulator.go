@@ -238,13 +238,9 @@ func newSimulator(o Options, log interface{ Info(string, ...any) }) (*simulator.
 		Log:     ctrl.Log.WithName("qemu"),
 	}
 	if o.IPRange != "" {
-		first, last, ok := strings.Cut(o.IPRange, "-")
-		a, err1 := netip.ParseAddr(strings.TrimSpace(first))
-		b, err2 := netip.ParseAddr(strings.TrimSpace(last))
-		if !ok || err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("--ip-range %q: want FIRST-LAST, e.g. 192.168.100.11-192.168.100.254", o.IPRange)
+		if cfg.FirstIP, cfg.LastIP, err = parseRange("--ip-range", o.IPRange, "192.168.100.11-192.168.100.254"); err != nil {
+			return nil, err
 		}
-		cfg.FirstIP, cfg.LastIP = a, b
 	}
 	for _, s := range strings.Split(o.DNS, ",") {
 		if s = strings.TrimSpace(s); s == "" {
