@@ -2,9 +2,6 @@ package redfishdc
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base32"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -134,18 +131,6 @@ func (p *Provider) checkAddressLiteral(s *stargatev1.Server) error {
 		return refuse("BMCNotAllowed", "spec.bmc.address %s: %s %v", s.Spec.BMC.Address, a, ErrBMCNotAllowed)
 	}
 	return nil
-}
-
-func randomID() string {
-	b := make([]byte, 32)
-	_, _ = rand.Read(b) // never fails (crypto/rand)
-	return strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b))
-}
-
-func randomToken() string {
-	b := make([]byte, 32)
-	_, _ = rand.Read(b)
-	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 // run drives the repave: image, ISO, BMC, then waits for the installer and the guest.
