@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"stargate.io/stargate/internal/testreq"
 )
 
 func TestBlkdebugConfigBounds(t *testing.T) {
@@ -27,9 +29,8 @@ func TestBlkdebugConfigBounds(t *testing.T) {
 // The rules really make QEMU's block layer fail as they say: qemu-io drives the same node chain
 // the VM's -drive builds (raw over blkdebug over the qcow2 overlay).
 func TestBlkdebugConfigWithQEMU(t *testing.T) {
-	if _, err := exec.LookPath("qemu-io"); err != nil {
-		t.Skip("qemu-io not installed")
-	}
+	testreq.Command(t, "qemu-io", "sudo apt-get install -y qemu-utils")
+	testreq.Command(t, "qemu-img", "sudo apt-get install -y qemu-utils")
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "disk.qcow2")
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", disk, "16M").CombinedOutput(); err != nil {
