@@ -93,28 +93,21 @@ func (p *Provider) allocate(ctx context.Context, s *stargatev1.Server) (netip.Ad
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for a, key := range p.allocated {
+	for key, a := range p.allocated {
 		if key != self {
 			used[a] = true
 		}
 	}
 	take := func(a netip.Addr) netip.Addr {
-		for old, key := range p.allocated {
-			if key == self && old != a {
-				delete(p.allocated, old)
-			}
-		}
-		p.allocated[a] = self
+		p.allocated[self] = a
 		return a
 	}
 	inRange := func(a netip.Addr) bool { return pool.First.Compare(a) <= 0 && a.Compare(pool.Last) <= 0 }
 	if a, err := netip.ParseAddr(s.Status.IPAddress); err == nil && inRange(a) && !used[a] {
 		return take(a), nil
 	}
-	for a, key := range p.allocated {
-		if key == self && inRange(a) {
-			return a, nil
-		}
+	if a, ok := p.allocated[self]; ok && inRange(a) && !used[a] {
+		return a, nil
 	}
 	for a := pool.First; inRange(a); a = a.Next() {
 		if !used[a] {
@@ -127,9 +120,5 @@ func (p *Provider) allocate(ctx context.Context, s *stargatev1.Server) (netip.Ad
 
 // releaseAddress forgets key's allocation; p.mu is held.
 func (p *Provider) releaseAddress(key types.NamespacedName) {
-	for a, k := range p.allocated {
-		if k == key {
-			delete(p.allocated, a)
-		}
-	}
+	delete(p.allocated, key)
 }

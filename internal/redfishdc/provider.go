@@ -86,8 +86,8 @@ type Provider struct {
 	goneOrder []string
 	// claims are the BMC systems Servers drive, by BMC and resolved system path (see claim).
 	claims map[string]types.NamespacedName
-	// allocated are the pool's addresses this process gave to Servers (see allocate).
-	allocated map[netip.Addr]types.NamespacedName
+	// allocated is the pool address this process gave each Server (see allocate).
+	allocated map[types.NamespacedName]netip.Addr
 }
 
 // maxGone bounds the forgotten Operations whose URLs still answer 410.
@@ -123,7 +123,7 @@ func New(cfg Config) (*Provider, error) {
 	ctx, stop := context.WithCancel(context.Background())
 	return &Provider{cfg: cfg, base: base, raw: newRawImages(cfg.RawDir, cfg.QemuImg), ctx: ctx, stop: stop,
 		ops: map[string]*operation{}, current: map[types.NamespacedName]*operation{}, routes: map[string]*operation{},
-		gone: map[string]bool{}, claims: map[string]types.NamespacedName{}, allocated: map[netip.Addr]types.NamespacedName{}}, nil
+		gone: map[string]bool{}, claims: map[string]types.NamespacedName{}, allocated: map[types.NamespacedName]netip.Addr{}}, nil
 }
 
 // Close ends every Operation's work and closes the installer ISO.
@@ -181,10 +181,8 @@ func (p *Provider) Inspect(ctx context.Context, key types.NamespacedName) (contr
 	if info.IPAddress == "" && s.Spec.Network != nil {
 		// A pool address: this process's allocation, or what the last repave recorded.
 		info.IPAddress = s.Status.IPAddress
-		for a, k := range p.allocated {
-			if k == key {
-				info.IPAddress = a.String()
-			}
+		if a, ok := p.allocated[key]; ok {
+			info.IPAddress = a.String()
 		}
 	}
 	p.mu.Unlock()
