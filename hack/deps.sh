@@ -17,6 +17,7 @@ source "${REPO}/scripts/lib.sh"
 
 readonly PACKAGES=(
 	make git gcc ca-certificates curl python3 procps iproute2 iputils-ping iptables # build, tests, local cluster
+	nftables                                                                       # injected network faults (nft, netdev tables on a VM's tap)
 	qemu-system-x86 qemu-utils                                                     # VMs, disks (qemu-img, qemu-io)
 	debootstrap e2fsprogs fdisk grub-pc-bin                                        # the offline guest image
 	xorriso                                                                        # with grub-pc-bin, grub-mkrescue: the virtual media test's bootable ISO

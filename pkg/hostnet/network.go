@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -268,8 +269,16 @@ func (n *Network) EnsureTap(name string) error {
 	return nil
 }
 
-// DeleteTap removes a tap device; a missing one is not an error.
+// DeleteTap removes a tap device and its injected network faults (SetTapFaults); a missing one is
+// not an error.
 func (n *Network) DeleteTap(name string) error {
+	if taps, err := FaultTaps(); err != nil {
+		return err
+	} else if slices.Contains(taps, name) {
+		if err := SetTapFaults(name, TapFaults{}); err != nil {
+			return err
+		}
+	}
 	link, err := netlink.LinkByName(name)
 	if err != nil {
 		var notFound netlink.LinkNotFoundError

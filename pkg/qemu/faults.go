@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"time"
 
 	"stargate.io/stargate/pkg/filenames"
 )
@@ -107,3 +109,33 @@ func (v VMs) RunState(qmpSocket string) (string, error) {
 	}
 	return st.Status, nil
 }
+
+// networkDelayFilter is the id of the filter that delays a VM's network (SetNetworkDelay).
+const networkDelayFilter = "stargate-network-delay"
+
+// SetNetworkDelay makes the VM hold the frames of its NIC and release them every d (QEMU
+// filter-buffer on the netdev, both directions), so each waits up to d on its way in and on its
+// way out; 0 removes the delay. The kernel's netem would give an exact delay, but it is often not
+// built; this needs nothing from the host and touches no other VM. Converges: the filter is
+// replaced, and deleting a missing one is not an error.
+func (v VMs) SetNetworkDelay(qmpSocket string, d time.Duration) error {
+	if d < 0 || d > MaxNetworkDelay {
+		return fmt.Errorf("network delay %s must be between 0 and %s", d, MaxNetworkDelay)
+	}
+	if _, err := qmpExecute(qmpSocket, `{"execute":"object-del","arguments":{"id":"`+networkDelayFilter+`"}}`); err != nil &&
+		!strings.Contains(err.Error(), "not found") {
+		return fmt.Errorf("removing the network delay: %w", err)
+	}
+	if d == 0 {
+		return nil
+	}
+	add := fmt.Sprintf(`{"execute":"object-add","arguments":{"qom-type":"filter-buffer","id":%q,"netdev":"net0","queue":"all","interval":%d}}`,
+		networkDelayFilter, max(d.Microseconds(), 1))
+	if _, err := qmpExecute(qmpSocket, add); err != nil {
+		return fmt.Errorf("delaying the network: %w", err)
+	}
+	return nil
+}
+
+// MaxNetworkDelay bounds SetNetworkDelay: a longer one is a partition, not a delay.
+const MaxNetworkDelay = 30 * time.Second
