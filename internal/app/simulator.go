@@ -44,7 +44,7 @@ func Teardown(ctx context.Context, o Options) error {
 		return err
 	}
 	defer unlock()
-	p, err := newSimulator(o, ctrl.Log.WithName("simulator"))
+	p, err := newSimulator(o, "", ctrl.Log.WithName("simulator"))
 	if err != nil {
 		return err
 	}
@@ -106,7 +106,7 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 			return err
 		}
 		defer unlock()
-		p, err := newSimulator(o, log)
+		p, err := newSimulator(o, cfg.Host, log)
 		if err != nil {
 			return err
 		}
@@ -207,7 +207,9 @@ func checkCRDs(mapper meta.RESTMapper) error {
 }
 
 // newSimulator checks the host and sets up the QEMU provider.
-func newSimulator(o Options, log interface{ Info(string, ...any) }) (*simulator.Provider, error) {
+// newSimulator makes the simulator of o; apiServer is the management cluster's API server as this
+// process reaches it (the host of its kubeconfig), which a NoRouteToAPIServer fault cuts guests off.
+func newSimulator(o Options, apiServer string, log interface{ Info(string, ...any) }) (*simulator.Provider, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the qemu provider must run as root: it creates a bridge, tap devices and NAT rules (run it with sudo)")
 	}
@@ -233,7 +235,7 @@ func newSimulator(o Options, log interface{ Info(string, ...any) }) (*simulator.
 		return nil, fmt.Errorf("--gateway %q: want an address with prefix such as %s: %w", o.Gateway, hostnet.DefaultGateway, err)
 	}
 	cfg := simulator.Config{
-		WorkDir: o.WorkDir, Accel: accel, BootTimeout: o.BootTimeout,
+		WorkDir: o.WorkDir, Accel: accel, BootTimeout: o.BootTimeout, APIServer: apiServer,
 		Network: hostnet.Config{Bridge: o.Bridge, Gateway: gw, NAT: !o.NoNAT},
 		Log:     ctrl.Log.WithName("qemu"),
 	}

@@ -51,7 +51,7 @@ func TestRunRejectsBadFlagsClearly(t *testing.T) {
 func TestSimulatorOptionsAreValidated(t *testing.T) {
 	if os.Geteuid() != 0 {
 		o := defaults(t)
-		_, err := newSimulator(o, discard{})
+		_, err := newSimulator(o, "", discard{})
 		if err == nil || !strings.Contains(err.Error(), "must run as root") {
 			t.Fatalf("non-root start: %v, want a clear 'must run as root' error", err)
 		}
@@ -70,7 +70,7 @@ func TestSimulatorOptionsAreValidated(t *testing.T) {
 	} {
 		o := defaults(t)
 		tc.edit(&o)
-		if _, err := newSimulator(o, discard{}); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+		if _, err := newSimulator(o, "", discard{}); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 			t.Errorf("error %v, want one mentioning %q", err, tc.wantErr)
 		}
 	}

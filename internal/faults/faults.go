@@ -64,6 +64,18 @@ func Validate(f stargatev1.Fault) error {
 	if f.Type == stargatev1.FaultImageServerError && f.FailedTries == nil {
 		return fmt.Errorf("fault %s: ImageServerError needs failedTries", f.Name)
 	}
+	if f.Type == stargatev1.FaultNetworkLoss && f.Percent == nil {
+		return fmt.Errorf("fault %s: NetworkLoss needs a percent", f.Name)
+	}
+	if (f.Type == stargatev1.FaultDiskReadError || f.Type == stargatev1.FaultDiskWriteError) && f.AfterOperations == nil {
+		return fmt.Errorf("fault %s: %s needs afterOperations", f.Name, f.Type)
+	}
+	if f.AfterOperations != nil && (*f.AfterOperations < 0 || *f.AfterOperations > 1000000000) {
+		return fmt.Errorf("fault %s: afterOperations must be 0 to 1000000000", f.Name)
+	}
+	if f.BytesPerSecond != nil && (*f.BytesPerSecond < 1024 || *f.BytesPerSecond > 10<<30) {
+		return fmt.Errorf("fault %s: bytesPerSecond must be 1024 to 10737418240", f.Name)
+	}
 	if needsDuration(f.Type) && f.Duration == nil {
 		return fmt.Errorf("fault %s: %s needs a duration", f.Name, f.Type)
 	}
@@ -74,7 +86,8 @@ func Validate(f stargatev1.Fault) error {
 // would have no end to it.
 func needsDuration(t stargatev1.FaultType) bool {
 	switch t {
-	case stargatev1.FaultHang, stargatev1.FaultNetworkPartition, stargatev1.FaultBMCUnavailable,
+	case stargatev1.FaultHang, stargatev1.FaultNetworkPartition, stargatev1.FaultNetworkLatency, stargatev1.FaultClockSkew,
+		stargatev1.FaultBMCUnavailable,
 		stargatev1.FaultBMCConnectionRefused, stargatev1.FaultBMCPowerDelay, stargatev1.FaultBMCStalePowerState:
 		return true
 	}

@@ -33,6 +33,12 @@ var (
 		stargatev1.FaultClockSkew:      vmSteps,
 		stargatev1.FaultPowerLoss:      vmSteps,
 		stargatev1.FaultHang:           vmSteps,
+		// netfaults.go
+		stargatev1.FaultNetworkLatency:     vmSteps,
+		stargatev1.FaultNetworkLoss:        vmSteps,
+		stargatev1.FaultNetworkPartition:   vmSteps,
+		stargatev1.FaultNoDNS:              vmSteps,
+		stargatev1.FaultNoRouteToAPIServer: vmSteps,
 	}
 )
 
@@ -127,10 +133,10 @@ func forgetStrikes(dir string) error {
 	return nil
 }
 
-// strikeFaults makes the power losses and hangs of req strike whose step the installation reached:
-// VMRunning at once, GuestReady once the console shows cloud-init. Each strikes once: it is
-// recorded in dir before it strikes, so that no poll or restart strikes it again.
-func (p *Provider) strikeFaults(ctx context.Context, req controller.RepaveRequest, dir, qmp string) error {
+// strikeFaults makes the power losses, hangs and network faults of req strike whose step the
+// installation reached: VMRunning at once, GuestReady once the console shows cloud-init. Each
+// strikes once: it is recorded in dir before it strikes, so that no poll or restart strikes it again.
+func (p *Provider) strikeFaults(ctx context.Context, req controller.RepaveRequest, dir, tap, qmp string) error {
 	struckFile := filepath.Join(dir, filenames.FaultsStruckFile)
 	b, err := os.ReadFile(struckFile)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -139,7 +145,8 @@ func (p *Provider) strikeFaults(ctx context.Context, req controller.RepaveReques
 	struck := strings.Split(string(b), "\n")
 	var console []byte
 	for i, f := range req.Faults {
-		if (f.Type != stargatev1.FaultPowerLoss && f.Type != stargatev1.FaultHang) || !p.SupportsFault(f.Type, f.At) || faults.Validate(f) != nil {
+		strikes := f.Type == stargatev1.FaultPowerLoss || f.Type == stargatev1.FaultHang || isNetworkFault(f.Type)
+		if !strikes || !p.SupportsFault(f.Type, f.At) || faults.Validate(f) != nil {
 			continue
 		}
 		// Faults come in the same order on every call for one installation.
@@ -162,6 +169,13 @@ func (p *Provider) strikeFaults(ctx context.Context, req controller.RepaveReques
 			return fmt.Errorf("recording fault %s: %w", f.Name, err)
 		}
 		struck = append(struck, key)
+		if isNetworkFault(f.Type) {
+			if err := p.strikeNetworkFault(dir, tap, qmp, f); err != nil {
+				return fmt.Errorf("fault %s: %w", f.Name, err)
+			}
+			p.cfg.Log.Info("fault: network", "server", identity(req.Server), "fault", f.Name, "type", f.Type, "at", f.At)
+			continue
+		}
 		if f.Type == stargatev1.FaultPowerLoss {
 			p.cfg.Log.Info("fault: power loss, killing QEMU", "server", identity(req.Server), "fault", f.Name, "at", f.At)
 			if err := p.vms.Stop(ctx, dir, qmp, 0); err != nil {
@@ -190,9 +204,10 @@ func appendLine(path, line string) error {
 }
 
 // withFaultNotes tells, in the step messages, what the injected faults made of the VM: its
-// hardware faults on VMRunning, a hang in progress on GuestReady.
+// hardware faults on VMRunning, a hang in progress and its network faults on GuestReady.
 func withFaultNotes(st controller.RepaveStatus, fs []stargatev1.Fault, dir string) controller.RepaveStatus {
 	notes := machineFaultsOf(fs).notes
+	network := networkNote(dir)
 	for i := range st.Steps {
 		s := &st.Steps[i]
 		switch {
@@ -200,6 +215,11 @@ func withFaultNotes(st controller.RepaveStatus, fs []stargatev1.Fault, dir strin
 			s.Message += "; injected faults: " + strings.Join(notes, "; ")
 		case s.Type == stargatev1.ConditionGuestReady && s.State == controller.StepInProgress:
 			s.Message = hangNote(dir) + s.Message
+			if network != "" {
+				s.Message += "; " + network
+			}
+		case s.Type == stargatev1.ConditionGuestReady && network != "":
+			s.Message += "; " + network
 		}
 	}
 	return st

@@ -19,7 +19,8 @@ import (
 func TestSupportsFault(t *testing.T) {
 	p := &Provider{}
 	for _, typ := range []stargatev1.FaultType{stargatev1.FaultDiskReadError, stargatev1.FaultDiskWriteError, stargatev1.FaultDiskSlow,
-		stargatev1.FaultClockSkew, stargatev1.FaultPowerLoss, stargatev1.FaultHang} {
+		stargatev1.FaultClockSkew, stargatev1.FaultPowerLoss, stargatev1.FaultHang, stargatev1.FaultNetworkLatency,
+		stargatev1.FaultNetworkLoss, stargatev1.FaultNetworkPartition, stargatev1.FaultNoDNS, stargatev1.FaultNoRouteToAPIServer} {
 		for _, at := range stargatev1.RepaveSteps {
 			want := at == stargatev1.ConditionVMRunning || at == stargatev1.ConditionGuestReady // a VM runs
 			if got := p.SupportsFault(typ, at); got != want {
@@ -30,7 +31,7 @@ func TestSupportsFault(t *testing.T) {
 			t.Errorf("%s at Running: supported, want not", typ)
 		}
 	}
-	for _, typ := range []stargatev1.FaultType{stargatev1.FaultImageSlow, stargatev1.FaultNetworkLoss, stargatev1.FaultKernelCrash, stargatev1.FaultBMCUnavailable} {
+	for _, typ := range []stargatev1.FaultType{stargatev1.FaultImageSlow, stargatev1.FaultKernelCrash, stargatev1.FaultBMCUnavailable} {
 		if p.SupportsFault(typ, stargatev1.ConditionVMRunning) {
 			t.Errorf("%s: supported, want not", typ)
 		}

@@ -15,6 +15,7 @@ import (
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/netnstest"
+	"stargate.io/stargate/internal/simulator"
 	"stargate.io/stargate/internal/testenv"
 	"stargate.io/stargate/pkg/filenames"
 	"stargate.io/stargate/pkg/qemu"
@@ -28,9 +29,9 @@ type faultRig struct {
 	server string
 }
 
-func newFaultRig(t *testing.T, bridge, server string) *faultRig {
+func newFaultRig(t *testing.T, bridge, server string, opts ...func(*simulator.Config)) *faultRig {
 	image := guestImage(t)
-	h := newSimHarness(t, bridge)
+	h := newSimHarness(t, bridge, opts...)
 	r := &faultRig{t: t, h: h, c: h.env.Client, server: server}
 	ctx := context.Background()
 	mem, disk := resourceQ("1536Mi"), resourceQ("4Gi")
@@ -41,6 +42,16 @@ func newFaultRig(t *testing.T, bridge, server string) *faultRig {
 		Spec: stargatev1.ProvisioningProfileSpec{Image: stargatev1.ImageSource{URL: "file://" + image},
 			CloudInit: "#cloud-config\nruncmd:\n  - [sh, -c, 'echo STARGATE-HELLO > /dev/ttyS0']\n"}}))
 	return r
+}
+
+// setCloudInit makes the rig's profile run cloudInit.
+func (r *faultRig) setCloudInit(cloudInit string) {
+	r.t.Helper()
+	ctx := context.Background()
+	var pp stargatev1.ProvisioningProfile
+	r.must(r.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hello"}, &pp))
+	pp.Spec.CloudInit = cloudInit
+	r.must(r.c.Update(ctx, &pp))
 }
 
 func (r *faultRig) must(err error) {

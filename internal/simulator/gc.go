@@ -73,7 +73,7 @@ func (p *Provider) CollectGarbage(ctx context.Context, mine func(context.Context
 			errs = append(errs, err)
 		}
 	}
-	kept := map[string]bool{} // taps of the VM directories that stay
+	kept := map[string]string{} // taps of the VM directories that stay, to their Servers
 	namespaces, _ := os.ReadDir(p.layout.VMsDir())
 	for _, n := range namespaces {
 		servers, _ := os.ReadDir(filepath.Join(p.layout.VMsDir(), n.Name()))
@@ -83,14 +83,14 @@ func (p *Provider) CollectGarbage(ctx context.Context, mine func(context.Context
 			switch {
 			case err != nil:
 				errs = append(errs, err)
-				kept[hostnet.TapName(identity(server))] = true
+				kept[hostnet.TapName(identity(server))] = identity(server)
 			case isGone:
 				p.cfg.Log.Info("garbage: releasing the VM of a Server this host no longer holds", "server", identity(server))
 				if err := p.Release(ctx, server); err != nil {
 					errs = append(errs, err)
 				}
 			default:
-				kept[hostnet.TapName(identity(server))] = true
+				kept[hostnet.TapName(identity(server))] = identity(server)
 			}
 		}
 	}
@@ -112,7 +112,7 @@ func (p *Provider) CollectGarbage(ctx context.Context, mine func(context.Context
 				errs = append(errs, err)
 			}
 		} else {
-			kept[hostnet.TapName(owner)] = true
+			kept[hostnet.TapName(owner)] = owner
 		}
 	}
 	taps, err := p.net.BridgeTaps()
@@ -120,12 +120,16 @@ func (p *Provider) CollectGarbage(ctx context.Context, mine func(context.Context
 		errs = append(errs, err)
 	}
 	for _, tap := range taps {
-		if !kept[tap] {
+		if _, ok := kept[tap]; !ok {
 			p.cfg.Log.Info("garbage: deleting a tap no Server uses", "tap", tap, "bridge", p.cfg.Network.Bridge)
 			if err := p.net.DeleteTap(tap); err != nil {
 				errs = append(errs, err)
 			}
 		}
+	}
+	// Injected network faults: those of the VMs kept are set again, the others' removed.
+	if err := p.restoreNetworkFaults(kept, taps); err != nil {
+		errs = append(errs, err)
 	}
 	// The images of the VMs released above may be unused now: bring the image cache under
 	// --image-cache-size (prune keeps whatever the remaining disks use).

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"stargate.io/stargate/pkg/filenames"
+	"stargate.io/stargate/pkg/hostnet"
 )
 
 // An injected Hang stops the VM's vCPUs (QMP stop) and records when it ends in the VM directory;
@@ -64,16 +65,18 @@ func (p *Provider) resumeHang(dir, qmp string) error {
 	return nil
 }
 
-// resumeHangs resumes every VM of the host whose hang has ended. A Server busy in another call is
-// left to the next round.
-func (p *Provider) resumeHangs() {
+// endTimedFaults resumes every VM of the host whose hang has ended and lifts every partition
+// that has (netfaults.go). A Server busy in another call is left to the next round.
+func (p *Provider) endTimedFaults() {
 	namespaces, _ := os.ReadDir(p.layout.VMsDir())
 	for _, n := range namespaces {
 		servers, _ := os.ReadDir(filepath.Join(p.layout.VMsDir(), n.Name()))
 		for _, s := range servers {
 			server := types.NamespacedName{Namespace: n.Name(), Name: s.Name()}
 			dir := p.VMDir(server)
-			if _, ok := hangUntil(dir); !ok {
+			_, hangs := hangUntil(dir)
+			_, statErr := os.Stat(filepath.Join(dir, filenames.NetworkFaultsFile))
+			if !hangs && statErr != nil {
 				continue
 			}
 			unlock, ok := p.tryLock(server)
@@ -82,11 +85,11 @@ func (p *Provider) resumeHangs() {
 			}
 			qmp, err := p.layout.QMPSocket(dir)
 			if err == nil {
-				err = p.resumeHang(dir, qmp)
+				err = errors.Join(p.resumeHang(dir, qmp), p.endPartition(dir, hostnet.TapName(identity(server)), qmp))
 			}
 			unlock()
 			if err != nil {
-				p.cfg.Log.Error(err, "resuming a VM after its injected hang", "server", identity(server))
+				p.cfg.Log.Error(err, "ending an injected hang or network partition", "server", identity(server))
 			}
 		}
 	}

@@ -104,6 +104,15 @@ func (p *Provider) PowerOn(ctx context.Context, server types.NamespacedName) err
 	if err := p.vms.Start(ctx, spec); err != nil {
 		return fmt.Errorf("starting the VM: %w", err)
 	}
+	// The installation's injected network delay lives in QEMU: set it again in the new one.
+	if n, ok, err := readNetworkFaults(dir); err != nil || (ok && n.Delay > 0) {
+		if err == nil {
+			err = p.makeNetworkFaults(dir, spec.Tap, spec.QMPSocket, n)
+		}
+		if err != nil {
+			return fmt.Errorf("the VM started, but setting its injected network faults again failed: %w", err)
+		}
+	}
 	// Used up only once the VM started: a failed start leaves the override for the next try.
 	if boot.Enabled == controller.BootOnce {
 		boot.Enabled = controller.BootDisabled

@@ -69,6 +69,10 @@ type Config struct {
 	// output and the lines the host waits for (see console.go). 0 means
 	// consolelog.DefaultSize; less than consolelog.MinSize is refused.
 	ConsoleSize int64
+	// APIServer is the management cluster's API server as this host reaches it (a URL or
+	// host:port): where a NoRouteToAPIServer fault cuts a guest off (netfaults.go). Empty: the
+	// fault cuts nothing and says so.
+	APIServer string
 	// Log receives what an operator of the host wants to know: VMs started, servers released.
 	Log logr.Logger
 }

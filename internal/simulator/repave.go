@@ -97,7 +97,10 @@ func (p *Provider) Repave(ctx context.Context, req controller.RepaveRequest) (co
 	if err := p.resumeHang(dir, qmp); err != nil {
 		return controller.RepaveStatus{}, err
 	}
-	if err := p.strikeFaults(ctx, req, dir, qmp); err != nil {
+	if err := p.endPartition(dir, tap, qmp); err != nil {
+		return controller.RepaveStatus{}, err
+	}
+	if err := p.strikeFaults(ctx, req, dir, tap, qmp); err != nil {
 		return controller.RepaveStatus{}, err
 	}
 	return p.watched(req, dir, withFaultNotes(p.observeGuest(st, req, dir), req.Faults, dir)), nil
@@ -142,6 +145,9 @@ func (p *Provider) install(ctx context.Context, st *status, in installation) err
 	}
 	_ = os.Remove(filepath.Join(dir, filenames.InstanceIDFile))
 	if err := forgetStrikes(dir); err != nil {
+		return err
+	}
+	if err := forgetNetworkFaults(dir, in.tap); err != nil {
 		return err
 	}
 	// No longer a blank machine: from here on it is this installation, or nothing if it fails.

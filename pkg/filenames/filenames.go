@@ -92,6 +92,9 @@ const (
 	// HangFile holds the time (RFC 3339) an injected Hang ends while the VM is stopped by it: the
 	// simulator resumes the VM once it has passed, also after a restart.
 	HangFile = "hang-until"
+	// NetworkFaultsFile records the network faults injected into a VM's current installation
+	// (JSON): the simulator sets them again from it after a restart, and ends a partition on time.
+	NetworkFaultsFile = "network-faults.json"
 )
 
 // QMPSocketSuffix ends the name of every QMP socket in RunDir.

@@ -1,0 +1,83 @@
+package simulator
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	stargatev1 "stargate.io/stargate/api/v1alpha1"
+	"stargate.io/stargate/pkg/hostnet"
+)
+
+// The API server as guests reach it: its own address, or, when it is on this host's loopback,
+// the bridge's gateway; the port from the URL, or the scheme's.
+func TestAPIServerDestinations(t *testing.T) {
+	gw := netip.MustParsePrefix("192.168.100.1/24")
+	for in, want := range map[string]string{
+		"https://127.0.0.1:6443": "192.168.100.1:6443",
+		"https://[::1]:6443":     "192.168.100.1:6443",
+		"https://localhost:6443": "192.168.100.1:6443",
+		"https://10.1.2.3":       "10.1.2.3:443",
+		"http://10.1.2.3":        "10.1.2.3:80",
+		"10.1.2.3:6443":          "10.1.2.3:6443",
+	} {
+		p := &Provider{cfg: Config{APIServer: in}}
+		p.cfg.Network.Gateway = gw
+		got, err := p.apiServerDestinations()
+		if err != nil || len(got) != 1 || got[0].String() != want {
+			t.Errorf("%s: %v %v, want %s", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "https://[2001:db8::1]:6443", "https://10.1.2.3:0"} {
+		p := &Provider{cfg: Config{APIServer: in}}
+		p.cfg.Network.Gateway = gw
+		if got, err := p.apiServerDestinations(); err == nil {
+			t.Errorf("%q: %v, want an error", in, got)
+		}
+	}
+}
+
+// Faults merge: the longest delay and loss win, a partition ends at the latest end, the API
+// server's destinations are added once; the notes say what was made, or why not.
+func TestAddNetworkFault(t *testing.T) {
+	p := &Provider{cfg: Config{APIServer: "https://10.1.2.3:6443"}}
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	var n networkFaults
+	d := func(x time.Duration) *metav1.Duration { return &metav1.Duration{Duration: x} }
+	for _, f := range []stargatev1.Fault{
+		{Name: "a", Type: stargatev1.FaultNetworkLatency, Duration: d(time.Second)},
+		{Name: "b", Type: stargatev1.FaultNetworkLatency, Duration: d(time.Hour)}, // capped
+		{Name: "c", Type: stargatev1.FaultNetworkLoss, Percent: ptr.To[int32](30)},
+		{Name: "d", Type: stargatev1.FaultNetworkLoss, Percent: ptr.To[int32](10)},
+		{Name: "e", Type: stargatev1.FaultNetworkPartition, Duration: d(time.Minute)},
+		{Name: "f", Type: stargatev1.FaultNetworkPartition, Duration: d(time.Second)},
+		{Name: "g", Type: stargatev1.FaultNoRouteToAPIServer},
+		{Name: "h", Type: stargatev1.FaultNoRouteToAPIServer},
+		{Name: "i", Type: stargatev1.FaultNoDNS},
+	} {
+		n.Notes = append(n.Notes, p.addNetworkFault(&n, f, now))
+	}
+	if n.Delay != 30*time.Second || n.LossPercent != 30 || !n.NoDNS || !n.PartitionUntil.Equal(now.Add(time.Minute)) ||
+		!slices.Equal(n.Unreachable, []netip.AddrPort{netip.MustParseAddrPort("10.1.2.3:6443")}) {
+		t.Errorf("merged faults %+v", n)
+	}
+	if !n.atTap(now).Partition || n.atTap(now.Add(time.Minute)).Partition {
+		t.Errorf("the partition is not in force exactly until its end: %+v", n)
+	}
+	if want := (hostnet.TapFaults{LossPercent: 30, NoDNS: true, Unreachable: n.Unreachable}); !tapFaultsEqual(n.atTap(now.Add(time.Hour)), want) {
+		t.Errorf("after the partition: %+v, want %+v", n.atTap(now.Add(time.Hour)), want)
+	}
+	none := &Provider{}
+	if note := none.addNetworkFault(&n, stargatev1.Fault{Name: "x", Type: stargatev1.FaultNoRouteToAPIServer}, now); !strings.Contains(note, "x not injected") {
+		t.Errorf("a host that does not know its API server: %q", note)
+	}
+}
+
+func tapFaultsEqual(a, b hostnet.TapFaults) bool {
+	return a.LossPercent == b.LossPercent && a.Partition == b.Partition && a.NoDNS == b.NoDNS && slices.Equal(a.Unreachable, b.Unreachable)
+}

@@ -1,0 +1,123 @@
+package simulator_test
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	stargatev1 "stargate.io/stargate/api/v1alpha1"
+	"stargate.io/stargate/internal/netnstest"
+	"stargate.io/stargate/internal/simulator"
+	"stargate.io/stargate/pkg/filenames"
+	"stargate.io/stargate/pkg/hostnet"
+)
+
+// TestNetworkFaultsWithQEMU: network faults strike a real guest at its tap and in its QEMU. With
+// a delay, a partition, no DNS and no route to the API server injected as the VM starts, the
+// guest's pings take the delay, the partition is in force and then lifted on time, its DNS
+// queries are dropped, and its connection to the API server fails with "No route to host": the
+// guest's cloud-init fails on it, and the repave says so with the guest's own error lines
+// (CloudInitFailed). With the FaultInjection deleted, the next repave reaches the API server and
+// succeeds, and no fault is left at the tap.
+func TestNetworkFaultsWithQEMU(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots VMs under TCG (minutes); skipped in -short mode")
+	}
+	if netnstest.RanIsolated(t) {
+		return // it ran in a network namespace of its own: output and verdict above
+	}
+	// The API server as guests reach it: a relay on the bridge's address to the test's API server
+	// (on loopback), as a cluster's API server on another machine would be.
+	var apiPort string
+	gateway := netip.MustParseAddr("192.168.100.1")
+	r := newFaultRig(t, "sgnet-br0", "net-1", func(c *simulator.Config) {
+		c.DNS = []netip.Addr{gateway} // nobody answers: the queries only have to be sent (or not)
+	})
+	_, apiPort, _ = net.SplitHostPort(relayTo(t, "0.0.0.0:0", strings.TrimPrefix(r.h.env.Config.Host, "https://")))
+	r.h.halt()
+	r.h.cfg.APIServer = "https://" + net.JoinHostPort(gateway.String(), apiPort)
+	r.h.start()
+
+	const delay, partition = 400 * time.Millisecond, 20 * time.Second
+	r.setCloudInit("#cloud-config\nruncmd:\n  - [sh, -c, 'ping -c 4 -i 0.5 192.168.100.1 > /dev/ttyS0 2>&1; " +
+		"timeout 12 getent hosts registry.stargate.test > /dev/ttyS0 2>&1; " +
+		"timeout 20 bash -c \"</dev/tcp/192.168.100.1/" + apiPort + "\" 2> /dev/ttyS0 && echo STARGATE-API-REACHED > /dev/ttyS0']\n")
+	fi := r.inject("flaky-net",
+		stargatev1.Fault{Name: "slow", Type: stargatev1.FaultNetworkLatency, At: stargatev1.ConditionVMRunning, Duration: &metav1.Duration{Duration: delay}},
+		stargatev1.Fault{Name: "cut", Type: stargatev1.FaultNetworkPartition, At: stargatev1.ConditionVMRunning, Duration: &metav1.Duration{Duration: partition}},
+		stargatev1.Fault{Name: "dns", Type: stargatev1.FaultNoDNS, At: stargatev1.ConditionVMRunning},
+		stargatev1.Fault{Name: "api", Type: stargatev1.FaultNoRouteToAPIServer, At: stargatev1.ConditionVMRunning})
+	tap := hostnet.TapName(ns + "/" + r.server)
+
+	var sawPartition bool
+	op := r.repave("cut-off", 12*time.Minute, stargatev1.OperationFailed, func() {
+		if !sawPartition {
+			sawPartition = strings.Contains(nftTable(t, tap), `"NetworkPartition"`)
+		}
+	})
+	if !sawPartition {
+		t.Error("the partition was never seen at the VM's tap")
+	}
+	c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionGuestReady)
+	if c == nil || c.Reason != "CloudInitFailed" || !strings.Contains(c.Message, "No route to host") {
+		t.Errorf("GuestReady %+v, want CloudInitFailed quoting the guest's No route to host", c)
+	}
+	if len(op.Status.Faults) != 4 {
+		t.Errorf("faults recorded on the Operation: %+v", op.Status.Faults)
+	}
+	table := nftTable(t, tap)
+	if strings.Contains(table, `"NetworkPartition"`) {
+		t.Errorf("the partition outlived its %s:\n%s", partition, table)
+	}
+	if m := regexp.MustCompile(`counter packets (\d+) bytes \d+ drop comment "NoDNS"`).FindStringSubmatch(table); m == nil || m[1] == "0" {
+		t.Errorf("the guest's DNS queries were not dropped at its tap:\n%s", table)
+	}
+	console, err := os.ReadFile(filepath.Join(r.vmDir(), filenames.ConsoleFile))
+	r.must(err)
+	m := regexp.MustCompile(`rtt min/avg/max/mdev = [\d.]+/([\d.]+)/`).FindSubmatch(console)
+	if m == nil {
+		t.Fatalf("the guest printed no ping summary:\n%s", console)
+	}
+	avg, _ := strconv.ParseFloat(string(m[1]), 64)
+	t.Logf("the guest's pings with a %s delay: average %.0f ms", delay, avg)
+	if avg < float64(delay.Milliseconds())*0.8 {
+		t.Errorf("average ping %.0f ms, want about the injected %s or more", avg, delay)
+	}
+
+	r.must(r.c.Delete(context.Background(), fi))
+	r.repave("clean", 12*time.Minute, stargatev1.OperationSucceeded, nil)
+	if table := nftTable(t, tap); table != "" {
+		t.Errorf("a repave without faults still has a fault table at its tap:\n%s", table)
+	}
+	console, err = os.ReadFile(filepath.Join(r.vmDir(), filenames.ConsoleFile))
+	r.must(err)
+	if !strings.Contains(string(console), "STARGATE-API-REACHED") {
+		t.Error("without the faults the guest did not reach the API server")
+	}
+	if _, err := os.Stat(filepath.Join(r.vmDir(), filenames.NetworkFaultsFile)); !os.IsNotExist(err) {
+		t.Errorf("network faults still recorded after a clean repave: %v", err)
+	}
+}
+
+// nftTable is the tap's fault table as nft lists it, or "" when it has none.
+func nftTable(t *testing.T, tap string) string {
+	out, err := exec.Command("nft", "list", "table", "netdev", "stargate-faults-"+tap).CombinedOutput()
+	if err != nil {
+		if strings.Contains(string(out), "No such file") {
+			return ""
+		}
+		t.Fatalf("nft list table: %v: %s", err, out)
+	}
+	return string(out)
+}
