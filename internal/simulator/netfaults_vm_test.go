@@ -3,6 +3,7 @@ package simulator_test
 import (
 	"context"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -50,7 +51,14 @@ func TestNetworkFaultsWithQEMU(t *testing.T) {
 	r.h.start()
 
 	const delay, partition = 400 * time.Millisecond, 20 * time.Second
-	r.setCloudInit("#cloud-config\nruncmd:\n  - [sh, -c, 'ping -c 4 -i 0.5 192.168.100.1 > /dev/ttyS0 2>&1; " +
+	// The guest image has curl, not ping: a TCP connect to a web server of the host's takes a round trip.
+	web, err := net.Listen("tcp", "0.0.0.0:0")
+	r.must(err)
+	t.Cleanup(func() { web.Close() })
+	go func() { _ = http.Serve(web, http.NotFoundHandler()) }()
+	_, webPort, _ := net.SplitHostPort(web.Addr().String())
+	r.setCloudInit("#cloud-config\nruncmd:\n  - [sh, -c, 'for i in 1 2 3; do curl -s -o /dev/null -w \"STARGATE-CONNECT %{time_connect}\\n\" " +
+		"http://192.168.100.1:" + webPort + "/; done > /dev/ttyS0 2>&1; " +
 		"timeout 12 getent hosts registry.stargate.test > /dev/ttyS0 2>&1; " +
 		"timeout 20 bash -c \"</dev/tcp/192.168.100.1/" + apiPort + "\" 2> /dev/ttyS0 && echo STARGATE-API-REACHED > /dev/ttyS0']\n")
 	fi := r.inject("flaky-net",
@@ -85,14 +93,16 @@ func TestNetworkFaultsWithQEMU(t *testing.T) {
 	}
 	console, err := os.ReadFile(filepath.Join(r.vmDir(), filenames.ConsoleFile))
 	r.must(err)
-	m := regexp.MustCompile(`rtt min/avg/max/mdev = [\d.]+/([\d.]+)/`).FindSubmatch(console)
-	if m == nil {
-		t.Fatalf("the guest printed no ping summary:\n%s", console)
+	connects := regexp.MustCompile(`STARGATE-CONNECT ([\d.]+)`).FindAllSubmatch(console, -1)
+	if len(connects) != 3 {
+		t.Fatalf("the guest printed %d connect times, want 3:\n%s", len(connects), console)
 	}
-	avg, _ := strconv.ParseFloat(string(m[1]), 64)
-	t.Logf("the guest's pings with a %s delay: average %.0f ms", delay, avg)
-	if avg < float64(delay.Milliseconds())*0.8 {
-		t.Errorf("average ping %.0f ms, want about the injected %s or more", avg, delay)
+	for _, m := range connects {
+		secs, _ := strconv.ParseFloat(string(m[1]), 64)
+		t.Logf("a TCP connect (one round trip) with a %s delay: %.0f ms", delay, secs*1000)
+		if secs < delay.Seconds()*0.8 {
+			t.Errorf("a round trip of %.0f ms, want at least about the injected %s", secs*1000, delay)
+		}
 	}
 
 	r.must(r.c.Delete(context.Background(), fi))
