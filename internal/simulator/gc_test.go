@@ -42,25 +42,8 @@ func TestOneSimulatorPerWorkDir(t *testing.T) {
 // After a crash, the simulator releases what it holds for Servers that no longer exist — and
 // only that: a kept Server's VM directory, address and tap, and other namespaces, stay.
 func TestGarbageOfDeletedServersIsCollected(t *testing.T) {
-	netnstest.Require(t)
-	work := t.TempDir()
-	cfg := simulator.Config{WorkDir: work, Accel: qemu.AccelTCG, Log: logr.Discard(), BootTimeout: time.Minute,
-		Network: hostnet.Config{Bridge: "sggc-br0", Gateway: netip.MustParsePrefix("192.168.77.1/24")}}
-	p, err := simulator.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	net, err := hostnet.New(cfg.Network)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { // the test binary's other tests share this network namespace
-		taps, _ := net.BridgeTaps()
-		for _, tap := range taps {
-			_ = net.DeleteTap(tap)
-		}
-		_ = p.Teardown()
-	})
+	p, net, work := newGCHost(t, "sggc-br0", "192.168.77.1/24")
+	cfg := simulator.Config{Network: net.Config()}
 	layout := simulator.Layout{WorkDir: work}
 	kept := types.NamespacedName{Namespace: "team-a", Name: "kept"}
 	ghost := types.NamespacedName{Namespace: "team-a", Name: "ghost"}
@@ -142,4 +125,30 @@ func TestGarbageOfDeletedServersIsCollected(t *testing.T) {
 	if !slices.Equal(owners, []string{"team-a/kept", "team-b/ghost"}) {
 		t.Errorf("addresses left for %v, want team-a/kept and team-b/ghost", owners)
 	}
+}
+
+// newGCHost is a simulator provider (not started) with its own work directory and bridge, for a
+// garbage collection test; its taps and bridge go with the test (the test binary's other tests
+// share this network namespace).
+func newGCHost(t *testing.T, bridge, gateway string) (*simulator.Provider, *hostnet.Network, string) {
+	netnstest.Require(t)
+	work := t.TempDir()
+	cfg := simulator.Config{WorkDir: work, Accel: qemu.AccelTCG, Log: logr.Discard(), BootTimeout: time.Minute,
+		Network: hostnet.Config{Bridge: bridge, Gateway: netip.MustParsePrefix(gateway)}}
+	p, err := simulator.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	net, err := hostnet.New(cfg.Network)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		taps, _ := net.BridgeTaps()
+		for _, tap := range taps {
+			_ = net.DeleteTap(tap)
+		}
+		_ = p.Teardown()
+	})
+	return p, net, work
 }

@@ -10,14 +10,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/types"
 
-	"stargate.io/stargate/internal/netnstest"
 	"stargate.io/stargate/internal/simulator"
 	"stargate.io/stargate/pkg/filenames"
 	"stargate.io/stargate/pkg/hostnet"
-	"stargate.io/stargate/pkg/qemu"
 )
 
 // After kill -9 with network faults in force, the simulator starting again (its garbage
@@ -25,18 +22,7 @@ import (
 // while it was down is lifted — and removes every other fault table of its taps; another
 // simulator's taps (another bridge) are not touched.
 func TestNetworkFaultsAfterKill9(t *testing.T) {
-	netnstest.Require(t)
-	work := t.TempDir()
-	cfg := simulator.Config{WorkDir: work, Accel: qemu.AccelTCG, Log: logr.Discard(), BootTimeout: time.Minute,
-		Network: hostnet.Config{Bridge: "sgnfgc-br0", Gateway: netip.MustParsePrefix("192.168.78.1/24")}}
-	p, err := simulator.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mine, err := hostnet.New(cfg.Network)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, mine, work := newGCHost(t, "sgnfgc-br0", "192.168.78.1/24")
 	other, err := hostnet.New(hostnet.Config{Bridge: "sgnfgc-br1", Gateway: netip.MustParsePrefix("192.168.79.1/24")})
 	if err != nil {
 		t.Fatal(err)
@@ -50,12 +36,8 @@ func TestNetworkFaultsAfterKill9(t *testing.T) {
 	ghost := types.NamespacedName{Namespace: "team-a", Name: "ghost"}
 	keptTap, ghostTap, otherTap := hostnet.TapName("team-a/kept"), hostnet.TapName("team-a/ghost"), hostnet.TapName("team-z/elsewhere")
 	t.Cleanup(func() {
-		for _, tap := range []string{keptTap, ghostTap} {
-			_ = mine.DeleteTap(tap)
-		}
 		_ = other.DeleteTap(otherTap)
 		_ = other.Teardown()
-		_ = p.Teardown()
 	})
 	for _, tap := range []string{keptTap, ghostTap} {
 		if err := mine.EnsureTap(tap); err != nil {
