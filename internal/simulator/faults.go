@@ -33,6 +33,11 @@ var (
 		stargatev1.FaultClockSkew:      vmSteps,
 		stargatev1.FaultPowerLoss:      vmSteps,
 		stargatev1.FaultHang:           vmSteps,
+		// imagefaults.go
+		stargatev1.FaultImageServerError: {stargatev1.ConditionImageReady},
+		stargatev1.FaultImageSlow:        {stargatev1.ConditionImageReady},
+		stargatev1.FaultImageTruncated:   {stargatev1.ConditionImageReady},
+		stargatev1.FaultImageCorrupted:   {stargatev1.ConditionImageReady},
 		// netfaults.go
 		stargatev1.FaultNetworkLatency:     vmSteps,
 		stargatev1.FaultNetworkLoss:        vmSteps,

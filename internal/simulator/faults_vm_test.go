@@ -44,13 +44,13 @@ func newFaultRig(t *testing.T, bridge, server string, opts ...func(*simulator.Co
 	return r
 }
 
-// setCloudInit makes the rig's profile run cloudInit.
-func (r *faultRig) setCloudInit(cloudInit string) {
+// setProfile changes the rig's profile.
+func (r *faultRig) setProfile(change func(*stargatev1.ProvisioningProfileSpec)) {
 	r.t.Helper()
 	ctx := context.Background()
 	var pp stargatev1.ProvisioningProfile
 	r.must(r.c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hello"}, &pp))
-	pp.Spec.CloudInit = cloudInit
+	change(&pp.Spec)
 	r.must(r.c.Update(ctx, &pp))
 }
 
@@ -85,14 +85,10 @@ func (r *faultRig) inject(name string, fs ...stargatev1.Fault) *stargatev1.Fault
 // repave runs a repave (spec.timeout timeout) to its end; midway runs every poll while it runs.
 func (r *faultRig) repave(name string, timeout time.Duration, want stargatev1.OperationPhase, midway func()) *stargatev1.Operation {
 	r.t.Helper()
-	ctx := context.Background()
 	start := time.Now()
-	op := &stargatev1.Operation{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: stargatev1.OperationSpec{
-		Operation: stargatev1.OperationRepave, ServerRef: stargatev1.LocalObjectReference{Name: r.server},
-		ProvisioningProfileRef: &stargatev1.LocalObjectReference{Name: "hello"}, Timeout: &metav1.Duration{Duration: timeout}}}
-	r.must(r.c.Create(ctx, op))
+	op := r.startRepave(name, timeout)
 	waitFor(r.t, name+" to finish", timeout+time.Minute, func() bool {
-		r.must(r.c.Get(ctx, client.ObjectKeyFromObject(op), op))
+		r.must(r.c.Get(context.Background(), client.ObjectKeyFromObject(op), op))
 		if !op.Status.Phase.IsFinal() && midway != nil {
 			midway()
 		}
@@ -105,6 +101,16 @@ func (r *faultRig) repave(name string, timeout time.Duration, want stargatev1.Op
 	if op.Status.Phase != want {
 		r.t.Fatalf("%s: phase %s, want %s", name, op.Status.Phase, want)
 	}
+	return op
+}
+
+// startRepave creates a repave Operation of the rig's Server and profile.
+func (r *faultRig) startRepave(name string, timeout time.Duration) *stargatev1.Operation {
+	r.t.Helper()
+	op := &stargatev1.Operation{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: stargatev1.OperationSpec{
+		Operation: stargatev1.OperationRepave, ServerRef: stargatev1.LocalObjectReference{Name: r.server},
+		ProvisioningProfileRef: &stargatev1.LocalObjectReference{Name: "hello"}, Timeout: &metav1.Duration{Duration: timeout}}}
+	r.must(r.c.Create(context.Background(), op))
 	return op
 }
 

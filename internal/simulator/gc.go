@@ -127,6 +127,9 @@ func (p *Provider) CollectGarbage(ctx context.Context, mine func(context.Context
 			}
 		}
 	}
+	if err := p.removeFaultFetches(); err != nil {
+		errs = append(errs, err)
+	}
 	// Injected network faults: those of the VMs kept are set again, the others' removed.
 	if err := p.restoreNetworkFaults(kept, taps); err != nil {
 		errs = append(errs, err)

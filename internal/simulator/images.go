@@ -78,6 +78,9 @@ type imageFetch struct {
 // image is a repave's image step. It returns the cached image once it is there, or a zero Image
 // with ImageReady in progress (downloading in the background) or failed.
 func (p *Provider) image(ctx context.Context, st *status, req controller.RepaveRequest) imagecache.Image {
+	if !p.imageFaultsPass(st, req) { // imagefaults.go
+		return imagecache.Image{}
+	}
 	img, ok, err := p.images.Lookup(ctx, req.ImageURL, req.ImageChecksum)
 	if err == nil && !ok {
 		f := p.fetchImage(req.ImageURL, req.ImageChecksum, req.InstanceID)

@@ -31,6 +31,9 @@ func (l Layout) GoldenDir() string { return filepath.Join(l.WorkDir, filenames.G
 // BakesDir holds the directories of golden images being baked (see filenames.BakesDir).
 func (l Layout) BakesDir() string { return filepath.Join(l.WorkDir, filenames.BakesDir) }
 
+// FaultFetchesDir holds the scratch caches of downloads with injected faults (imagefaults.go).
+func (l Layout) FaultFetchesDir() string { return filepath.Join(l.WorkDir, filenames.FaultFetchesDir) }
+
 // VMsDir holds one directory per VM, <namespace>/<server>.
 func (l Layout) VMsDir() string { return filepath.Join(l.WorkDir, filenames.VMsDir) }
 

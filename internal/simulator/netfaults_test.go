@@ -1,6 +1,8 @@
 package simulator
 
 import (
+	"bytes"
+	"io"
 	"net/netip"
 	"slices"
 	"strings"
@@ -80,4 +82,42 @@ func TestAddNetworkFault(t *testing.T) {
 
 func tapFaultsEqual(a, b hostnet.TapFaults) bool {
 	return a.LossPercent == b.LossPercent && a.Partition == b.Partition && a.NoDNS == b.NoDNS && slices.Equal(a.Unreachable, b.Unreachable)
+}
+
+// The image faults' readers: the server error replaces the body, truncation ends it at half its
+// size, corruption flips one byte per MiB from the middle on, and the slow reader keeps its rate.
+func TestInterceptImage(t *testing.T) {
+	data := make([]byte, 3<<20)
+	open := func() io.ReadCloser { return io.NopCloser(bytes.NewReader(data)) }
+	size := int64(len(data))
+	f := func(typ stargatev1.FaultType) []stargatev1.Fault {
+		return []stargatev1.Fault{{Name: "f", Type: typ, BytesPerSecond: ptr.To[int64](1 << 20)}}
+	}
+	if _, _, err := interceptImage("http://mirror/x", f(stargatev1.FaultImageServerError), open(), size, nil); err == nil ||
+		err.Error() != "downloading http://mirror/x: unexpected HTTP 503 Service Unavailable" {
+		t.Errorf("server error: %v", err)
+	}
+	body, _, _ := interceptImage("u", f(stargatev1.FaultImageTruncated), open(), size, nil)
+	if got, _ := io.ReadAll(body); len(got) != len(data)/2 {
+		t.Errorf("truncated to %d bytes, want %d", len(got), len(data)/2)
+	}
+	body, _, _ = interceptImage("u", f(stargatev1.FaultImageCorrupted), open(), size, nil)
+	got, _ := io.ReadAll(body)
+	var flipped []int
+	for i, b := range got {
+		if b != 0 {
+			flipped = append(flipped, i)
+		}
+	}
+	if want := []int{len(data) / 2, len(data)/2 + 1<<20}; !slices.Equal(flipped, want) {
+		t.Errorf("corrupted bytes at %v, want %v", flipped, want)
+	}
+	start := time.Now()
+	body, _, _ = interceptImage("u", f(stargatev1.FaultImageSlow), io.NopCloser(bytes.NewReader(data[:1<<20])), 1<<20, nil)
+	if got, _ := io.ReadAll(body); len(got) != 1<<20 || time.Since(start) < 700*time.Millisecond {
+		t.Errorf("1 MiB at 1 MiB/s: %d bytes in %s", len(got), time.Since(start))
+	}
+	if _, _, err := interceptImage("u", f(stargatev1.FaultImageSlow), nil, 0, io.ErrUnexpectedEOF); err != io.ErrUnexpectedEOF {
+		t.Errorf("an open error must pass through: %v", err)
+	}
 }

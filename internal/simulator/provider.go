@@ -91,6 +91,10 @@ type Provider struct {
 	mu      sync.Mutex
 	locks   map[types.NamespacedName]*sync.Mutex
 	fetches map[string]*imageFetch
+	// faultFetches are the downloads through injected image faults, by instance-id, and
+	// imageFaultsStruck the installations whose download through them is done (imagefaults.go).
+	faultFetches      map[string]*faultFetch
+	imageFaultsStruck map[string]bool
 	// bakes are the golden image bakes running, bakeFailures the failed ones not to retry yet
 	// (golden.go); bakeWG waits for the bakes' goroutines as the provider stops.
 	bakes        map[string]*bakeJob
@@ -173,21 +177,23 @@ func New(cfg Config) (*Provider, error) {
 	watch := newWatchers(consoleWatchInterval)
 	watch.consoleSize = cfg.ConsoleSize
 	return &Provider{
-		cfg:          cfg,
-		images:       newImageCache(layout.ImagesDir(), cfg.Images, subnet),
-		media:        newMediaCache(layout.MediaDir(), cfg.Images, subnet),
-		ipam:         &ipam.Pool{Dir: layout.poolDir(cfg.Network.Bridge), First: cfg.FirstIP, Last: cfg.LastIP},
-		net:          network,
-		vms:          qemu.VMs{QEMU: cfg.QEMU},
-		layout:       layout,
-		watch:        watch,
-		locks:        map[types.NamespacedName]*sync.Mutex{},
-		fetches:      map[string]*imageFetch{},
-		bakes:        map[string]*bakeJob{},
-		bakeFailures: map[string]bakeFailure{},
-		queuedBakes:  map[string]queuedBake{},
-		guestCPUs:    map[types.NamespacedName]int{},
-		hostCPUs:     runtime.NumCPU(),
+		cfg:               cfg,
+		images:            newImageCache(layout.ImagesDir(), cfg.Images, subnet),
+		media:             newMediaCache(layout.MediaDir(), cfg.Images, subnet),
+		ipam:              &ipam.Pool{Dir: layout.poolDir(cfg.Network.Bridge), First: cfg.FirstIP, Last: cfg.LastIP},
+		net:               network,
+		vms:               qemu.VMs{QEMU: cfg.QEMU},
+		layout:            layout,
+		watch:             watch,
+		locks:             map[types.NamespacedName]*sync.Mutex{},
+		fetches:           map[string]*imageFetch{},
+		faultFetches:      map[string]*faultFetch{},
+		imageFaultsStruck: map[string]bool{},
+		bakes:             map[string]*bakeJob{},
+		bakeFailures:      map[string]bakeFailure{},
+		queuedBakes:       map[string]queuedBake{},
+		guestCPUs:         map[types.NamespacedName]int{},
+		hostCPUs:          runtime.NumCPU(),
 	}, nil
 }
 

@@ -150,6 +150,9 @@ func (p *Provider) install(ctx context.Context, st *status, in installation) err
 	if err := forgetNetworkFaults(dir, in.tap); err != nil {
 		return err
 	}
+	p.mu.Lock()
+	delete(p.imageFaultsStruck, req.InstanceID) // from here on the installation needs no image
+	p.mu.Unlock()
 	// No longer a blank machine: from here on it is this installation, or nothing if it fails.
 	if err := os.Remove(filepath.Join(dir, filenames.BlankFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("removing the blank machine's mark: %w", err)

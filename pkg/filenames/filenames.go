@@ -38,6 +38,9 @@ const (
 	// BakesDir holds one directory per golden image being baked, <key>: the bake VM's disk,
 	// seed and console. A bake left by a crash is removed at startup and baked again on demand.
 	BakesDir = "bakes"
+	// FaultFetchesDir holds the downloads of repaves with an injected image fault, one scratch
+	// cache each, removed when the download ends, and all of them at startup.
+	FaultFetchesDir = "fault-fetches"
 )
 
 // Files of a VM directory. The directory is the VM's whole state: a restarted controller finds

@@ -23,6 +23,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"net/netip"
@@ -117,6 +118,11 @@ type Cache struct {
 	// discarded, a cached entry removed and fetched again) and is returned
 	// wrapped. It must only read path.
 	Verify func(ctx context.Context, path string) error
+	// Intercept, when set, stands between an image's source and its download: it gets the
+	// opened body and its announced size (-1 unknown), or the error opening it, and returns
+	// what the download reads instead. For rehearsing failures (injected faults) on a cache of
+	// their own: a cache others share must never have one.
+	Intercept func(body io.ReadCloser, size int64, err error) (io.ReadCloser, int64, error)
 
 	// tlsConfig lets tests trust their own servers; nil means the system's roots.
 	tlsConfig *tls.Config

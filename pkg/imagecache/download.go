@@ -29,6 +29,9 @@ func (c *Cache) download(ctx context.Context, req fetchRequest, report Progress)
 	} else {
 		body, total, err = c.openHTTP(ctx, req.src)
 	}
+	if c.Intercept != nil {
+		body, total, err = c.Intercept(body, total, err)
+	}
 	if err != nil {
 		return Image{}, err
 	}
