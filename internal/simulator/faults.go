@@ -14,6 +14,7 @@ import (
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/controller"
 	"stargate.io/stargate/internal/faults"
+	"stargate.io/stargate/pkg/cloudinit"
 	"stargate.io/stargate/pkg/filenames"
 	"stargate.io/stargate/pkg/qemu"
 )
@@ -33,6 +34,7 @@ var (
 		stargatev1.FaultClockSkew:      vmSteps,
 		stargatev1.FaultPowerLoss:      vmSteps,
 		stargatev1.FaultHang:           vmSteps,
+		stargatev1.FaultKernelCrash:    {stargatev1.ConditionGuestReady}, // vendorData
 		// imagefaults.go
 		stargatev1.FaultImageServerError: {stargatev1.ConditionImageReady},
 		stargatev1.FaultImageSlow:        {stargatev1.ConditionImageReady},
@@ -194,6 +196,25 @@ func (p *Provider) strikeFaults(ctx context.Context, req controller.RepaveReques
 		p.cfg.Log.Info("fault: hang, VM stopped", "server", identity(req.Server), "fault", f.Name, "at", f.At, "for", f.Duration.Duration)
 	}
 	return nil
+}
+
+// vendorData is the installation's vendor-data: the readiness report, and a kernel crash first
+// when a KernelCrash fault strikes it (it strikes as cloud-init's final stage starts, GuestReady).
+func vendorData(req controller.RepaveRequest) []byte {
+	vd := cloudinit.ReadinessVendorData(req.InstanceID)
+	for _, f := range req.Faults {
+		if f.Type == stargatev1.FaultKernelCrash && slices.Contains(supportedFaults[f.Type], f.At) && faults.Validate(f) == nil {
+			return cloudinit.CrashKernel(vd)
+		}
+	}
+	return vd
+}
+
+// hasPanicked reports whether the guest's kernel panicked (its console says so): a guest that
+// will never report, whatever the cause.
+func hasPanicked(console []byte) bool {
+	_, ok := cloudinit.KernelPanic(console)
+	return ok
 }
 
 func appendLine(path, line string) error {

@@ -160,7 +160,8 @@ func TestDiskFaultsWithQEMU(t *testing.T) {
 // TestMachineFaultsWithQEMU: a Hang stops the VM (QMP stop, seen paused) for its duration and the
 // repave still succeeds, its timeline showing the gap; a skewed clock and a throttled disk are on
 // QEMU's command line, the skew in the guest's own clock too. Then a PowerLoss once cloud-init runs
-// kills QEMU, and the repave fails as for any VM that dies while booting.
+// kills QEMU, and the repave fails as for any VM that dies while booting. Last, a KernelCrash panics
+// the guest's kernel, and the repave fails at once with the panic line (KernelPanic).
 func TestMachineFaultsWithQEMU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs under TCG (minutes); skipped in -short mode")
@@ -219,5 +220,14 @@ func TestMachineFaultsWithQEMU(t *testing.T) {
 	}
 	if n := countQEMU(t, r.h.cfg.WorkDir); n != 0 {
 		t.Errorf("%d QEMU processes after the power loss", n)
+	}
+
+	// A kernel crash as cloud-init's final stage starts: a real panic, seen on the console, and the
+	// repave fails at once with it (KernelPanic), not at its timeout.
+	r.inject("crash", stargatev1.Fault{Name: "panic", Type: stargatev1.FaultKernelCrash, At: stargatev1.ConditionGuestReady})
+	op = r.repave("panicked", 12*time.Minute, stargatev1.OperationFailed, nil)
+	c := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionGuestReady)
+	if c == nil || c.Reason != "KernelPanic" || !strings.Contains(c.Message, "Kernel panic - not syncing: sysrq triggered crash") {
+		t.Errorf("GuestReady after the kernel crash: %+v", c)
 	}
 }

@@ -163,7 +163,7 @@ func (p *Provider) install(ctx context.Context, st *status, in installation) err
 		InstanceID: req.InstanceID,
 		Hostname:   req.Server.Name,
 		UserData:   in.userData,
-		VendorData: cloudinit.ReadinessVendorData(req.InstanceID),
+		VendorData: vendorData(req),
 		Network: &cloudinit.GuestNetwork{MAC: in.mac, Address: netip.PrefixFrom(in.ip, subnet.Bits()),
 			Gateway: p.cfg.Network.Gateway.Addr(), DNS: p.cfg.DNS},
 	})
@@ -246,6 +246,11 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 		st.set(stargatev1.ConditionGuestReady, controller.StepDone, "CloudInitDone", fmt.Sprintf("cloud-init finished without errors %s after QEMU started", up))
 		st.Done = true
 		return st.finish()
+	case hasPanicked(console):
+		line, _ := cloudinit.KernelPanic(console)
+		return st.fail(stargatev1.ConditionGuestReady, "KernelPanic",
+			fmt.Sprintf("The guest's kernel panicked %s after QEMU started: %s\n--- last lines of the serial console (%s) ---\n%s",
+				up, line, filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
 	case err != nil || !vm.Running:
 		return st.fail(stargatev1.ConditionVMRunning, "VMExited",
 			fmt.Sprintf("The VM exited %s after starting, before cloud-init finished\n--- last lines of the serial console (%s) ---\n%s",
