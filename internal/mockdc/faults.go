@@ -31,6 +31,11 @@ var supportedFaults = map[stargatev1.FaultType][]string{
 	stargatev1.FaultDiskWriteError:   {stargatev1.ConditionGuestReady},
 	stargatev1.FaultPowerLoss:        stargatev1.RepaveSteps,
 	stargatev1.FaultHang:             stargatev1.RepaveSteps,
+	// What the simulator's real guests show for these (its VM tests): a partition stalls the
+	// step, no route to the API server fails the join, a kernel crash fails the guest at once.
+	stargatev1.FaultNetworkPartition:   {stargatev1.ConditionVMRunning, stargatev1.ConditionGuestReady},
+	stargatev1.FaultNoRouteToAPIServer: {stargatev1.ConditionVMRunning, stargatev1.ConditionGuestReady},
+	stargatev1.FaultKernelCrash:        {stargatev1.ConditionGuestReady},
 }
 
 // SupportsFault reports whether the mock datacenter makes a fault of type t real at step at.
@@ -56,8 +61,12 @@ func outcome(faults []FaultBody, step string, stepDelay time.Duration) stepOutco
 			continue
 		}
 		switch stargatev1.FaultType(f.Type) {
-		case stargatev1.FaultHang:
+		case stargatev1.FaultHang, stargatev1.FaultNetworkPartition:
 			o.extra += f.Duration
+		case stargatev1.FaultNoRouteToAPIServer:
+			o.reason, o.message = "CloudInitFailed", "mock datacenter: the guest's cloud-init failed: connect to the API server: No route to host"
+		case stargatev1.FaultKernelCrash:
+			o.reason, o.message = "KernelPanic", "mock datacenter: the guest's kernel panicked: Kernel panic - not syncing: sysrq triggered crash"
 		case stargatev1.FaultPowerLoss:
 			o.powerLoss = true
 		case stargatev1.FaultImageServerError:

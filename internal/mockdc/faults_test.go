@@ -102,3 +102,22 @@ func TestUnsupportedFaultsAreRefusedNotIgnored(t *testing.T) {
 		t.Error("PowerLoss strikes at any step")
 	}
 }
+
+// The network and kernel faults the simulator's real guests show deterministically: a partition
+// stalls its step for its duration, no route to the API server and a kernel crash fail the guest
+// with the simulator's reasons.
+func TestNetworkAndKernelFaultsAsTheSimulatorsGuestsShowThem(t *testing.T) {
+	s, c := repaveWith(t, FaultBody{Type: string(stargatev1.FaultNetworkPartition), At: stargatev1.ConditionGuestReady, Duration: time.Minute})
+	if rep := s.reportAt(c, 30*time.Second); rep.Done || rep.Failed {
+		t.Errorf("want the guest stalled by the partition: %+v", rep)
+	}
+	if rep := s.reportAt(c, time.Hour); !rep.Done || rep.Failed {
+		t.Errorf("want the repave done once the partition ended: %+v", rep)
+	}
+	for typ, reason := range map[stargatev1.FaultType]string{stargatev1.FaultNoRouteToAPIServer: "CloudInitFailed", stargatev1.FaultKernelCrash: "KernelPanic"} {
+		s, c := repaveWith(t, FaultBody{Type: string(typ), At: stargatev1.ConditionGuestReady})
+		if rep := s.reportAt(c, time.Hour); !rep.Failed || rep.Reason != reason || steps(rep)[stargatev1.ConditionGuestReady] != "Failed" {
+			t.Errorf("%s: want GuestReady Failed with %s: %+v", typ, reason, rep)
+		}
+	}
+}
