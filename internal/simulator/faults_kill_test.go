@@ -78,6 +78,7 @@ func TestKill9WithActiveFaults(t *testing.T) {
 	const kns = "kill9"
 	mem, disk := resourceQ("1Gi"), resourceQ("4Gi")
 	must(c.Create(ctx, testenv.Namespace(kns)))
+	must(c.Create(ctx, testenv.Namespace("stargate-system"))) // the host Lease's (--lease-namespace)
 	server := &stargatev1.Server{ObjectMeta: metav1.ObjectMeta{Name: "s1", Namespace: kns},
 		Spec: stargatev1.ServerSpec{CPUs: 1, Memory: &mem, Disk: &disk}}
 	must(c.Create(ctx, server))

@@ -16,6 +16,7 @@ import (
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/controller"
 	"stargate.io/stargate/internal/faults"
+	"stargate.io/stargate/pkg/imagecache"
 )
 
 // Image faults strike a repave's download of its OS image, at ImageReady. The host's shared cache
@@ -23,8 +24,8 @@ import (
 // through the faults, into a scratch cache of its own (same policy and checks as the shared one:
 // size limit, checksum, disk image inspection), removed when the download ends and at startup. A
 // download the faults spoil fails the step with the reason any such download gets; one they only
-// slow down (or spoil unnoticed) succeeds, and the repave goes on with the cached image. The
-// simulator tries a download once per repave: a server error fails it.
+// slow down (or spoil unnoticed) succeeds, and the repave goes on with the cached image. Server
+// errors are tried again, as any download's are (fetchRetrying).
 
 var imageFaultTypes = []stargatev1.FaultType{stargatev1.FaultImageServerError, stargatev1.FaultImageSlow,
 	stargatev1.FaultImageTruncated, stargatev1.FaultImageCorrupted}
@@ -97,27 +98,31 @@ func (p *Provider) fetchThroughFaults(ctx context.Context, req controller.Repave
 	}
 	defer os.RemoveAll(dir)
 	c := newImageCache(dir, p.cfg.Images, p.cfg.Network.Subnet())
+	opened := 0 // the tries so far: a server error strikes the first failedTries
 	c.Intercept = func(body io.ReadCloser, size int64, err error) (io.ReadCloser, int64, error) {
-		return interceptImage(req.ImageURL, fs, body, size, err)
+		opened++
+		return interceptImage(req.ImageURL, fs, opened-1, body, size, err)
 	}
-	_, err = c.Fetch(ctx, req.ImageURL, req.ImageChecksum, func(done, total int64) {
+	_, err = fetchRetrying(ctx, c, req.ImageURL, req.ImageChecksum, func(done, total int64) {
 		f.bytes.Store(done)
 		f.size.Store(total)
 	})
 	return err
 }
 
-// interceptImage applies the image faults fs to a download: a server error in place of the body,
-// or the body slowed, cut or corrupted.
-func interceptImage(url string, fs []stargatev1.Fault, body io.ReadCloser, size int64, err error) (io.ReadCloser, int64, error) {
+// interceptImage applies the image faults fs to a download's try (tried: the tries before it): a
+// server error in place of the body for the first failedTries, or the body slowed, cut or corrupted.
+func interceptImage(url string, fs []stargatev1.Fault, tried int, body io.ReadCloser, size int64, err error) (io.ReadCloser, int64, error) {
 	if err != nil {
 		return body, size, err
 	}
 	for _, f := range fs {
 		switch f.Type {
 		case stargatev1.FaultImageServerError:
-			body.Close()
-			return nil, 0, fmt.Errorf("downloading %s: unexpected HTTP 503 Service Unavailable", url)
+			if tried < int(*f.FailedTries) {
+				body.Close()
+				return nil, 0, imagecache.ServerError(url, 503)
+			}
 		case stargatev1.FaultImageSlow:
 			body = newSlowReader(body, *f.BytesPerSecond)
 		case stargatev1.FaultImageTruncated:
@@ -187,7 +192,7 @@ func imageFaultNotes(fs []stargatev1.Fault) string {
 	for i, f := range fs {
 		switch f.Type {
 		case stargatev1.FaultImageServerError:
-			notes[i] = fmt.Sprintf("%s (the image server answers 503 Service Unavailable)", f.Name)
+			notes[i] = fmt.Sprintf("%s (the image server answers 503 Service Unavailable %d times)", f.Name, *f.FailedTries)
 		case stargatev1.FaultImageSlow:
 			notes[i] = fmt.Sprintf("%s (the download limited to %d bytes/s)", f.Name, *f.BytesPerSecond)
 		case stargatev1.FaultImageTruncated:

@@ -25,8 +25,9 @@ import (
 // 503, corrupted bytes (caught by the profile's checksum), a slow body cut short (the download's
 // own size check) — and the repave fails at ImageReady with the reason any such download gets,
 // its message naming the injected fault. The host's shared cache never sees a spoiled byte, and
-// no scratch download is left; with the FaultInjections deleted the image step succeeds, from the
-// shared cache, with the image as published. No VM boots: the faults strike before one would.
+// no scratch download is left. A mirror that fails fewer times than the simulator tries only
+// slows the step; with the FaultInjections deleted the image step succeeds, from the shared
+// cache, with the image as published. No VM boots: the faults strike before one would.
 func TestImageFaults(t *testing.T) {
 	netnstest.Require(t)
 	r := newFaultRig(t, "sgimgf-br0", "img-1")
@@ -49,7 +50,7 @@ func TestImageFaults(t *testing.T) {
 		says   []string
 	}{
 		{"mirror-down", []stargatev1.Fault{{Name: "down", Type: stargatev1.FaultImageServerError, FailedTries: ptr.To[int32](3)}},
-			"ImageFetchFailed", []string{"unexpected HTTP 503 Service Unavailable", "down (the image server answers 503"}},
+			"ImageFetchFailed", []string{"unexpected HTTP 503 Service Unavailable (gave up after 3 tries)", "down (the image server answers 503"}},
 		{"bit-rot", []stargatev1.Fault{{Name: "rot", Type: stargatev1.FaultImageCorrupted}},
 			"ChecksumMismatch", []string{"rot (a byte of every MiB"}},
 		{"slow-and-cut", []stargatev1.Fault{{Name: "slow", Type: stargatev1.FaultImageSlow, BytesPerSecond: ptr.To[int64](slow)},
@@ -87,17 +88,24 @@ func TestImageFaults(t *testing.T) {
 		}
 	}
 
+	// A mirror failing fewer times than the simulator tries: the repave's download gets through on
+	// its third try (2 s, then 4 s later), and the repave goes on.
+	fi := r.inject("flaky-mirror", stargatev1.Fault{Name: "flaky", Type: stargatev1.FaultImageServerError,
+		At: stargatev1.ConditionImageReady, FailedTries: ptr.To[int32](2)})
+	start := time.Now()
+	imageReady(t, r, "flaky")
+	if took := time.Since(start); took < 6*time.Second {
+		t.Errorf("ImageReady after %s through two server errors, want the retries' 6 s at least", took)
+	}
+	r.must(r.c.Delete(context.Background(), fi))
+
 	// Without the faults: the image step succeeds from the shared cache, with the published bytes.
 	waitFor(t, "the FaultInjections to be gone", time.Minute, func() bool {
 		var l stargatev1.FaultInjectionList
 		r.must(r.c.List(context.Background(), &l, client.InNamespace(ns)))
 		return len(l.Items) == 0
 	})
-	op := r.startRepave("clean", 5*time.Minute)
-	waitFor(t, "ImageReady", 2*time.Minute, func() bool {
-		r.must(r.c.Get(context.Background(), client.ObjectKeyFromObject(op), op))
-		return meta.IsStatusConditionTrue(op.Status.Conditions, stargatev1.ConditionImageReady)
-	})
+	imageReady(t, r, "clean")
 	cached := cachedImages(t, r.h.cfg.WorkDir)
 	if len(cached) != 1 {
 		t.Fatalf("shared cache %v, want the one image", cached)
@@ -107,7 +115,21 @@ func TestImageFaults(t *testing.T) {
 	if sha256.Sum256(got) != sum {
 		t.Error("the shared cache's image differs from the published one")
 	}
-	r.must(r.c.Delete(context.Background(), op)) // no need to boot the tiny image
+}
+
+// imageReady runs a repave until its image step is done, then deletes it: the tiny image need not
+// boot.
+func imageReady(t *testing.T, r *faultRig, name string) {
+	t.Helper()
+	op := r.startRepave(name, 5*time.Minute)
+	waitFor(t, name+"'s ImageReady", 2*time.Minute, func() bool {
+		r.must(r.c.Get(context.Background(), client.ObjectKeyFromObject(op), op))
+		if op.Status.Phase.IsFinal() {
+			t.Fatalf("%s ended %s before its image was ready: %s", name, op.Status.Phase, op.Status.Message)
+		}
+		return meta.IsStatusConditionTrue(op.Status.Conditions, stargatev1.ConditionImageReady)
+	})
+	r.must(r.c.Delete(context.Background(), op))
 }
 
 // cachedImages are the image files of the host's shared cache.

@@ -68,6 +68,30 @@ func newCache(dir string, pol ImagePolicy, vmNet netip.Prefix, verify func(conte
 	return c
 }
 
+// ImageTries is how many times a download is tried while the image server answers 5xx (a mirror
+// restarting, a proxy overloaded), waiting imageRetryWait longer after each try.
+const ImageTries = 3
+
+var imageRetryWait = 2 * time.Second
+
+// fetchRetrying fetches an image through c, trying again after a server error.
+func fetchRetrying(ctx context.Context, c *imagecache.Cache, url, checksum string, progress imagecache.Progress) (imagecache.Image, error) {
+	for try := 1; ; try++ {
+		img, err := c.Fetch(ctx, url, checksum, progress)
+		if err == nil || !errors.Is(err, imagecache.ErrServerError) {
+			return img, err
+		}
+		if try == ImageTries {
+			return img, fmt.Errorf("%w (gave up after %d tries)", err, ImageTries)
+		}
+		select {
+		case <-ctx.Done():
+			return img, err
+		case <-time.After(time.Duration(try) * imageRetryWait):
+		}
+	}
+}
+
 // imageFetch is a download running in the background, shared by every repave of the same image.
 type imageFetch struct {
 	backgroundJob
@@ -110,7 +134,7 @@ func (p *Provider) fetchImage(url, checksum, instanceID string) *imageFetch {
 		return f
 	}
 	return joinJob(p, p.fetches, url+"\x00"+checksum, instanceID, newFetch, func(ctx context.Context, f *imageFetch) error {
-		img, err := p.images.Fetch(ctx, url, checksum, func(done, total int64) {
+		img, err := fetchRetrying(ctx, p.images, url, checksum, func(done, total int64) {
 			f.bytes.Store(done)
 			f.size.Store(total)
 		})

@@ -2,6 +2,7 @@ package simulator
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net/netip"
 	"slices"
@@ -14,6 +15,7 @@ import (
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/pkg/hostnet"
+	"stargate.io/stargate/pkg/imagecache"
 )
 
 // The API server as guests reach it: its own address, or, when it is on this host's loopback,
@@ -91,17 +93,20 @@ func TestInterceptImage(t *testing.T) {
 	open := func() io.ReadCloser { return io.NopCloser(bytes.NewReader(data)) }
 	size := int64(len(data))
 	f := func(typ stargatev1.FaultType) []stargatev1.Fault {
-		return []stargatev1.Fault{{Name: "f", Type: typ, BytesPerSecond: ptr.To[int64](1 << 20)}}
+		return []stargatev1.Fault{{Name: "f", Type: typ, BytesPerSecond: ptr.To[int64](1 << 20), FailedTries: ptr.To[int32](2)}}
 	}
-	if _, _, err := interceptImage("http://mirror/x", f(stargatev1.FaultImageServerError), open(), size, nil); err == nil ||
-		err.Error() != "downloading http://mirror/x: unexpected HTTP 503 Service Unavailable" {
-		t.Errorf("server error: %v", err)
+	for tried, want := range []bool{true, true, false} {
+		_, _, err := interceptImage("http://mirror/x", f(stargatev1.FaultImageServerError), tried, open(), size, nil)
+		if fails := err != nil; fails != want || (fails && (!errors.Is(err, imagecache.ErrServerError) ||
+			err.Error() != "downloading http://mirror/x: unexpected HTTP 503 Service Unavailable")) {
+			t.Errorf("server error of failedTries 2, try %d: %v", tried+1, err)
+		}
 	}
-	body, _, _ := interceptImage("u", f(stargatev1.FaultImageTruncated), open(), size, nil)
+	body, _, _ := interceptImage("u", f(stargatev1.FaultImageTruncated), 0, open(), size, nil)
 	if got, _ := io.ReadAll(body); len(got) != len(data)/2 {
 		t.Errorf("truncated to %d bytes, want %d", len(got), len(data)/2)
 	}
-	body, _, _ = interceptImage("u", f(stargatev1.FaultImageCorrupted), open(), size, nil)
+	body, _, _ = interceptImage("u", f(stargatev1.FaultImageCorrupted), 0, open(), size, nil)
 	got, _ := io.ReadAll(body)
 	var flipped []int
 	for i, b := range got {
@@ -113,11 +118,11 @@ func TestInterceptImage(t *testing.T) {
 		t.Errorf("corrupted bytes at %v, want %v", flipped, want)
 	}
 	start := time.Now()
-	body, _, _ = interceptImage("u", f(stargatev1.FaultImageSlow), io.NopCloser(bytes.NewReader(data[:1<<20])), 1<<20, nil)
+	body, _, _ = interceptImage("u", f(stargatev1.FaultImageSlow), 0, io.NopCloser(bytes.NewReader(data[:1<<20])), 1<<20, nil)
 	if got, _ := io.ReadAll(body); len(got) != 1<<20 || time.Since(start) < 700*time.Millisecond {
 		t.Errorf("1 MiB at 1 MiB/s: %d bytes in %s", len(got), time.Since(start))
 	}
-	if _, _, err := interceptImage("u", f(stargatev1.FaultImageSlow), nil, 0, io.ErrUnexpectedEOF); err != io.ErrUnexpectedEOF {
+	if _, _, err := interceptImage("u", f(stargatev1.FaultImageSlow), 0, nil, 0, io.ErrUnexpectedEOF); err != io.ErrUnexpectedEOF {
 		t.Errorf("an open error must pass through: %v", err)
 	}
 }

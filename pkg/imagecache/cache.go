@@ -77,6 +77,25 @@ var ErrChecksumMismatch = errors.New("checksum mismatch")
 // (HTTP 404, or a missing file for file:// URLs).
 var ErrNotFound = errors.New("image not found")
 
+// ErrServerError is returned (wrapped) when the server answers with a 5xx status: the one kind of
+// failure worth trying again soon (a mirror restarting, a proxy overloaded).
+var ErrServerError = errors.New("server error")
+
+// ServerError is the error of a download of rawURL answered with the 5xx status code: it says
+// which, and is ErrServerError.
+func ServerError(rawURL string, code int) error { return serverError{rawURL, code} }
+
+type serverError struct {
+	url  string
+	code int
+}
+
+func (e serverError) Error() string {
+	return fmt.Sprintf("downloading %s: unexpected HTTP %d %s", e.url, e.code, http.StatusText(e.code))
+}
+
+func (e serverError) Is(target error) bool { return target == ErrServerError }
+
 // Cache downloads OS images once per URL into Dir and hands out the cached path.
 //
 // A cache entry is never modified once complete, so any number of VMs may use

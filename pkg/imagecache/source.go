@@ -322,6 +322,10 @@ func (c *Cache) openHTTP(ctx context.Context, src source) (io.ReadCloser, int64,
 		resp.Body.Close()
 		cancel(nil)
 		return nil, 0, fmt.Errorf("downloading %s: %s: %w", src.raw, status, ErrNotFound)
+	case resp.StatusCode >= 500:
+		resp.Body.Close()
+		cancel(nil)
+		return nil, 0, ServerError(src.raw, resp.StatusCode)
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
 		resp.Body.Close()
 		cancel(nil)
