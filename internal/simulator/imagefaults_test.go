@@ -75,8 +75,8 @@ func TestImageFaults(t *testing.T) {
 			}
 		}
 		if c.name == "slow-and-cut" {
-			if min := time.Duration(float64(len(data)/2) / slow * float64(time.Second)); took < min*8/10 {
-				t.Errorf("the slowed download ended after %s, want at least about %s", took, min)
+			if least := time.Duration(float64(len(data)/2) / slow * float64(time.Second)); took < least*8/10 {
+				t.Errorf("the slowed download ended after %s, want at least about %s", took, least)
 			}
 		}
 		r.must(r.c.Delete(context.Background(), fi))

@@ -122,7 +122,7 @@ func TestInterceptImage(t *testing.T) {
 	if got, _ := io.ReadAll(body); len(got) != 1<<20 || time.Since(start) < 700*time.Millisecond {
 		t.Errorf("1 MiB at 1 MiB/s: %d bytes in %s", len(got), time.Since(start))
 	}
-	if _, _, err := interceptImage("u", f(stargatev1.FaultImageSlow), 0, nil, 0, io.ErrUnexpectedEOF); err != io.ErrUnexpectedEOF {
+	if _, _, err := interceptImage("u", f(stargatev1.FaultImageSlow), 0, nil, 0, io.ErrUnexpectedEOF); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("an open error must pass through: %v", err)
 	}
 }

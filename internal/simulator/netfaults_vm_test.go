@@ -55,10 +55,12 @@ func TestNetworkFaultsWithQEMU(t *testing.T) {
 	t.Cleanup(func() { web.Close() })
 	go func() { _ = http.Serve(web, http.NotFoundHandler()) }()
 	_, webPort, _ := net.SplitHostPort(web.Addr().String())
-	r.setProfile(func(pp *stargatev1.ProvisioningProfileSpec) { pp.CloudInit = "#cloud-config\nruncmd:\n  - [sh, -c, 'for i in 1 2 3; do curl -s -o /dev/null -w \"STARGATE-CONNECT %{time_connect}\\n\" " +
-		"http://192.168.100.1:" + webPort + "/; done > /dev/ttyS0 2>&1; " +
-		"echo nameserver 192.168.100.1 > /etc/resolv.conf; timeout 12 getent hosts registry.stargate.test > /dev/ttyS0 2>&1; " +
-		"timeout 20 bash -c \"</dev/tcp/192.168.100.1/" + apiPort + "\" 2> /dev/ttyS0 && echo STARGATE-API-REACHED > /dev/ttyS0']\n" })
+	r.setProfile(func(pp *stargatev1.ProvisioningProfileSpec) {
+		pp.CloudInit = "#cloud-config\nruncmd:\n  - [sh, -c, 'for i in 1 2 3; do curl -s -o /dev/null -w \"STARGATE-CONNECT %{time_connect}\\n\" " +
+			"http://192.168.100.1:" + webPort + "/; done > /dev/ttyS0 2>&1; " +
+			"echo nameserver 192.168.100.1 > /etc/resolv.conf; timeout 12 getent hosts registry.stargate.test > /dev/ttyS0 2>&1; " +
+			"timeout 20 bash -c \"</dev/tcp/192.168.100.1/" + apiPort + "\" 2> /dev/ttyS0 && echo STARGATE-API-REACHED > /dev/ttyS0']\n"
+	})
 	fi := r.inject("flaky-net",
 		stargatev1.Fault{Name: "slow", Type: stargatev1.FaultNetworkLatency, At: stargatev1.ConditionVMRunning, Duration: &metav1.Duration{Duration: delay}},
 		stargatev1.Fault{Name: "cut", Type: stargatev1.FaultNetworkPartition, At: stargatev1.ConditionVMRunning, Duration: &metav1.Duration{Duration: partition}},
