@@ -230,4 +230,7 @@ func TestMachineFaultsWithQEMU(t *testing.T) {
 	if c == nil || c.Reason != "KernelPanic" || !strings.Contains(c.Message, "Kernel panic - not syncing: sysrq triggered crash") {
 		t.Errorf("GuestReady after the kernel crash: %+v", c)
 	}
+	if !meta.IsStatusConditionTrue(op.Status.Conditions, stargatev1.ConditionVMRunning) {
+		t.Error("VMRunning is not True after the kernel crash: the VM ran, its guest panicked")
+	}
 }

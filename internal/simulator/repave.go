@@ -248,6 +248,7 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 		return st.finish()
 	case hasPanicked(console):
 		line, _ := cloudinit.KernelPanic(console)
+		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
 		return st.fail(stargatev1.ConditionGuestReady, "KernelPanic",
 			fmt.Sprintf("The guest's kernel panicked %s after QEMU started: %s\n--- last lines of the serial console (%s) ---\n%s",
 				up, line, filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
