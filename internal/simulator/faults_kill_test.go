@@ -36,29 +36,16 @@ func TestKill9WithActiveFaults(t *testing.T) {
 		return // it ran in a network namespace of its own: output and verdict above
 	}
 	image := guestImage(t)
-	goBin := testreq.Command(t, "go", "install Go")
 	testreq.Command(t, "nft", "apt-get install -y nftables")
-	env, err := testenv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
-	c, ctx := env.Client, context.Background()
+	rig := newBinaryRig(t)
+	tmp, simBin, kubeconfig := rig.tmp, rig.simBin, rig.kubeconfig
+	c, ctx := rig.env.Client, context.Background()
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	tmp := t.TempDir()
-	simBin := filepath.Join(tmp, "simulator")
-	build := exec.Command(goBin, "build", "-o", simBin, "./cmd/simulator")
-	build.Dir = testenv.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the simulator: %v\n%s", err, out)
-	}
-	kubeconfig := filepath.Join(tmp, "kubeconfig")
-	must(env.WriteKubeconfig(kubeconfig, ""))
 	work := filepath.Join(tmp, "work")
 	flags := []string{"--kubeconfig", kubeconfig, "--work-dir", work, "--bridge", "sgk9-br0", "--gateway", "192.168.122.1/24",
 		"--no-nat", "--accel", "tcg", "--image-dir", filepath.Dir(image), "--host-id", "kill9-faults",
@@ -131,4 +118,34 @@ func TestKill9WithActiveFaults(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(work, filenames.FaultFetchesDir)); !os.IsNotExist(err) {
 		t.Errorf("scratch downloads after the restart: %v", err)
 	}
+}
+
+// binaryRig is the real simulator binary built for a test, with a real API server and a
+// kubeconfig for it, in a temp directory of the test's: what the tests that kill or run two
+// simulator processes start from.
+type binaryRig struct {
+	env         *testenv.Env
+	tmp, simBin string
+	kubeconfig  string
+}
+
+func newBinaryRig(t testing.TB) *binaryRig {
+	t.Helper()
+	goBin := testreq.Command(t, "go", "install Go")
+	env, err := testenv.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	r := &binaryRig{env: env, tmp: t.TempDir()}
+	r.simBin, r.kubeconfig = filepath.Join(r.tmp, "simulator"), filepath.Join(r.tmp, "kubeconfig")
+	build := exec.Command(goBin, "build", "-o", r.simBin, "./cmd/simulator")
+	build.Dir = testenv.RepoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the simulator: %v\n%s", err, out)
+	}
+	if err := env.WriteKubeconfig(r.kubeconfig, ""); err != nil {
+		t.Fatal(err)
+	}
+	return r
 }

@@ -74,15 +74,11 @@ func faultSuite(t testing.TB) time.Duration {
 	image := guestImage(t)
 	realImg := testreq.Command(t, "qemu-img", "apt-get install -y qemu-utils")
 	realQEMU := testreq.Command(t, "qemu-system-x86_64", "apt-get install -y qemu-system-x86")
-	goBin := testreq.Command(t, "go", "install Go")
 	began := time.Now()
 	ctx := context.Background()
 
-	env, err := testenv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	rig := newBinaryRig(t)
+	env, tmp, simBin, kubeconfig := rig.env, rig.tmp, rig.simBin, rig.kubeconfig
 	c := env.Client
 	must := func(err error) {
 		t.Helper()
@@ -90,16 +86,6 @@ func faultSuite(t testing.TB) time.Duration {
 			t.Fatal(err)
 		}
 	}
-
-	tmp := t.TempDir()
-	simBin := filepath.Join(tmp, "simulator")
-	build := exec.Command(goBin, "build", "-o", simBin, "./cmd/simulator")
-	build.Dir = testenv.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the simulator: %v\n%s", err, out)
-	}
-	kubeconfig := filepath.Join(tmp, "kubeconfig")
-	must(env.WriteKubeconfig(kubeconfig, ""))
 	ctl, wrapDir := filepath.Join(tmp, "ctl"), filepath.Join(tmp, "wrappers")
 	must(writeWrappers(wrapDir, ctl, realImg, realQEMU))
 

@@ -20,7 +20,6 @@ import (
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/netnstest"
 	"stargate.io/stargate/internal/testenv"
-	"stargate.io/stargate/internal/testreq"
 )
 
 // TestTwoSimulatorsHandOverWithQEMU runs two real simulator binaries, each with its own host id,
@@ -38,13 +37,9 @@ func TestTwoSimulatorsHandOverWithQEMU(t *testing.T) {
 	}
 	netnstest.Require(t)
 	image := guestImage(t)
-	goBin := testreq.Command(t, "go", "install Go")
 	ctx := context.Background()
-	env, err := testenv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = env.Stop() })
+	rig := newBinaryRig(t)
+	env, tmp, simBin, kubeconfig := rig.env, rig.tmp, rig.simBin, rig.kubeconfig
 	c := env.Client
 	must := func(err error) {
 		t.Helper()
@@ -52,15 +47,6 @@ func TestTwoSimulatorsHandOverWithQEMU(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	tmp := t.TempDir()
-	simBin := filepath.Join(tmp, "simulator")
-	build := exec.Command(goBin, "build", "-o", simBin, "./cmd/simulator")
-	build.Dir = testenv.RepoRoot()
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building the simulator: %v\n%s", err, out)
-	}
-	kubeconfig := filepath.Join(tmp, "kubeconfig")
-	must(env.WriteKubeconfig(kubeconfig, ""))
 	// host-b runs in a network namespace of its own, as on another machine (tap names derive from
 	// the Server, so two hosts cannot share one namespace), joined to this one by a veth; it reaches
 	// the API server (on this namespace's loopback) through a TCP relay on the veth's address.
