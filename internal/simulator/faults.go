@@ -54,6 +54,9 @@ var _ controller.FaultInjector = (*Provider)(nil)
 // SupportsFault reports whether the simulator makes a fault of type t real at step at
 // (controller.FaultInjector).
 func (p *Provider) SupportsFault(t stargatev1.FaultType, at string) bool {
+	if isNetworkFault(t) && t != stargatev1.FaultNetworkLatency && !p.nft {
+		return false // made with nftables, which this host lacks: FaultsUnsupported says so
+	}
 	return slices.Contains(supportedFaults[t], at)
 }
 

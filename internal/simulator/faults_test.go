@@ -17,7 +17,7 @@ import (
 )
 
 func TestSupportsFault(t *testing.T) {
-	p := &Provider{}
+	p := &Provider{nft: true}
 	for _, typ := range []stargatev1.FaultType{stargatev1.FaultDiskReadError, stargatev1.FaultDiskWriteError, stargatev1.FaultDiskSlow,
 		stargatev1.FaultClockSkew, stargatev1.FaultPowerLoss, stargatev1.FaultHang, stargatev1.FaultNetworkLatency,
 		stargatev1.FaultNetworkLoss, stargatev1.FaultNetworkPartition, stargatev1.FaultNoDNS, stargatev1.FaultNoRouteToAPIServer} {
@@ -131,5 +131,17 @@ func TestHangLevelTriggered(t *testing.T) {
 	}
 	if _, err := os.Stat(hangFile); !os.IsNotExist(err) {
 		t.Errorf("an ended hang is still recorded: %v", err)
+	}
+}
+
+// Without nft the tap's faults cannot be made: they are reported unsupported, not left to fail a
+// repave; the delay (in QEMU) still is.
+func TestNetworkFaultsNeedNFT(t *testing.T) {
+	p := &Provider{}
+	if p.SupportsFault(stargatev1.FaultNetworkPartition, stargatev1.ConditionVMRunning) || p.SupportsFault(stargatev1.FaultNoDNS, stargatev1.ConditionVMRunning) {
+		t.Error("a host without nft claims the faults made with it")
+	}
+	if !p.SupportsFault(stargatev1.FaultNetworkLatency, stargatev1.ConditionVMRunning) {
+		t.Error("NetworkLatency needs QEMU only")
 	}
 }

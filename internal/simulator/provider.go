@@ -95,6 +95,8 @@ type Provider struct {
 	// imageFaultsStruck the installations whose download through them is done (imagefaults.go).
 	faultFetches      map[string]*faultFetch
 	imageFaultsStruck map[string]bool
+	// nft: this host has nft, which the network faults at a tap need (netfaults.go).
+	nft bool
 	// bakes are the golden image bakes running, bakeFailures the failed ones not to retry yet
 	// (golden.go); bakeWG waits for the bakes' goroutines as the provider stops.
 	bakes        map[string]*bakeJob
@@ -189,6 +191,7 @@ func New(cfg Config) (*Provider, error) {
 		fetches:           map[string]*imageFetch{},
 		faultFetches:      map[string]*faultFetch{},
 		imageFaultsStruck: map[string]bool{},
+		nft:               hasNFT(),
 		bakes:             map[string]*bakeJob{},
 		bakeFailures:      map[string]bakeFailure{},
 		queuedBakes:       map[string]queuedBake{},

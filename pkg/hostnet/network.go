@@ -272,9 +272,8 @@ func (n *Network) EnsureTap(name string) error {
 // DeleteTap removes a tap device and its injected network faults (SetTapFaults); a missing one is
 // not an error.
 func (n *Network) DeleteTap(name string) error {
-	if taps, err := FaultTaps(); err != nil {
-		return err
-	} else if slices.Contains(taps, name) {
+	// A host whose nft cannot list tables has none of ours (SetTapFaults needs it too).
+	if taps, _ := FaultTaps(); slices.Contains(taps, name) {
 		if err := SetTapFaults(name, TapFaults{}); err != nil {
 			return err
 		}
