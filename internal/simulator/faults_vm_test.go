@@ -157,8 +157,9 @@ func TestDiskFaultsWithQEMU(t *testing.T) {
 	}
 }
 
-// TestMachineFaultsWithQEMU: a Hang stops the VM (QMP stop, seen paused) for its duration and the
-// repave still succeeds, its timeline showing the gap; a skewed clock and a throttled disk are on
+// TestMachineFaultsWithQEMU: first, network faults fail a repave (networkFaultsRepave). Then a
+// Hang stops the VM (QMP stop, seen paused) for its duration and the repave still succeeds (and
+// its guest, with the network faults gone, reaches the API server), its timeline showing the gap; a skewed clock and a throttled disk are on
 // QEMU's command line, the skew in the guest's own clock too. Then a PowerLoss once cloud-init runs
 // kills QEMU, and the repave fails as for any VM that dies while booting. Last, a KernelCrash panics
 // the guest's kernel, and the repave fails at once with the panic line (KernelPanic).
@@ -170,6 +171,7 @@ func TestMachineFaultsWithQEMU(t *testing.T) {
 		return // it ran in a network namespace of its own: output and verdict above
 	}
 	r := newFaultRig(t, "sgmach-br0", "mach-1")
+	networkGone := networkFaultsRepave(t, r) // netfaults_vm_test.go: the first repave, failed
 	const hang, skew = 20 * time.Second, 30 * time.Minute
 	fi := r.inject("machine", stargatev1.Fault{Name: "hang", Type: stargatev1.FaultHang, At: stargatev1.ConditionVMRunning,
 		Duration: &metav1.Duration{Duration: hang}},
@@ -188,6 +190,7 @@ func TestMachineFaultsWithQEMU(t *testing.T) {
 			cmdline = qemuCmdline(t, r.vmDir())
 		}
 	})
+	networkGone() // the network faults' FaultInjection deleted, this repave reached the API server
 	if !paused {
 		t.Error("the VM was never seen paused during its hang")
 	}

@@ -18,31 +18,24 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
-	"stargate.io/stargate/internal/netnstest"
 	"stargate.io/stargate/pkg/filenames"
 	"stargate.io/stargate/pkg/hostnet"
 )
 
-// TestNetworkFaultsWithQEMU: network faults strike a real guest at its tap and in its QEMU. With
-// a delay, a partition, no DNS and no route to the API server injected as the VM starts, the
-// guest's pings take the delay, the partition is in force and then lifted on time, its DNS
-// queries are dropped, and its connection to the API server fails with "No route to host": the
-// guest's cloud-init fails on it, and the repave says so with the guest's own error lines
-// (CloudInitFailed). With the FaultInjection deleted, the next repave reaches the API server and
-// succeeds, and no fault is left at the tap.
-func TestNetworkFaultsWithQEMU(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots VMs under TCG (minutes); skipped in -short mode")
-	}
-	if netnstest.RanIsolated(t) {
-		return // it ran in a network namespace of its own: output and verdict above
-	}
+// networkFaultsRepave runs the rig's first repave with network faults striking a real guest at
+// its tap and in its QEMU (TestMachineFaultsWithQEMU runs it, sharing its boots). With a delay, a
+// partition, no DNS and no route to the API server injected as the VM starts, the guest's round
+// trips take the delay, the partition is in force and then lifted on time, its DNS queries are
+// dropped, and its connection to the API server fails with "No route to host": the guest's
+// cloud-init fails on it, and the repave says so with the guest's own error lines
+// (CloudInitFailed). The FaultInjection is deleted; the returned check, run after the rig's next
+// repave succeeded, shows that repave's guest reached the API server with no fault left at its tap.
+func networkFaultsRepave(t *testing.T, r *faultRig) (checkGone func()) {
 	// (Nobody answers DNS on the host: the guest's queries only have to be sent, or dropped.)
 	// The API server as guests reach it: a relay on the bridge's address to the test's API server
 	// (on loopback), as a cluster's API server on another machine would be.
 	var apiPort string
 	gateway := netip.MustParseAddr("192.168.100.1")
-	r := newFaultRig(t, "sgnet-br0", "net-1")
 	_, apiPort, _ = net.SplitHostPort(relayTo(t, "0.0.0.0:0", strings.TrimPrefix(r.h.env.Config.Host, "https://")))
 	r.h.halt()
 	r.h.cfg.APIServer = "https://" + net.JoinHostPort(gateway.String(), apiPort)
@@ -106,11 +99,20 @@ func TestNetworkFaultsWithQEMU(t *testing.T) {
 	}
 
 	r.must(r.c.Delete(context.Background(), fi))
-	r.repave("clean", 12*time.Minute, stargatev1.OperationSucceeded, nil)
+	return func() {
+		t.Helper()
+		checkNetworkFaultsGone(t, r, tap)
+	}
+}
+
+// checkNetworkFaultsGone: after a repave without the network faults, no fault is left at the
+// tap, none is recorded, and the guest reached the API server.
+func checkNetworkFaultsGone(t *testing.T, r *faultRig, tap string) {
+	t.Helper()
 	if table := nftTable(t, tap); table != "" {
 		t.Errorf("a repave without faults still has a fault table at its tap:\n%s", table)
 	}
-	console, err = os.ReadFile(filepath.Join(r.vmDir(), filenames.ConsoleFile))
+	console, err := os.ReadFile(filepath.Join(r.vmDir(), filenames.ConsoleFile))
 	r.must(err)
 	if !strings.Contains(string(console), "STARGATE-API-REACHED") {
 		t.Error("without the faults the guest did not reach the API server")
