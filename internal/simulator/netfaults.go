@@ -174,11 +174,7 @@ func forgetNetworkFaults(dir, tap string) error {
 	if err := os.Remove(filepath.Join(dir, filenames.NetworkFaultsFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("removing the previous installation's network faults: %w", err)
 	}
-	// A host whose nft cannot list tables has none of ours (none could be set).
-	if taps, _ := hostnet.FaultTaps(); !slices.Contains(taps, tap) {
-		return nil
-	}
-	return hostnet.SetTapFaults(tap, hostnet.TapFaults{})
+	return hostnet.ClearTapFaults(tap)
 }
 
 // restoreNetworkFaults runs at startup, after the garbage collection: the network faults of the
@@ -209,7 +205,7 @@ func (p *Provider) restoreNetworkFaults(owners map[string]string, bridgeTaps []s
 		n, ok, err := readNetworkFaults(dir)
 		if err != nil || !ok {
 			errs = append(errs, err)
-			if ok || slices.Contains(faultTaps, tap) {
+			if slices.Contains(faultTaps, tap) {
 				errs = append(errs, hostnet.SetTapFaults(tap, hostnet.TapFaults{}))
 			}
 			continue

@@ -161,9 +161,14 @@ func TestTapFaultsStrikeOnlyTheirVM(t *testing.T) {
 		t.Fatalf("without faults the API server port: %s", out)
 	}
 
+	// Nothing of the host's but the tap's own table changes: no other table, no iptables rule.
+	tablesBefore, iptablesBefore := nftTables(t), iptablesSave(t)
 	api := netip.MustParseAddrPort("10.77.0.1:6443")
 	faults := TapFaults{NoDNS: true, Unreachable: []netip.AddrPort{api}}
 	l.set(faults)
+	if got, want := nftTables(t), tablesBefore+"table netdev "+faultTable(labTap)+"\n"; got != want {
+		t.Errorf("nft tables with the faults:\n%s\nwant:\n%s", got, want)
+	}
 	l.set(faults) // again, as after a restart: one table, one set of rules
 	if out, _ := exec.Command("nft", "list", "table", "netdev", faultTable(labTap)).CombinedOutput(); strings.Count(string(out), `comment "NoDNS"`) != 1 {
 		t.Errorf("want one NoDNS rule after setting the faults twice:\n%s", out)
@@ -196,25 +201,32 @@ func TestTapFaultsStrikeOnlyTheirVM(t *testing.T) {
 	if taps, err := FaultTaps(); err != nil || len(taps) != 0 {
 		t.Errorf("fault tables after clearing: %v %v", taps, err)
 	}
+	if got := nftTables(t); got != tablesBefore {
+		t.Errorf("nft tables after clearing:\n%s\nwant as before:\n%s", got, tablesBefore)
+	}
+	if got := iptablesSave(t); stripCounters(got) != stripCounters(iptablesBefore) {
+		t.Errorf("iptables changed by the faults:\n%s\nbefore:\n%s", got, iptablesBefore)
+	}
 	if got := l.pings(5); got != 5 {
 		t.Errorf("after clearing, %d of 5 pings came back", got)
 	}
 }
 
-// A tap deleted with its faults takes them along; ClearFaults removes those of every tap (what a
-// simulator starting after kill -9 does before setting its VMs' faults again).
-func TestTapFaultsGoWithTheTapAndClearFaults(t *testing.T) {
+// ClearTapFaults removes a tap's faults (and is nothing to do without them); a tap deleted with
+// its faults takes them along.
+func TestTapFaultsGoWithTheTapAndClearTapFaults(t *testing.T) {
 	l := newFaultLab(t)
 	l.set(TapFaults{Partition: true})
 	if taps, err := FaultTaps(); err != nil || len(taps) != 1 || taps[0] != labTap {
 		t.Fatalf("fault taps %v %v, want [%s]", taps, err, labTap)
 	}
-	cleared, err := ClearFaults()
-	if err != nil || len(cleared) != 1 {
-		t.Fatalf("ClearFaults: %v %v", cleared, err)
+	for range 2 { // the second finds nothing to clear
+		if err := ClearTapFaults(labTap); err != nil {
+			t.Fatalf("ClearTapFaults: %v", err)
+		}
 	}
 	if got := l.pings(3); got != 3 {
-		t.Errorf("after ClearFaults %d of 3 pings came back", got)
+		t.Errorf("after ClearTapFaults %d of 3 pings came back", got)
 	}
 	l.set(TapFaults{NoDNS: true})
 	n, _ := New(Config{Bridge: "sgflt-br0", Gateway: netip.MustParsePrefix("10.77.0.1/24")})
@@ -227,4 +239,25 @@ func TestTapFaultsGoWithTheTapAndClearFaults(t *testing.T) {
 	if taps, err := FaultTaps(); err != nil || len(taps) != 0 {
 		t.Errorf("fault tables after the tap's deletion: %v %v", taps, err)
 	}
+}
+
+// nftTables lists the network namespace's nftables tables, one line each.
+func nftTables(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("nft", "list", "tables").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list tables: %v: %s", err, out)
+	}
+	return string(out)
+}
+
+// stripCounters drops iptables-save's comment lines and packet counters, which traffic changes.
+func stripCounters(dump string) string {
+	var keep []string
+	for _, l := range strings.Split(dump, "\n") {
+		if !strings.HasPrefix(l, "#") {
+			keep = append(keep, regexp.MustCompile(`\[\d+:\d+\]`).ReplaceAllString(l, ""))
+		}
+	}
+	return strings.Join(keep, "\n")
 }

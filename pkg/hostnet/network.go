@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
@@ -272,11 +271,8 @@ func (n *Network) EnsureTap(name string) error {
 // DeleteTap removes a tap device and its injected network faults (SetTapFaults); a missing one is
 // not an error.
 func (n *Network) DeleteTap(name string) error {
-	// A host whose nft cannot list tables has none of ours (SetTapFaults needs it too).
-	if taps, _ := FaultTaps(); slices.Contains(taps, name) {
-		if err := SetTapFaults(name, TapFaults{}); err != nil {
-			return err
-		}
+	if err := ClearTapFaults(name); err != nil {
+		return err
 	}
 	link, err := netlink.LinkByName(name)
 	if err != nil {
