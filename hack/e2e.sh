@@ -17,9 +17,12 @@
 #      Node worker-1 exists, is Ready and has that IP as InternalIP; it did not wait for a golden image: it ran
 #      the profile's installation itself (ImageReady Cached, "runs the profile's installation itself") while the
 #      golden image was baked in the background, which then ends with one golden image and no bake left.
-#   3. Operation repave-2 of the same Server: Succeeded; same IP (answers ping), new instance-id; Node worker-1
-#      Ready again with a different UID (the old Node was replaced); one QEMU process and one tap; it booted the
-#      golden image (ImageReady GoldenImage).
+#      A FaultInjection's NodeFlapping (90 s) struck it once the Node was Ready: the Node goes NotReady
+#      ("Kubelet stopped posting node status"), then Ready again (hack/e2e-nodefaults.sh).
+#   3. Operation repave-2 of the same Server (the flapping deleted): Succeeded; same IP (answers ping), new
+#      instance-id; Node worker-1 Ready again with a different UID (the old Node was replaced); one QEMU process
+#      and one tap; it booted the golden image (ImageReady GoldenImage). Then KubeletStops, injected into it,
+#      makes the Node NotReady for good.
 #   4. Delete the Server: within 2 minutes it is gone, with no QEMU process for the work dir, no sg-* tap,
 #      no VM files, no IP allocation and no QMP socket left.
 #   5. A namespace with three Servers repaving is deleted once two VMs run: the namespace goes, and no QEMU
@@ -57,6 +60,8 @@ source "${REPO}/scripts/lib.sh"
 
 # shellcheck source=hack/e2e-redfish.sh
 source "${HERE}/e2e-redfish.sh"
+# shellcheck source=hack/e2e-nodefaults.sh
+source "${HERE}/e2e-nodefaults.sh"
 
 # --- preconditions --------------------------------------------------------------------------------
 [[ "$(id -u)" == 0 ]] || die "run as root: the test creates a network namespace, a bridge, taps and VMs (sudo $0)"
@@ -373,7 +378,8 @@ EOF
 timeout 60 ip netns exec "${NS}" "${REPO}/scripts/local-cluster.sh" profile "${IMAGE}" >"${TMP}/profile.yaml"
 kn apply -f "${TMP}/profile.yaml" >/dev/null
 
-# 1. First repave: a new worker joins.
+# 1. First repave: a new worker joins. A NodeFlapping fault (90 s) strikes it once its Node is Ready.
+node_fault flap NodeFlapping 90s
 log "repave-1: creating the Operation (boot + join of a VM under TCG: 1-3 minutes, more on a busy host)"
 t="${SECONDS}"
 create_operation repave-1
@@ -385,12 +391,19 @@ assert_installed repave-1
 assert_image repave-1 Cached "runs the profile's installation itself"
 record repave-1
 t="${SECONDS}"
+assert_node_fault repave-1 NodeFlapping
+log "  repave-1: the flap ended, Node ${SERVER} Ready again: $(wait_node_ready True 180)"
+phase_done node-flap "${t}"
+t="${SECONDS}"
 await_golden_image
 phase_done bake-wait "${t}"
 PASSED=$((PASSED + 1))
 first_ip="${IP}" first_uid="${NODE_UID}" first_instance="${INSTANCE}"
 
-# 2. Second repave of the same Server: a fresh install replaces the Node, keeps the address.
+# 2. Second repave of the same Server: a fresh install replaces the Node, keeps the address. The
+# flapping is deleted (the installation it struck is replaced anyway); KubeletStops strikes this one.
+kn delete faultinjection flap >/dev/null
+node_fault kubelet-stops KubeletStops
 log "repave-2: creating the Operation"
 t="${SECONDS}"
 create_operation repave-2
@@ -408,6 +421,10 @@ n="$(qemu_pids | wc -l)"
 n="$(in_ns ip -o link show | grep -c ': sg-')" || true
 ((n == 1)) || die "after repave-2: ${n} sg-* taps, want 1"
 log "  repave-2: same IP ${IP}, new instance, Node replaced (uid ${first_uid} -> ${NODE_UID}), one VM, one tap"
+t="${SECONDS}"
+assert_node_fault repave-2 KubeletStops
+kn delete faultinjection kubelet-stops >/dev/null
+phase_done kubelet-stops "${t}"
 PASSED=$((PASSED + 1))
 
 # The join benchmark (make bench: E2E_BENCH_JOIN=1): the same profile without a golden image — its

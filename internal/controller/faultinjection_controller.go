@@ -159,11 +159,12 @@ func (r *FaultInjectionReconciler) readiness(fi *stargatev1.FaultInjection) meta
 			continue
 		}
 		switch running := r.Options.RunningFaults; {
+		case injector != nil && injector.SupportsFault(f.Type, f.At): // decided with each repave
 		case running != nil && running.SupportsFault(f.Type, f.At):
 		case faults.IsBMC(f.Type):
 			unsupported = append(unsupported, fmt.Sprintf("%s (%s: this host serves no Redfish BMC for its Servers, see --redfish-address)", f.Name, f.Type))
 		default:
-			unsupported = append(unsupported, fmt.Sprintf("%s (%s at Running: faults while a Server runs are not injected yet)", f.Name, f.Type))
+			unsupported = append(unsupported, fmt.Sprintf("%s (%s at Running: this host's provider does not inject it)", f.Name, f.Type))
 		}
 	}
 	if len(unsupported) > 0 {

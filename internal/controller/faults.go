@@ -63,7 +63,9 @@ func (r *OperationReconciler) decideFaults(ctx context.Context, s *operationScop
 			continue // an invalid one is reported on its status
 		}
 		for _, f := range fi.Spec.Faults {
-			if f.At == stargatev1.FaultAtRunning || !injector.SupportsFault(f.Type, f.At) {
+			// Faults at Running go with the repave when the provider makes them (node faults
+			// strike its installation once it runs); a BMC's are decided by the BMC.
+			if !injector.SupportsFault(f.Type, f.At) {
 				continue // reported on the FaultInjection's status
 			}
 			strikes, err := r.strikes(ctx, fi, f, s.op)
@@ -83,6 +85,10 @@ func (r *OperationReconciler) decideFaults(ctx context.Context, s *operationScop
 			s.op.Status.Faults = append(s.op.Status.Faults, stargatev1.InjectedFault{FaultInjection: fi.Name,
 				FaultInjectionUID: string(fi.UID), Host: r.Options.HostID, Time: metav1.NewTime(s.now), Fault: f})
 			note := fmt.Sprintf("FaultInjection %s injects fault %s (%s) at %s of Operation %s", fi.Name, f.Name, f.Type, f.At, s.op.Name)
+			if f.At == stargatev1.FaultAtRunning {
+				note = fmt.Sprintf("FaultInjection %s injects fault %s (%s) into the installation of Operation %s: it strikes once the installation runs",
+					fi.Name, f.Name, f.Type, s.op.Name)
+			}
 			s.event(s.op, fi, corev1.EventTypeWarning, "FaultInjected", note)
 			s.event(s.server, fi, corev1.EventTypeWarning, "FaultInjected", note)
 			typ := f.Type

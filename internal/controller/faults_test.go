@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/controller"
+	"stargate.io/stargate/internal/mockdc"
 )
 
 // chaos labels the Servers the tests' FaultInjections select.
@@ -294,4 +296,68 @@ func TestPowerLossFailsTheRepaveThenFirstNIsUsedUp(t *testing.T) {
 	if op := h.waitPhase("op2", stargatev1.OperationSucceeded, 30*time.Second); len(op.Status.Faults) != 0 {
 		t.Errorf("firstN 1 struck again: %+v", op.Status.Faults)
 	}
+}
+
+// nodeFaultsProvider is the mock datacenter, told to make node faults (at Running) as the
+// simulator does; it keeps the faults each repave was handed.
+type nodeFaultsProvider struct {
+	*mockdc.Provider
+	mu     sync.Mutex
+	handed map[string][]stargatev1.Fault // by instance-id
+}
+
+func (p *nodeFaultsProvider) SupportsFault(t stargatev1.FaultType, at string) bool {
+	if t == stargatev1.FaultKubeletStops || t == stargatev1.FaultNodeFlapping {
+		return at == stargatev1.FaultAtRunning
+	}
+	return p.Provider.SupportsFault(t, at)
+}
+
+func (p *nodeFaultsProvider) Repave(ctx context.Context, req controller.RepaveRequest) (controller.RepaveStatus, error) {
+	p.mu.Lock()
+	p.handed[req.InstanceID] = req.Faults
+	p.mu.Unlock()
+	return p.Provider.Repave(ctx, req)
+}
+
+// A fault at Running that the provider makes (a node fault) is decided with the repave, as its
+// step faults are: recorded on the Operation, handed to the provider with the repave, an Event;
+// the FaultInjection is Ready on this host. The repave itself is not failed by it.
+func TestRunningFaultsTheProviderMakesGoWithTheRepave(t *testing.T) {
+	h := newHarness(t, 20*time.Millisecond, controller.Options{})
+	h.stop()
+	p := &nodeFaultsProvider{Provider: h.provider().(*mockdc.Provider), handed: map[string][]stargatev1.Fault{}}
+	h.start(p)
+	h.create(faultInjection("nodes",
+		stargatev1.Fault{Name: "kubelet", Type: stargatev1.FaultKubeletStops, At: stargatev1.FaultAtRunning, FirstN: ptr.To[int32](1)}))
+	h.create(profile("p", okUserData))
+	h.create(labelled("s0", chaos))
+	h.create(repave("op0", "s0", "p"))
+	eventually(t, 30*time.Second, func() (bool, string) {
+		op := h.op("op0")
+		return op.Status.Phase.IsFinal(), string(op.Status.Phase)
+	})
+	op := h.op("op0")
+	if op.Status.Phase != stargatev1.OperationSucceeded {
+		t.Fatalf("op0 %s: %s", op.Status.Phase, op.Status.Message)
+	}
+	if len(op.Status.Faults) != 1 || op.Status.Faults[0].Fault.Type != stargatev1.FaultKubeletStops {
+		t.Errorf("op0 recorded faults %+v, want the KubeletStops", op.Status.Faults)
+	}
+	p.mu.Lock()
+	for id, handed := range p.handed {
+		if len(handed) != 1 || handed[0].Name != "kubelet" {
+			t.Errorf("the provider was handed %+v with repave %s, want the KubeletStops", handed, id)
+		}
+	}
+	if len(p.handed) != 1 {
+		t.Errorf("the provider was asked for %d installations, want 1", len(p.handed))
+	}
+	p.mu.Unlock()
+	h.hostEntry("nodes", controller.DefaultHostID, func(e stargatev1.FaultInjectionHostStatus) bool {
+		return readyReason(e) == controller.ReasonFaultsActive && e.Injected == 1
+	})
+	eventually(t, 10*time.Second, func() (bool, string) {
+		return hasEvent(h.events("op0"), "FaultInjected") && hasEvent(h.events("s0"), "FaultInjected"), "no FaultInjected event"
+	})
 }

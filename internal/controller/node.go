@@ -3,9 +3,11 @@ package controller
 import (
 	"context"
 	"fmt"
+	"net/netip"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -158,4 +160,17 @@ func (r *OperationReconciler) deleteStaleNode(ctx context.Context, s *operationS
 	}
 	s.event(s.op, node, corev1.EventTypeNormal, "StaleNodeDeleted", fmt.Sprintf("Deleted Node %s of the previous installation so the new one can join", node.Name))
 	return nil
+}
+
+// NodeReady reports whether the Node named name is Ready and provably the one of the machine at
+// ip (its InternalIP is ip): what a provider that injects node faults waits for.
+func NodeReady(ctx context.Context, reader client.Reader, name string, ip netip.Addr) (bool, error) {
+	var node corev1.Node
+	if err := reader.Get(ctx, types.NamespacedName{Name: name}, &node); err != nil {
+		return false, client.IgnoreNotFound(err)
+	}
+	if own, _ := ownership(&node, ip.String()); own != nodeOurs {
+		return false, nil
+	}
+	return nodeReadyCondition(name, &node).Status == metav1.ConditionTrue, nil
 }

@@ -88,7 +88,8 @@ func needsDuration(t stargatev1.FaultType) bool {
 	switch t {
 	case stargatev1.FaultHang, stargatev1.FaultNetworkPartition, stargatev1.FaultNetworkLatency, stargatev1.FaultClockSkew,
 		stargatev1.FaultBMCUnavailable,
-		stargatev1.FaultBMCConnectionRefused, stargatev1.FaultBMCPowerDelay, stargatev1.FaultBMCStalePowerState:
+		stargatev1.FaultBMCConnectionRefused, stargatev1.FaultBMCPowerDelay, stargatev1.FaultBMCStalePowerState,
+		stargatev1.FaultNodeFlapping:
 		return true
 	}
 	return false

@@ -46,6 +46,9 @@ var (
 		stargatev1.FaultNetworkPartition:   vmSteps,
 		stargatev1.FaultNoDNS:              vmSteps,
 		stargatev1.FaultNoRouteToAPIServer: vmSteps,
+		// nodefaults.go
+		stargatev1.FaultKubeletStops: {stargatev1.FaultAtRunning},
+		stargatev1.FaultNodeFlapping: {stargatev1.FaultAtRunning},
 	}
 )
 
@@ -54,8 +57,11 @@ var _ controller.FaultInjector = (*Provider)(nil)
 // SupportsFault reports whether the simulator makes a fault of type t real at step at
 // (controller.FaultInjector).
 func (p *Provider) SupportsFault(t stargatev1.FaultType, at string) bool {
-	if isNetworkFault(t) && t != stargatev1.FaultNetworkLatency && !p.nft {
+	if (isNetworkFault(t) && t != stargatev1.FaultNetworkLatency || isNodeFault(t)) && !p.nft {
 		return false // made with nftables, which this host lacks: FaultsUnsupported says so
+	}
+	if isNodeFault(t) && (p.nodeReady == nil || p.cfg.APIServer == "") {
+		return false // it cannot see Nodes, or does not know the API server
 	}
 	return slices.Contains(supportedFaults[t], at)
 }

@@ -1,6 +1,7 @@
 package simulator
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -65,9 +66,10 @@ func (p *Provider) resumeHang(dir, qmp string) error {
 	return nil
 }
 
-// endTimedFaults resumes every VM of the host whose hang has ended and lifts every partition
-// that has (netfaults.go). A Server busy in another call is left to the next round.
-func (p *Provider) endTimedFaults() {
+// endTimedFaults resumes every VM of the host whose hang has ended, lifts every partition that
+// has (netfaults.go), and strikes or flips node faults (nodefaults.go). A Server busy in another
+// call is left to the next round.
+func (p *Provider) endTimedFaults(ctx context.Context) {
 	namespaces, _ := os.ReadDir(p.layout.VMsDir())
 	for _, n := range namespaces {
 		servers, _ := os.ReadDir(filepath.Join(p.layout.VMsDir(), n.Name()))
@@ -85,11 +87,12 @@ func (p *Provider) endTimedFaults() {
 			}
 			qmp, err := p.layout.QMPSocket(dir)
 			if err == nil {
-				err = errors.Join(p.resumeHang(dir, qmp), p.endPartition(dir, hostnet.TapName(identity(server)), qmp))
+				tap := hostnet.TapName(identity(server))
+				err = errors.Join(p.resumeHang(dir, qmp), p.endPartition(dir, tap, qmp), p.updateNodeFault(ctx, dir, tap, qmp))
 			}
 			unlock()
 			if err != nil {
-				p.cfg.Log.Error(err, "ending an injected hang or network partition", "server", identity(server))
+				p.cfg.Log.Error(err, "ending an injected hang or network partition, or updating a node fault", "server", identity(server))
 			}
 		}
 	}

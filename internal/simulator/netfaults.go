@@ -40,6 +40,10 @@ type networkFaults struct {
 	PartitionUntil *time.Time       `json:"partitionUntil,omitempty"`
 	// Notes say what was made, for the step messages.
 	Notes []string `json:"notes,omitempty"`
+	// Node is the installation's node fault (nodefaults.go), and Silenced whether it silences
+	// the kubelet now, as last made.
+	Node     *nodeFault `json:"node,omitempty"`
+	Silenced bool       `json:"silenced,omitempty"`
 }
 
 // hasNFT reports whether nft is installed (apt-get install nftables).
@@ -57,10 +61,15 @@ func isNetworkFault(t stargatev1.FaultType) bool {
 	return false
 }
 
-// atTap is what of n the tap makes at now: a partition only until it ends.
+// atTap is what of n the tap makes at now: a partition only until it ends, a node fault's silence
+// only while its schedule says so.
 func (n networkFaults) atTap(now time.Time) hostnet.TapFaults {
-	return hostnet.TapFaults{LossPercent: n.LossPercent, NoDNS: n.NoDNS, Unreachable: n.Unreachable,
+	f := hostnet.TapFaults{LossPercent: n.LossPercent, NoDNS: n.NoDNS, Unreachable: n.Unreachable,
 		Partition: n.PartitionUntil != nil && now.Before(*n.PartitionUntil)}
+	if n.Node.silenced(now) {
+		f.Silenced = n.Node.APIServer
+	}
+	return f
 }
 
 func readNetworkFaults(dir string) (networkFaults, bool, error) {

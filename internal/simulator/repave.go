@@ -150,6 +150,9 @@ func (p *Provider) install(ctx context.Context, st *status, in installation) err
 	if err := forgetNetworkFaults(dir, in.tap); err != nil {
 		return err
 	}
+	if err := p.recordNodeFault(in); err != nil {
+		return err
+	}
 	p.mu.Lock()
 	delete(p.imageFaultsStruck, req.InstanceID) // from here on the installation needs no image
 	p.mu.Unlock()

@@ -64,14 +64,14 @@ func (p *Provider) Start(ctx context.Context) error {
 		defer close(capped)
 		p.capConsoles(ctx) // console.go
 	}()
-	p.endTimedFaults() // hang.go: a hang or partition that ended while the simulator was down
+	p.endTimedFaults(ctx) // hang.go: a hang or partition that ended while the simulator was down
 	tick := time.NewTicker(bakeQueuePoll)
 	defer tick.Stop()
 	for {
 		select {
 		case <-tick.C:
 			p.startQueuedBakes()
-			p.endTimedFaults()
+			p.endTimedFaults(ctx)
 		case <-ctx.Done():
 			p.watch.stopAll() // also the bakes' context
 			p.bakeWG.Wait()

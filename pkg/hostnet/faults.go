@@ -33,18 +33,21 @@ type TapFaults struct {
 	// Unreachable are the destinations the VM's TCP connections to are answered "no route to
 	// host" (ICMP host unreachable), as when a router has no route to them.
 	Unreachable []netip.AddrPort
+	// Silenced are the destinations the VM's TCP segments to are dropped without an answer, as
+	// when a process stopped talking to them (a kubelet that stopped posting its status).
+	Silenced []netip.AddrPort
 }
 
 // Empty reports whether f injects nothing.
 func (f TapFaults) Empty() bool {
-	return f.LossPercent == 0 && !f.Partition && !f.NoDNS && len(f.Unreachable) == 0
+	return f.LossPercent == 0 && !f.Partition && !f.NoDNS && len(f.Unreachable) == 0 && len(f.Silenced) == 0
 }
 
 func (f TapFaults) validate() error {
 	if f.LossPercent < 0 || f.LossPercent > 100 {
 		return fmt.Errorf("loss %d%% is not a percentage", f.LossPercent)
 	}
-	for _, a := range f.Unreachable {
+	for _, a := range slices.Concat(f.Unreachable, f.Silenced) {
 		if !a.IsValid() || !a.Addr().Is4() || a.Port() == 0 {
 			return fmt.Errorf("unreachable destination %s must be an IPv4 address and a port", a)
 		}
@@ -75,6 +78,9 @@ func faultScript(tap string, f TapFaults) string {
 	for _, a := range f.Unreachable {
 		from = append(from, fmt.Sprintf(`ip daddr %s tcp dport %d counter reject with icmp type host-unreachable comment "NoRouteTo %s"`,
 			a.Addr(), a.Port(), a))
+	}
+	for _, a := range f.Silenced {
+		from = append(from, fmt.Sprintf(`ip daddr %s tcp dport %d counter drop comment "Silenced %s"`, a.Addr(), a.Port(), a))
 	}
 	if f.LossPercent > 0 {
 		// numgen draws 0-99 per frame: the frames under the percentage are lost.

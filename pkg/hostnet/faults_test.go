@@ -20,7 +20,8 @@ import (
 
 func TestFaultScript(t *testing.T) {
 	got := faultScript("sg-abc", TapFaults{LossPercent: 20, NoDNS: true,
-		Unreachable: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:6443")}})
+		Unreachable: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:6443")},
+		Silenced:    []netip.AddrPort{netip.MustParseAddrPort("10.0.0.2:443")}})
 	want := `table netdev stargate-faults-sg-abc {}
 delete table netdev stargate-faults-sg-abc
 table netdev stargate-faults-sg-abc {
@@ -28,6 +29,7 @@ table netdev stargate-faults-sg-abc {
 		type filter hook ingress device "sg-abc" priority -500; policy accept;
 		meta l4proto { tcp, udp } th dport 53 counter drop comment "NoDNS"
 		ip daddr 10.0.0.1 tcp dport 6443 counter reject with icmp type host-unreachable comment "NoRouteTo 10.0.0.1:6443"
+		ip daddr 10.0.0.2 tcp dport 443 counter drop comment "Silenced 10.0.0.2:443"
 		numgen random mod 100 < 20 counter drop comment "NetworkLoss 20%"
 	}
 	chain to-vm {
@@ -58,6 +60,7 @@ func TestSetTapFaultsRefusesWhatIsNotOurs(t *testing.T) {
 		{"sg-abc", TapFaults{LossPercent: 101}},
 		{"sg-abc", TapFaults{LossPercent: -1}},
 		{"sg-abc", TapFaults{Unreachable: []netip.AddrPort{netip.MustParseAddrPort("[::1]:6443")}}},
+		{"sg-abc", TapFaults{Silenced: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:0")}}},
 		{"sg-abc", TapFaults{Unreachable: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:0")}}},
 	} {
 		if err := SetTapFaults(c.tap, c.f); err == nil {
@@ -185,10 +188,19 @@ func TestTapFaultsStrikeOnlyTheirVM(t *testing.T) {
 	}
 
 	// Replaced by a set without them, the earlier faults are gone (checked without loss, which
-	// could fail a TCP handshake by chance).
-	l.set(TapFaults{NoDNS: true})
+	// could fail a TCP handshake by chance). Silenced: the API server's port goes quiet (the
+	// guest's connection times out, as a kubelet's status updates stop arriving), DNS answers.
+	l.set(TapFaults{Silenced: []netip.AddrPort{api}})
+	if out := l.dial(53); out != "connected" {
+		t.Errorf("the earlier faults outlived their replacement: port 53 got %q", out)
+	}
+	start = time.Now()
+	if out := l.dial(6443); out == "connected" || strings.Contains(out, "No route") || time.Since(start) < 2*time.Second {
+		t.Errorf("Silenced: a connection to the API server port got %q after %s, want a timeout", out, time.Since(start))
+	}
+	l.set(TapFaults{})
 	if out := l.dial(6443); out != "connected" {
-		t.Errorf("the earlier faults outlived their replacement: %q", out)
+		t.Errorf("the API server port after the silence ended: %q", out)
 	}
 
 	l.set(TapFaults{LossPercent: 50})
