@@ -114,24 +114,17 @@ func (r *faultRig) startRepave(name string, timeout time.Duration) *stargatev1.O
 	return op
 }
 
-// TestDiskFaultsWithQEMU: a DiskWriteError makes the guest's writes fail (QEMU blkdebug): the
-// kernel logs the I/O errors, the root file system stays read-only, cloud-init crashes on it and
-// never reports, and the repave fails as any such guest's does: at its spec.timeout, stuck at
-// GuestReady, its message quoting the guest's error lines. With the FaultInjection deleted, the
-// next repave of the same Server gets a clean disk and succeeds.
-func TestDiskFaultsWithQEMU(t *testing.T) {
-	if testing.Short() {
-		t.Skip("boots VMs under TCG (minutes); skipped in -short mode")
-	}
-	if netnstest.RanIsolated(t) {
-		return // it ran in a network namespace of its own: output and verdict above
-	}
-	r := newFaultRig(t, "sgdisk-br0", "disk-1")
+// diskFaultsRepave: a DiskWriteError makes the guest's writes fail (QEMU blkdebug): the kernel
+// logs the I/O errors, the root file system stays read-only, cloud-init crashes on it and never
+// reports, and the repave fails as any such guest's does: at its spec.timeout, stuck at
+// GuestReady, its message quoting the guest's error lines. It returns the check, for after the
+// rig's next repave (without the fault), that it got a clean disk.
+func diskFaultsRepave(t *testing.T, r *faultRig) (cleanDisk func()) {
 	fi := r.inject("broken-disk", stargatev1.Fault{Name: "writes", Type: stargatev1.FaultDiskWriteError,
 		At: stargatev1.ConditionVMRunning, AfterOperations: ptr.To[int64](0)})
 
 	// The errors come within seconds of the kernel's start: a short timeout keeps the test short.
-	op := r.repave("broken", 150*time.Second, stargatev1.OperationFailed, nil)
+	op := r.repave("broken", 120*time.Second, stargatev1.OperationFailed, nil)
 	if len(op.Status.Faults) != 1 || op.Status.Faults[0].Fault.Name != "writes" {
 		t.Errorf("faults recorded: %+v", op.Status.Faults)
 	}
@@ -146,20 +139,22 @@ func TestDiskFaultsWithQEMU(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(r.vmDir(), filenames.BlkdebugFile)); err != nil {
 		t.Errorf("blkdebug rules: %v", err)
 	}
-
 	r.must(r.c.Delete(context.Background(), fi))
-	r.repave("clean", 12*time.Minute, stargatev1.OperationSucceeded, nil)
-	if _, err := os.Stat(filepath.Join(r.vmDir(), filenames.BlkdebugFile)); !os.IsNotExist(err) {
-		t.Errorf("blkdebug rules after a repave without the fault: %v", err)
-	}
-	if cmd := qemuCmdline(t, r.vmDir()); strings.Contains(cmd, "blkdebug") {
-		t.Errorf("the clean repave's QEMU has blkdebug: %s", cmd)
+	return func() {
+		t.Helper()
+		if _, err := os.Stat(filepath.Join(r.vmDir(), filenames.BlkdebugFile)); !os.IsNotExist(err) {
+			t.Errorf("blkdebug rules after a repave without the disk fault: %v", err)
+		}
+		if cmd := qemuCmdline(t, r.vmDir()); strings.Contains(cmd, "blkdebug") {
+			t.Errorf("the repave without the disk fault has blkdebug: %s", cmd)
+		}
 	}
 }
 
-// TestMachineFaultsWithQEMU: first, network faults fail a repave (networkFaultsRepave). Then a
-// Hang stops the VM (QMP stop, seen paused) for its duration and the repave still succeeds (and
-// its guest, with the network faults gone, reaches the API server), its timeline showing the gap; a skewed clock and a throttled disk are on
+// TestMachineFaultsWithQEMU: first, network faults fail a repave (networkFaultsRepave), then disk
+// write errors another (diskFaultsRepave). Then a Hang stops the VM (QMP stop, seen paused) for
+// its duration and the repave still succeeds (its guest, with the network faults gone, reaches the
+// API server; its disk has no injected errors left), its timeline showing the gap; a skewed clock and a throttled disk are on
 // QEMU's command line, the skew in the guest's own clock too. Then a PowerLoss once cloud-init runs
 // kills QEMU, and the repave fails as for any VM that dies while booting. Last, a KernelCrash panics
 // the guest's kernel, and the repave fails at once with the panic line (KernelPanic).
@@ -172,6 +167,7 @@ func TestMachineFaultsWithQEMU(t *testing.T) {
 	}
 	r := newFaultRig(t, "sgmach-br0", "mach-1")
 	networkGone := networkFaultsRepave(t, r) // netfaults_vm_test.go: the first repave, failed
+	cleanDisk := diskFaultsRepave(t, r)
 	const hang, skew = 20 * time.Second, 30 * time.Minute
 	fi := r.inject("machine", stargatev1.Fault{Name: "hang", Type: stargatev1.FaultHang, At: stargatev1.ConditionVMRunning,
 		Duration: &metav1.Duration{Duration: hang}},
@@ -191,6 +187,7 @@ func TestMachineFaultsWithQEMU(t *testing.T) {
 		}
 	})
 	networkGone() // the network faults' FaultInjection deleted, this repave reached the API server
+	cleanDisk()
 	if !paused {
 		t.Error("the VM was never seen paused during its hang")
 	}
