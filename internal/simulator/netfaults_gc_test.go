@@ -19,7 +19,7 @@ import (
 
 // After kill -9 with network faults in force, the simulator starting again (its garbage
 // collection) leaves exactly the recorded faults of the VMs it keeps — a partition that ended
-// while it was down is lifted — and removes every other fault table of its taps; another
+// while it was down is lifted, a node fault that struck still silences the kubelet — and removes every other fault table of its taps; another
 // simulator's taps (another bridge) are not touched.
 func TestNetworkFaultsAfterKill9(t *testing.T) {
 	p, mine, work := newGCHost(t, "sgnfgc-br0", "192.168.78.1/24")
@@ -56,7 +56,11 @@ func TestNetworkFaultsAfterKill9(t *testing.T) {
 	// What the killed simulator had made: the kept VM's partition (ended since) and its missing
 	// DNS, recorded; the ghost's loss; the other simulator's VM's partition.
 	ended := time.Now().Add(-time.Minute)
-	record, _ := json.Marshal(map[string]any{"noDNS": true, "partitionUntil": ended, "notes": []string{"dns", "cut"}})
+	// Its kubelet silenced by a KubeletStops that struck (its Node was Ready) before the kill.
+	struck := time.Now().Add(-2 * time.Minute)
+	record, _ := json.Marshal(map[string]any{"noDNS": true, "partitionUntil": ended, "notes": []string{"dns", "cut"},
+		"node": map[string]any{"name": "kubelet", "type": "KubeletStops", "node": "kept", "ip": "192.168.78.11",
+			"apiServer": []string{"192.168.78.1:6443"}, "since": struck}, "silenced": true})
 	if err := os.WriteFile(filepath.Join(layout.VMDir(kept), filenames.NetworkFaultsFile), record, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -78,8 +82,9 @@ func TestNetworkFaultsAfterKill9(t *testing.T) {
 		t.Errorf("fault tables of %v, want exactly the kept VM's %s and the other simulator's %s", taps, keptTap, otherTap)
 	}
 	keptTable := nftTable(t, keptTap)
-	if !strings.Contains(keptTable, `"NoDNS"`) || strings.Contains(keptTable, "NetworkPartition") {
-		t.Errorf("the kept VM's faults after the restart, want its DNS dropped and its ended partition lifted:\n%s", keptTable)
+	if !strings.Contains(keptTable, `"NoDNS"`) || strings.Contains(keptTable, "NetworkPartition") ||
+		!strings.Contains(keptTable, `"Silenced 192.168.78.1:6443"`) {
+		t.Errorf("the kept VM's faults after the restart, want its DNS dropped, its kubelet still silenced and its ended partition lifted:\n%s", keptTable)
 	}
 	if !strings.Contains(nftTable(t, otherTap), "NetworkPartition") {
 		t.Error("the other simulator's VM lost its partition")
