@@ -47,10 +47,15 @@ wait_node_ready() {
 # assert_node_fault OP TYPE: the Operation recorded the fault, and it struck: the Node went NotReady
 # because its kubelet's status stopped arriving.
 assert_node_fault() {
-	local op="$1" type="$2" msg
+	local op="$1" type="$2" msg event
 	[[ " $(kn get operation "${op}" -o 'jsonpath={.status.faults[*].fault.type}') " == *" ${type} "* ]] ||
 		die "${op}: status.faults does not record ${type}"
 	msg="$(wait_node_ready NotReady 180)"
 	[[ "${msg}" == *"stopped posting node status"* ]] || die "${type}: Node ${SERVER} NotReady, but for: ${msg}"
 	log "  ${op}: ${type} struck once Node ${SERVER} was Ready; now NotReady: ${msg}"
+	# The Server says so too: the simulator's Event when the fault struck.
+	event="$(kn get events --field-selector "reason=FaultStruck,involvedObject.name=${SERVER}" \
+		-o 'jsonpath={range .items[*]}{.message}{"\n"}{end}' | grep -F "(${type}) struck")" ||
+		die "no FaultStruck Event on Server ${SERVER} for ${type}"
+	log "  Event on Server ${SERVER}: FaultStruck: ${event}"
 }

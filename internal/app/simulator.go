@@ -159,9 +159,7 @@ func Run(ctx context.Context, cfg *rest.Config, o Options) error {
 	copts.Liveness = &controller.Liveness{Namespace: o.LeaseNamespace, Grace: o.HostGracePeriod, Identity: lease.Holder(), Scope: o.Namespace}
 	if sim != nil && !copts.DisableFaultInjection {
 		// Node faults wait for the installation's Node (cached: the controllers watch Nodes).
-		sim.SetNodeReadiness(func(ctx context.Context, name string, ip netip.Addr) (bool, error) {
-			return controller.NodeReady(ctx, mgr.GetClient(), name, ip)
-		})
+		sim.SetCluster(&clusterView{reader: mgr.GetClient(), recorder: mgr.GetEventRecorder("stargate-simulator"), log: log})
 	}
 	if sim != nil {
 		if err := collectGarbage(ctx, mgr.GetAPIReader(), sim, o.Namespace, o.HostID); err != nil {

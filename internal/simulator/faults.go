@@ -60,7 +60,7 @@ func (p *Provider) SupportsFault(t stargatev1.FaultType, at string) bool {
 	if (isNetworkFault(t) && t != stargatev1.FaultNetworkLatency || isNodeFault(t)) && !p.nft {
 		return false // made with nftables, which this host lacks: FaultsUnsupported says so
 	}
-	if isNodeFault(t) && (p.nodeReady == nil || p.cfg.APIServer == "") {
+	if isNodeFault(t) && (p.cluster == nil || p.cfg.APIServer == "") {
 		return false // it cannot see Nodes, or does not know the API server
 	}
 	return slices.Contains(supportedFaults[t], at)

@@ -88,7 +88,7 @@ func (p *Provider) endTimedFaults(ctx context.Context) {
 			qmp, err := p.layout.QMPSocket(dir)
 			if err == nil {
 				tap := hostnet.TapName(identity(server))
-				err = errors.Join(p.resumeHang(dir, qmp), p.endPartition(dir, tap, qmp), p.updateNodeFault(ctx, dir, tap, qmp))
+				err = errors.Join(p.resumeHang(dir, qmp), p.endPartition(dir, tap, qmp), p.updateNodeFault(ctx, server, dir, tap, qmp))
 			}
 			unlock()
 			if err != nil {

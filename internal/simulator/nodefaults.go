@@ -2,8 +2,11 @@ package simulator
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"time"
+
+	"k8s.io/apimachinery/pkg/types"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
 	"stargate.io/stargate/internal/faults"
@@ -36,13 +39,19 @@ type nodeFault struct {
 	Since *time.Time `json:"since,omitempty"`
 }
 
-// NodeReadiness reports whether the Node named name is Ready and provably the one of the VM at
-// ip (its InternalIP is ip). The simulator has no client of the cluster: its host wires this.
-type NodeReadiness func(ctx context.Context, name string, ip netip.Addr) (bool, error)
+// Cluster is what node faults need of the management cluster. The simulator has no client of
+// its own: its host wires one (internal/app).
+type Cluster interface {
+	// NodeReady reports whether the Node named name is Ready and provably the one of the VM at
+	// ip (its InternalIP is ip).
+	NodeReady(ctx context.Context, name string, ip netip.Addr) (bool, error)
+	// Warn records a Warning Event on the Server, for what the user must see in kubectl.
+	Warn(ctx context.Context, server types.NamespacedName, reason, note string)
+}
 
-// SetNodeReadiness lets the simulator see Nodes, which node faults need; without it they are
-// not supported. Call it before Start.
-func (p *Provider) SetNodeReadiness(ready NodeReadiness) { p.nodeReady = ready }
+// SetCluster lets the simulator see Nodes and tell Servers, which node faults need; without it
+// they are not supported. Call it before Start.
+func (p *Provider) SetCluster(c Cluster) { p.cluster = c }
 
 func isNodeFault(t stargatev1.FaultType) bool {
 	return t == stargatev1.FaultKubeletStops || t == stargatev1.FaultNodeFlapping
@@ -99,23 +108,24 @@ func (p *Provider) recordNodeFault(in installation) error {
 
 // updateNodeFault strikes the VM's node fault once its Node is Ready, and makes its silence
 // follow its schedule (the provider's loop calls it, the VM's lock held).
-func (p *Provider) updateNodeFault(ctx context.Context, dir, tap, qmp string) error {
+func (p *Provider) updateNodeFault(ctx context.Context, server types.NamespacedName, dir, tap, qmp string) error {
 	n, ok, err := readNetworkFaults(dir)
 	if err != nil || !ok || n.Node == nil {
 		return err
 	}
 	now := time.Now()
 	if n.Node.Since == nil {
-		if vm, err := p.vms.Status(dir); err != nil || !vm.Running || p.nodeReady == nil {
+		if vm, err := p.vms.Status(dir); err != nil || !vm.Running || p.cluster == nil {
 			return err
 		}
-		ready, err := p.nodeReady(ctx, n.Node.Node, n.Node.IP)
+		ready, err := p.cluster.NodeReady(ctx, n.Node.Node, n.Node.IP)
 		if err != nil || !ready {
 			return err
 		}
 		n.Node.Since = &now
 		p.cfg.Log.Info("fault: the Node is Ready, its kubelet's traffic to the API server is dropped from now on",
 			"node", n.Node.Node, "fault", n.Node.Name, "type", n.Node.Type, "every", n.Node.Every)
+		p.cluster.Warn(ctx, server, "FaultStruck", strikeNote(n.Node))
 	}
 	silenced := n.Node.silenced(now)
 	if silenced == n.Silenced {
@@ -127,4 +137,14 @@ func (p *Provider) updateNodeFault(ctx context.Context, dir, tap, qmp string) er
 	}
 	p.cfg.Log.Info("fault: node", "node", n.Node.Node, "fault", n.Node.Name, "kubeletSilenced", silenced)
 	return p.makeNetworkFaults(dir, tap, qmp, n)
+}
+
+// strikeNote tells the Server's user what a node fault does from now on.
+func strikeNote(f *nodeFault) string {
+	what := "for good (until the Server's next installation or its release)"
+	if f.Type == stargatev1.FaultNodeFlapping {
+		what = fmt.Sprintf("for %s, then let through for %s, in turns", f.Every, f.Every)
+	}
+	return fmt.Sprintf("fault %s (%s) struck: Node %s is Ready, so its kubelet's traffic to the API server (%s) is dropped at the Server's tap %s; "+
+		"the cluster marks the Node NotReady after its grace period", f.Name, f.Type, f.Node, joinAddrPorts(f.APIServer), what)
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 
 	stargatev1 "stargate.io/stargate/api/v1alpha1"
@@ -49,6 +50,12 @@ func TestNodeFaultSchedule(t *testing.T) {
 	}
 }
 
+// readyCluster sees every Node Ready and tells nobody: enough to say node faults are supported.
+type readyCluster struct{}
+
+func (readyCluster) NodeReady(context.Context, string, netip.Addr) (bool, error) { return true, nil }
+func (readyCluster) Warn(context.Context, types.NamespacedName, string, string)  {}
+
 // KubeletStops wins over NodeFlapping; faults at other steps or invalid ones are no node fault.
 func TestNodeFaultOf(t *testing.T) {
 	d := &metav1.Duration{Duration: time.Minute}
@@ -72,20 +79,20 @@ func TestNodeFaultOf(t *testing.T) {
 // Node faults are supported only where they can be made: nft, a view of Nodes and the API
 // server's address.
 func TestNodeFaultsNeedNodesNFTAndTheAPIServer(t *testing.T) {
-	ready := func(context.Context, string, netip.Addr) (bool, error) { return true, nil }
+	var ready Cluster = readyCluster{}
 	for _, c := range []struct {
 		p    *Provider
 		want bool
 	}{
-		{&Provider{nft: true, nodeReady: ready, cfg: Config{APIServer: "https://10.0.0.1:6443"}}, true},
-		{&Provider{nft: false, nodeReady: ready, cfg: Config{APIServer: "https://10.0.0.1:6443"}}, false},
-		{&Provider{nft: true, cfg: Config{APIServer: "https://10.0.0.1:6443"}}, false},
-		{&Provider{nft: true, nodeReady: ready}, false},
+		{&Provider{nft: true, cluster: ready, cfg: Config{APIServer: "https://10.0.0.1:6443"}}, true},
+		{&Provider{nft: false, cluster: ready, cfg: Config{APIServer: "https://10.0.0.1:6443"}}, false},
+		{&Provider{nft: true, cfg: Config{APIServer: "https://10.0.0.1:6443"}}, false}, // no view of the cluster
+		{&Provider{nft: true, cluster: ready}, false},
 	} {
 		for _, typ := range []stargatev1.FaultType{stargatev1.FaultKubeletStops, stargatev1.FaultNodeFlapping} {
 			if got := c.p.SupportsFault(typ, stargatev1.FaultAtRunning); got != c.want {
 				t.Errorf("%s with nft %v, node readiness %v, API server %q: supported %v, want %v",
-					typ, c.p.nft, c.p.nodeReady != nil, c.p.cfg.APIServer, got, c.want)
+					typ, c.p.nft, c.p.cluster != nil, c.p.cfg.APIServer, got, c.want)
 			}
 		}
 		if c.p.SupportsFault(stargatev1.FaultKubeletStops, stargatev1.ConditionGuestReady) {

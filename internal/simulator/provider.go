@@ -95,8 +95,9 @@ type Provider struct {
 	// imageFaultsStruck the installations whose download through them is done (imagefaults.go).
 	faultFetches      map[string]*faultFetch
 	imageFaultsStruck map[string]bool
-	// nodeReady sees Nodes, for node faults (nodefaults.go); nil: they are not supported.
-	nodeReady NodeReadiness
+	// cluster sees Nodes and tells Servers, for node faults (nodefaults.go); nil: they are not
+	// supported.
+	cluster Cluster
 	// nft: this host has nft, which the network faults at a tap need (netfaults.go).
 	nft bool
 	// bakes are the golden image bakes running, bakeFailures the failed ones not to retry yet
