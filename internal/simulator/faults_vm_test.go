@@ -115,21 +115,22 @@ func (r *faultRig) startRepave(name string, timeout time.Duration) *stargatev1.O
 }
 
 // diskFaultsRepave: a DiskWriteError makes the guest's writes fail (QEMU blkdebug): the kernel
-// logs the I/O errors, the root file system stays read-only, cloud-init crashes on it and never
-// reports, and the repave fails as any such guest's does: at its spec.timeout, stuck at
-// GuestReady, its message quoting the guest's error lines. It returns the check, for after the
-// rig's next repave (without the fault), that it got a clean disk.
+// logs the I/O errors, the root file system stays read-only, every stage of cloud-init crashes on
+// it, and the repave fails as any such guest's does: at once, CloudInitCrashed, its message
+// quoting the exception and the kernel's error lines (not at its spec.timeout). It returns the
+// check, for after the rig's next repave (without the fault), that it got a clean disk.
 func diskFaultsRepave(t *testing.T, r *faultRig) (cleanDisk func()) {
 	fi := r.inject("broken-disk", stargatev1.Fault{Name: "writes", Type: stargatev1.FaultDiskWriteError,
 		At: stargatev1.ConditionVMRunning, AfterOperations: ptr.To[int64](0)})
 
-	// The errors come within seconds of the kernel's start: a short timeout keeps the test short.
-	op := r.repave("broken", 120*time.Second, stargatev1.OperationFailed, nil)
+	op := r.repave("broken", 8*time.Minute, stargatev1.OperationFailed, nil)
 	if len(op.Status.Faults) != 1 || op.Status.Faults[0].Fault.Name != "writes" {
 		t.Errorf("faults recorded: %+v", op.Status.Faults)
 	}
-	if !strings.Contains(op.Status.Message, "I/O error") && !strings.Contains(op.Status.Message, "Read-only file system") {
-		t.Errorf("the failure shows neither the guest's I/O errors nor their consequence: %s", op.Status.Message)
+	guest := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionGuestReady)
+	if guest == nil || guest.Reason != "CloudInitCrashed" || !strings.Contains(guest.Message, "Read-only file system") ||
+		!strings.Contains(guest.Message, "the guest's kernel reported: ") || !strings.Contains(guest.Message, "I/O error") {
+		t.Errorf("GuestReady after the disk's writes failed: %+v; want CloudInitCrashed with the exception and the kernel's I/O errors", guest)
 	}
 	console, err := os.ReadFile(filepath.Join(r.vmDir(), filenames.ConsoleFile))
 	r.must(err)

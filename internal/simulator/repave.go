@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -255,6 +256,18 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 		return st.fail(stargatev1.ConditionGuestReady, "KernelPanic",
 			fmt.Sprintf("The guest's kernel panicked %s after QEMU started: %s\n--- last lines of the serial console (%s) ---\n%s",
 				up, line, filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
+	case cloudInitCrashed(console):
+		exception, _ := cloudinit.CloudInitCrashed(console)
+		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
+		msg := fmt.Sprintf("cloud-init crashed in every stage %s after QEMU started, the last on %s: the guest can never report, "+
+			"so the repave fails now rather than at its spec.timeout", up, exception)
+		// Why: the kernel's lines (an I/O error, a file system gone read-only), not the tracebacks.
+		errs := slices.DeleteFunc(cloudinit.GuestErrors(console, 50), func(l string) bool { return strings.Contains(l, "cloud-init[") })
+		if len(errs) > 0 {
+			msg += "; the guest's kernel reported: " + strings.Join(errs[max(0, len(errs)-3):], " | ")
+		}
+		return st.fail(stargatev1.ConditionGuestReady, "CloudInitCrashed", fmt.Sprintf("%s\n--- last lines of the serial console (%s) ---\n%s",
+			msg, filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
 	case err != nil || !vm.Running:
 		return st.fail(stargatev1.ConditionVMRunning, "VMExited",
 			fmt.Sprintf("The VM exited %s after starting, before cloud-init finished\n--- last lines of the serial console (%s) ---\n%s",
