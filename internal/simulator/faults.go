@@ -230,7 +230,7 @@ func hasPanicked(console []byte) bool {
 // says so): a guest that will never report, whatever the cause (a root file system gone
 // read-only, as an injected DiskWriteError makes it).
 func cloudInitCrashed(console []byte) bool {
-	_, ok := cloudinit.CloudInitCrashed(console)
+	_, ok := cloudinit.Crashed(console)
 	return ok
 }
 

@@ -257,7 +257,7 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 			fmt.Sprintf("The guest's kernel panicked %s after QEMU started: %s\n--- last lines of the serial console (%s) ---\n%s",
 				up, line, filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
 	case cloudInitCrashed(console):
-		exception, _ := cloudinit.CloudInitCrashed(console)
+		exception, _ := cloudinit.Crashed(console)
 		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
 		msg := fmt.Sprintf("cloud-init crashed in every stage %s after QEMU started, the last on %s: the guest can never report, "+
 			"so the repave fails now rather than at its spec.timeout", up, exception)

@@ -44,12 +44,12 @@ var (
 	exceptionLine   = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_.]*(?:Error|Exception)\b.*)`)
 )
 
-// CloudInitCrashed reports whether every cloud-init process of the boot died on an exception out
+// Crashed reports whether every cloud-init process of the boot died on an exception out
 // of its entry point (/usr/bin/cloud-init), as their tracebacks on the console show, and returns
 // the last one's exception. Then its final stage, the one that reports, died too, and the guest
 // will never report: a root file system gone read-only does this. A cloud-init that runs its
 // stages in fewer processes never counts as crashed here (its guest is left to the timeout).
-func CloudInitCrashed(console []byte) (string, bool) {
+func Crashed(console []byte) (string, bool) {
 	if !bytes.Contains(console, tracebackHeader) {
 		return "", false
 	}

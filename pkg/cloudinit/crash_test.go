@@ -34,25 +34,25 @@ func TestKernelPanic(t *testing.T) {
 // A real console (Debian 12, cloud-init 22.4) of a guest whose disk fails every write from boot
 // (QEMU blkdebug): the root file system stays read-only and each of cloud-init's four processes
 // dies on it. Cut to the tracebacks and the lines around them.
-func TestCloudInitCrashed(t *testing.T) {
+func TestCrashed(t *testing.T) {
 	console, err := os.ReadFile(filepath.Join("testdata", "console-readonly-root.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	exception, ok := CloudInitCrashed(console)
+	exception, ok := Crashed(console)
 	if !ok || exception != "OSError: [Errno 30] Read-only file system: '/var/lib/cloud'" {
-		t.Errorf("CloudInitCrashed = %q %v, want the read-only file system, every stage crashed", exception, ok)
+		t.Errorf("Crashed = %q %v, want the read-only file system, every stage crashed", exception, ok)
 	}
 	// Three stages crashed, the last still running (its traceback not there yet): not yet.
 	last := bytes.LastIndex(console, []byte("Traceback (most recent call last):"))
-	if _, ok := CloudInitCrashed(console[:last]); ok {
+	if _, ok := Crashed(console[:last]); ok {
 		t.Error("crashed with three of the four stages' tracebacks")
 	}
 }
 
 // A traceback that does not start at cloud-init's entry point (an exception it logged and
 // handled, a script's own) is no crash of a stage.
-func TestCloudInitCrashedIgnoresOtherTracebacks(t *testing.T) {
+func TestCrashedIgnoresOtherTracebacks(t *testing.T) {
 	var b strings.Builder
 	for pid := 300; pid < 304; pid++ {
 		fmt.Fprintf(&b, "[ 40.0] cloud-init[%d]: Traceback (most recent call last):\n", pid)
@@ -60,10 +60,10 @@ func TestCloudInitCrashedIgnoresOtherTracebacks(t *testing.T) {
 		fmt.Fprintf(&b, "[ 40.2] cloud-init[%d]: OSError: [Errno 2] No such file or directory\n", pid)
 	}
 	b.WriteString("[ 41.0] cloud-init[310]: Traceback (most recent call last):\n[ 41.1] cloud-init[311]:   File \"/usr/bin/cloud-init\", line 33, in <module>\n")
-	if exception, ok := CloudInitCrashed([]byte(b.String())); ok {
+	if exception, ok := Crashed([]byte(b.String())); ok {
 		t.Errorf("handled tracebacks counted as crashes: %q", exception)
 	}
-	if _, ok := CloudInitCrashed([]byte("[ 1.0] Booting\n")); ok {
+	if _, ok := Crashed([]byte("[ 1.0] Booting\n")); ok {
 		t.Error("a crash found in a clean boot")
 	}
 }
