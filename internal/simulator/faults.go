@@ -219,21 +219,6 @@ func vendorData(req controller.RepaveRequest) []byte {
 	return vd
 }
 
-// hasPanicked reports whether the guest's kernel panicked (its console says so): a guest that
-// will never report, whatever the cause.
-func hasPanicked(console []byte) bool {
-	_, ok := cloudinit.KernelPanic(console)
-	return ok
-}
-
-// cloudInitCrashed reports whether every stage of the guest's cloud-init crashed (its console
-// says so): a guest that will never report, whatever the cause (a root file system gone
-// read-only, as an injected DiskWriteError makes it).
-func cloudInitCrashed(console []byte) bool {
-	_, ok := cloudinit.Crashed(console)
-	return ok
-}
-
 func appendLine(path, line string) error {
 	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
 	if err != nil {

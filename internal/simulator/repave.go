@@ -238,6 +238,10 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 		startedAt = fi.ModTime()
 	}
 	up := time.Since(startedAt).Round(time.Second)
+	// A guest that will never report, whatever the cause: its kernel panicked, or every stage of
+	// its cloud-init crashed (a root file system gone read-only, as an injected DiskWriteError makes it).
+	panicLine, panicked := cloudinit.KernelPanic(console)
+	exception, crashed := cloudinit.Crashed(console)
 	switch {
 	case result.Done && len(result.Errors) > 0:
 		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
@@ -250,14 +254,12 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 		st.set(stargatev1.ConditionGuestReady, controller.StepDone, "CloudInitDone", fmt.Sprintf("cloud-init finished without errors %s after QEMU started", up))
 		st.Done = true
 		return st.finish()
-	case hasPanicked(console):
-		line, _ := cloudinit.KernelPanic(console)
+	case panicked:
 		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
 		return st.fail(stargatev1.ConditionGuestReady, "KernelPanic",
 			fmt.Sprintf("The guest's kernel panicked %s after QEMU started: %s\n--- last lines of the serial console (%s) ---\n%s",
-				up, line, filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
-	case cloudInitCrashed(console):
-		exception, _ := cloudinit.Crashed(console)
+				up, panicLine, filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
+	case crashed:
 		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
 		msg := fmt.Sprintf("cloud-init crashed in every stage %s after QEMU started, the last on %s: the guest can never report, "+
 			"so the repave fails now rather than at its spec.timeout", up, exception)
