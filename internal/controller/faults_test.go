@@ -3,6 +3,7 @@ package controller_test
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -360,4 +361,25 @@ func TestRunningFaultsTheProviderMakesGoWithTheRepave(t *testing.T) {
 	eventually(t, 10*time.Second, func() (bool, string) {
 		return hasEvent(h.events("op0"), "FaultInjected") && hasEvent(h.events("s0"), "FaultInjected"), "no FaultInjected event"
 	})
+}
+
+// NodeReady, what node faults wait for, trusts only the Server's own Node: named after it, with
+// its address as InternalIP. A tenant's Server named like someone else's Node never sees that
+// Node as its own; a missing Node is simply not Ready.
+func TestNodeReadyOnlyForTheServersOwnNode(t *testing.T) {
+	ctx := context.Background()
+	name := fmt.Sprintf("t%d-node-ready", nsCounter.Add(1))
+	ours := netip.MustParseAddr("192.168.100.31")
+	if ready, err := controller.NodeReady(ctx, env.Client, name, ours); err != nil || ready {
+		t.Errorf("no Node yet: ready %v, err %v", ready, err)
+	}
+	registerNode(t, name, "192.168.100.32") // another machine's Node of that name
+	if ready, err := controller.NodeReady(ctx, env.Client, name, ours); err != nil || ready {
+		t.Errorf("a Ready Node at another address counted as the Server's: ready %v, err %v", ready, err)
+	}
+	other := fmt.Sprintf("t%d-node-ready", nsCounter.Add(1))
+	registerNode(t, other, ours.String())
+	if ready, err := controller.NodeReady(ctx, env.Client, other, ours); err != nil || !ready {
+		t.Errorf("the Server's own Ready Node: ready %v, err %v", ready, err)
+	}
 }
