@@ -42,7 +42,10 @@ readonly PACKAGES=(
 	ifupdown isc-dhcp-client iproute2 ca-certificates curl
 	containerd runc containernetworking-plugins conntrack socat ethtool iptables ebtables
 )
-readonly KERNEL_CMDLINE="root=LABEL=rootfs ro console=ttyS0,115200 net.ifnames=0 biosdevname=0 noresume"
+# tsc=reliable: under TCG the kernel finds the vCPUs' TSCs "unsynchronized" and falls back to the HPET,
+# whose every read is an emulated device access; QEMU derives all vCPUs' TSCs from one host clock, so
+# the TSC is fine (measured: a TCG boot 1.5 s faster). Under KVM the kernel still prefers kvm-clock.
+readonly KERNEL_CMDLINE="root=LABEL=rootfs ro console=ttyS0,115200 net.ifnames=0 biosdevname=0 noresume tsc=reliable"
 readonly GRUB_MODULES=(biosdisk part_msdos ext2 normal linux search search_label search_fs_uuid configfile
 	serial terminal echo test)
 
@@ -151,6 +154,9 @@ cat >"${rootfs}/etc/cloud/cloud.cfg.d/90-stargate.cfg" <<'EOF'
 datasource_list: [ NoCloud, None ]
 # The image ships C.UTF-8 only; generating another locale costs many seconds under TCG.
 locale: C.UTF-8
+# GRUB is installed by hand, not by the grub-pc package this module configures (1.3 s under TCG).
+grub_dpkg:
+  enabled: false
 EOF
 printf 'LANG=C.UTF-8\n' >"${rootfs}/etc/default/locale"
 
@@ -158,6 +164,13 @@ cat >"${rootfs}/etc/fstab" <<'EOF'
 # <file system>	<mount point>	<type>	<options>	<dump>	<pass>
 LABEL=rootfs	/	ext4	defaults	0	1
 EOF
+
+# Units that serve no one in these VMs (a serial console, no VGA, no LVM), masked: getty-static and
+# getty@tty1 start six gettys on virtual terminals nobody sees; e2scrub_reap cleans LVM snapshots.
+# Together about 2 s of every TCG boot.
+for unit in getty-static.service getty@tty1.service e2scrub_reap.service; do
+	ln -sfn /dev/null "${rootfs}/etc/systemd/system/${unit}"
+done
 
 printf 'debian\n' >"${rootfs}/etc/hostname" # placeholder; cloud-init sets local-hostname from meta-data
 cat >"${rootfs}/etc/hosts" <<'EOF'
