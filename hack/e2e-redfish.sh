@@ -22,7 +22,7 @@
 # deleting the hardware Server then removes the VM.
 #
 # Needs what e2e.sh has set up: in_ns, k, KCFG, IMAGE, TMP, WORK_DIR, SIMULATOR, SIM_PID, BRIDGE
-# address 192.168.100.1, the rendered profile ${TMP}/profile.yaml, qemu_pids, leftovers, record
+# address 192.168.100.1, the rendered profile ${TMP}/profile.yaml, qemu_pids, vm_qemu_pids, record
 # helpers; and the installer ISO (STARGATE_INSTALLER_ISO, default hack/installer-iso/build.sh).
 
 readonly RF_NAMESPACE=dc-redfish
@@ -103,9 +103,16 @@ await_machine() {
 installed_machine() { [[ "$1" == "On |"* && "${1#*|}" != *Once* ]]; }
 running_machine() { [[ "$1" == "On "* ]]; }
 
-redfish_scenario() {
-	local t op=rf-repave-1 bmc_url system ip state step msg
-	t="${SECONDS}"
+readonly RF_OP=rf-repave-1
+RF_STARTED=""
+
+# redfish_start: the blank machine, the Redfish controller and its Server, and the repave Operation;
+# it returns once the Operation is created. The install runs while e2e.sh goes on with the
+# simulator's own checks (its node faults mostly wait for the cluster's grace periods); redfish_finish
+# waits for it and checks it.
+redfish_start() {
+	local bmc_url system
+	RF_STARTED="${SECONDS}"
 	start_redfish_dc
 
 	# The hardware: a blank machine behind the simulator's BMC.
@@ -156,16 +163,23 @@ EOF
 	rk apply -f - >/dev/null <<EOF
 apiVersion: stargate.io/v1alpha1
 kind: Operation
-metadata: {name: ${op}}
+metadata: {name: ${RF_OP}}
 spec:
   operation: repave
   serverRef: {name: ${RF_SERVER}}
   provisioningProfileRef: {name: k8s-worker-local}
   timeout: 25m
 EOF
-	log "${op}: the blank machine installs from its BMC's virtual CD (installer boot, image write, first boot and join under TCG: minutes)"
+	log "${RF_OP}: the blank machine installs from its BMC's virtual CD (installer boot, image write, first boot and join under TCG: minutes), alongside what follows"
+}
+
+# redfish_finish: wait for the Redfish repave redfish_start created, check every step and the
+# machine, then forget the Server and delete the hardware.
+redfish_finish() {
+	local op="${RF_OP}" ip state step msg
+	log "${op}: waiting for the Redfish repave (started $((SECONDS - RF_STARTED)) s ago)"
 	wait_operation "${RF_NAMESPACE}" "${op}" "${OP_TIMEOUT}" "${RF_PID}"
-	phase_done redfish-repave "${t}"
+	phase_done redfish-repave "${RF_STARTED}"
 
 	for step in ImageReady InstallerReady MediaInserted InstallerBooted ImageWritten BootedFromDisk GuestReady NodeReady; do
 		state="$(op_condition "${op}" "${step}" status)"
@@ -209,9 +223,12 @@ EOF
 	k -n "${HW_NAMESPACE}" delete server "${HW_SERVER}" --timeout=120s >/dev/null ||
 		die "the hardware Server ${HW_SERVER} was not deleted within 120 s"
 	k delete node "${RF_SERVER}" --ignore-not-found >/dev/null
-	leftovers
-	# shellcheck disable=SC2154 # leftovers (e2e.sh) fills it
-	((${#left[@]} == 0)) || die "after deleting the hardware Server, still left: ${left[*]}"
+	# Its VM, tap and files are gone (e2e.sh's Server deletion then checks that nothing at all is left).
+	local hw_dir hw_tap
+	hw_dir="$(vm_path vm_dir "${HW_NAMESPACE}" "${HW_SERVER}")" && hw_tap="$(vm_path tap "${HW_NAMESPACE}" "${HW_SERVER}")" || exit 1
+	[[ -z "$(vm_qemu_pids "${hw_dir}")" ]] || die "after deleting the hardware Server, its QEMU process still runs"
+	! in_ns ip link show "${hw_tap}" >/dev/null 2>&1 || die "after deleting the hardware Server, its tap ${hw_tap} is left"
+	[[ ! -e "${hw_dir}" ]] || die "after deleting the hardware Server, its VM directory ${hw_dir} is left"
 	log "  Redfish Server forgotten with its machine running; the hardware Server's deletion removed the VM"
 	PASSED=$((PASSED + 1))
 }

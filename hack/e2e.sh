@@ -29,7 +29,8 @@
 #      process, tap, VM file, IP allocation or QMP socket is left.
 #   6. Redfish (hack/e2e-redfish.sh): a blank machine behind the simulator's BMC is installed by the Redfish
 #      datacenter controller through the BMC's virtual CD with the same profile, and its Node joins; deleting
-#      the Redfish Server forgets the machine, deleting the hardware Server removes it.
+#      the Redfish Server forgets the machine, deleting the hardware Server removes it. It starts after 1
+#      and is checked after 3 (it runs while the node faults wait for the cluster), before 4 and 5.
 #   Then a table of how long each step of each Operation took (condition lastTransitionTime - startTime).
 # On failure: the last 40 lines of the VM console, the simulator log tail and the Operations as YAML.
 # Always: the simulator, VMs and control plane are stopped, the namespace and temporary files removed.
@@ -88,13 +89,13 @@ WORK_DIR="${TMP}/work"
 readonly WORK_DIR
 readonly SIM_LOG="${TMP}/simulator.log"
 # Where the simulator keeps the VM's files: it prints its own layout (bin/simulator paths).
-if ! CONSOLE="$(vm_path console "${NAMESPACE}" "${SERVER}")" || ! VMS_DIR="$(sim_path vms_dir)" ||
+if ! CONSOLE="$(vm_path console "${NAMESPACE}" "${SERVER}")" || ! SERVER_TAP="$(vm_path tap "${NAMESPACE}" "${SERVER}")" || ! VMS_DIR="$(sim_path vms_dir)" ||
 	! IPAM_DIR="$(sim_path ipam_dir)" || ! RUN_DIR="$(sim_path run_dir)" ||
 	! GOLDEN_DIR="$(sim_path golden_dir)" || ! BAKES_DIR="$(sim_path bakes_dir)"; then
 	rm -rf -- "${TMP}"
 	exit 1
 fi
-readonly CONSOLE VMS_DIR IPAM_DIR RUN_DIR
+readonly CONSOLE SERVER_TAP VMS_DIR IPAM_DIR RUN_DIR
 SIM_PID=""
 NS_CREATED=""
 KCFG=""
@@ -109,6 +110,15 @@ qemu_pids() {
 	for p in /proc/[0-9]*; do
 		cmd="$(tr '\0' ' ' 2>/dev/null <"${p}/cmdline")" 2>/dev/null || continue # the process may just have exited
 		[[ "${cmd}" == qemu-system* && "${cmd}" == *"${WORK_DIR}/"* ]] && printf '%s\n' "${p#/proc/}"
+	done
+	return 0
+}
+
+# vm_qemu_pids DIR: those of them that run the VM whose files are in DIR.
+vm_qemu_pids() {
+	local p
+	for p in $(qemu_pids); do
+		grep -qzF "$1/" "/proc/${p}/cmdline" 2>/dev/null && printf '%s\n' "${p}"
 	done
 	return 0
 }
@@ -390,6 +400,9 @@ assert_installed repave-1
 # background and booted by the second.
 assert_image repave-1 Cached "runs the profile's installation itself"
 record repave-1
+# 6 starts here: a real server installed through its BMC (hack/e2e-redfish.sh), while the checks
+# below mostly wait for the cluster's grace periods; redfish_finish checks it after them.
+redfish_start
 t="${SECONDS}"
 assert_node_fault repave-1 NodeFlapping
 log "  repave-1: the flap ended, Node ${SERVER} Ready again: $(wait_node_ready True 180)"
@@ -416,16 +429,21 @@ record repave-2
 [[ "${INSTANCE}" != "${first_instance}" ]] || die "repave-2 kept the instance-id ${INSTANCE}: not a fresh install"
 [[ "${NODE_UID}" != "${first_uid}" ]] ||
 	die "Node ${SERVER} still has uid ${first_uid} after repave-2: the previous installation's Node was not replaced"
-n="$(qemu_pids | wc -l)"
-((n == 1)) || die "after repave-2: ${n} QEMU processes for ${WORK_DIR}, want 1"
+# One VM and one tap for the Server (the Redfish scenario's blank machine has its own).
+n="$(vm_qemu_pids "$(dirname "${CONSOLE}")" | wc -l)"
+((n == 1)) || die "after repave-2: ${n} QEMU processes for ${SERVER}, want 1"
 n="$(in_ns ip -o link show | grep -c ': sg-')" || true
-((n == 1)) || die "after repave-2: ${n} sg-* taps, want 1"
+((n == 2)) || die "after repave-2: ${n} sg-* taps, want 2 (${SERVER}'s and the blank machine's)"
+in_ns ip link show "${SERVER_TAP}" >/dev/null || die "after repave-2: ${SERVER}'s tap ${SERVER_TAP} is gone"
 log "  repave-2: same IP ${IP}, new instance, Node replaced (uid ${first_uid} -> ${NODE_UID}), one VM, one tap"
 t="${SECONDS}"
 assert_node_fault repave-2 KubeletStops
 kn delete faultinjection kubelet-stops >/dev/null
 phase_done kubelet-stops "${t}"
 PASSED=$((PASSED + 1))
+
+# 6 ends here: the Redfish repave started after repave-1 (hack/e2e-redfish.sh).
+redfish_finish
 
 # The join benchmark (make bench: E2E_BENCH_JOIN=1): the same profile without a golden image — its
 # installation merged into the per-instance user-data, so every repave installs everything — against
@@ -537,8 +555,5 @@ done
 phase_done delete-namespace "${t}"
 log "  namespace ${DOOMED} deleted mid-install: no QEMU process, tap, VM file, IP allocation or QMP socket left"
 PASSED=$((PASSED + 1))
-
-# 5. A real server installed through its BMC (hack/e2e-redfish.sh).
-redfish_scenario
 
 timing_table repave-1 repave-2
