@@ -63,12 +63,7 @@ func TestBlankMachineWithQEMU(t *testing.T) {
 	}
 	needSushy(t)
 	ctx := context.Background()
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := mustFor(t)
 	images := t.TempDir()
 	iso := buildGrubImage(t, filepath.Join(images, "installer.iso"), "STARGATE-ISO-BOOTED")
 	osImage := buildGrubImage(t, filepath.Join(images, "os.img"), "STARGATE-DISK-BOOTED")

@@ -45,12 +45,7 @@ func TestConsoleCapWithQEMU(t *testing.T) {
 		c.ConsoleSize = size
 	})
 	ctx, c := context.Background(), h.env.Client
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := mustFor(t)
 	must(c.Create(ctx, testenv.Namespace(ns)))
 	mem, disk := resourceQ("1536Mi"), resourceQ("4Gi")
 	must(c.Create(ctx, &stargatev1.Server{ObjectMeta: metav1.ObjectMeta{Name: "chatty", Namespace: ns},

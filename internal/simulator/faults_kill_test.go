@@ -40,12 +40,7 @@ func TestKill9WithActiveFaults(t *testing.T) {
 	rig := newBinaryRig(t)
 	tmp, simBin, kubeconfig := rig.tmp, rig.simBin, rig.kubeconfig
 	c, ctx := rig.env.Client, context.Background()
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := mustFor(t)
 	work := filepath.Join(tmp, "work")
 	flags := []string{"--kubeconfig", kubeconfig, "--work-dir", work, "--bridge", "sgk9-br0", "--gateway", "192.168.122.1/24",
 		"--no-nat", "--accel", "tcg", "--image-dir", filepath.Dir(image), "--host-id", "kill9-faults",

@@ -46,12 +46,7 @@ func TestGoldenImagesWithQEMU(t *testing.T) {
 	h := newSimHarness(t, "sggold-br0")
 	ctx := context.Background()
 	c := h.env.Client
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := mustFor(t)
 	must(c.Create(ctx, testenv.Namespace(ns)))
 	mem := resourceQ("1536Mi")
 	for _, name := range []string{"g1", "g2"} {

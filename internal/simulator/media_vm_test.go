@@ -67,12 +67,7 @@ func TestBootFromVirtualMediaWithQEMU(t *testing.T) {
 		}
 		_ = p.Teardown()
 	})
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := mustFor(t)
 
 	// Nothing can be set on a server that was never installed.
 	if err := p.SetBoot(ctx, server, controller.BootOverride{Target: "Cd", Enabled: "Once"}); !errors.Is(err, controller.ErrNotInstalled) {
@@ -141,12 +136,7 @@ func TestBootFromVirtualMediaWithQEMU(t *testing.T) {
 func buildGrubImage(t *testing.T, out, marker string) string {
 	t.Helper()
 	root := t.TempDir()
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := mustFor(t)
 	must(os.MkdirAll(filepath.Join(root, "boot", "grub"), 0o755))
 	cfg := "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\necho " + marker + "\nsleep 600\n"
 	must(os.WriteFile(filepath.Join(root, "boot", "grub", "grub.cfg"), []byte(cfg), 0o644))
@@ -163,12 +153,7 @@ func buildGrubImage(t *testing.T, out, marker string) string {
 func installByHand(t *testing.T, p *simulator.Provider, server types.NamespacedName, base string) {
 	t.Helper()
 	dir := p.VMDir(server)
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := mustFor(t)
 	must(os.MkdirAll(dir, 0o700))
 	spec, err := json.Marshal(qemu.VMSpec{Name: server.Namespace + "." + server.Name, CPUs: 1, MemoryMiB: 256,
 		MAC: hostnet.MACAddress(server.Namespace + "/" + server.Name)})

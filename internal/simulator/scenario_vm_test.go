@@ -45,12 +45,7 @@ func TestFaultScenarioWithQEMU(t *testing.T) {
 	h := newSimHarness(t, "sgscen-br0")
 	ctx := context.Background()
 	c := h.env.Client
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := mustFor(t)
 	must(c.Create(ctx, testenv.Namespace(ns)))
 	mem, disk := resourceQ("1Gi"), resourceQ("4Gi")
 	for i := range servers {

@@ -80,12 +80,7 @@ func faultSuite(t testing.TB) time.Duration {
 	rig := newBinaryRig(t)
 	env, tmp, simBin, kubeconfig := rig.env, rig.tmp, rig.simBin, rig.kubeconfig
 	c := env.Client
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := mustFor(t)
 	ctl, wrapDir := filepath.Join(tmp, "ctl"), filepath.Join(tmp, "wrappers")
 	must(writeWrappers(wrapDir, ctl, realImg, realQEMU))
 

@@ -58,12 +58,7 @@ func TestRepaveWithQEMU(t *testing.T) {
 	vmDir := func() string { return h.p.VMDir(client.ObjectKey{Namespace: ns, Name: "worker-1"}) }
 	ctx := context.Background()
 	c := env.Client
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := mustFor(t)
 	must(c.Create(ctx, testenv.Namespace(ns)))
 	mem, disk := resourceQ("1536Mi"), resourceQ("4Gi")
 	must(c.Create(ctx, &stargatev1.Server{ObjectMeta: metav1.ObjectMeta{Name: "worker-1", Namespace: ns},
@@ -384,6 +379,16 @@ func firstLine(s string) string {
 }
 
 func resourceQ(s string) resource.Quantity { return resource.MustParse(s) }
+
+// mustFor returns the check a test makes of each setup call: stop the test on an error.
+func mustFor(t testing.TB) func(error) {
+	return func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
 
 // BenchmarkRepaveControllerShare runs one real repave per iteration (root, guest image, TCG; use
 // -benchtime=1x) and reports the controller's share of it: the time from the Operation's creation

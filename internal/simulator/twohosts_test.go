@@ -41,12 +41,7 @@ func TestTwoSimulatorsHandOverWithQEMU(t *testing.T) {
 	rig := newBinaryRig(t)
 	env, tmp, simBin, kubeconfig := rig.env, rig.tmp, rig.simBin, rig.kubeconfig
 	c := env.Client
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	must := mustFor(t)
 	// host-b runs in a network namespace of its own, as on another machine (tap names derive from
 	// the Server, so two hosts cannot share one namespace), joined to this one by a veth; it reaches
 	// the API server (on this namespace's loopback) through a TCP relay on the veth's address.
