@@ -1,3 +1,8 @@
+//go:build rehearsal
+
+// The rehearsal costs 9 TCG boots on average (up to 12): too much for make test's CI budget on a
+// 2-core machine until boots get cheaper, so it runs with `make test-rehearsal` (-tags rehearsal).
+
 package simulator_test
 
 import (
@@ -32,7 +37,7 @@ import (
 // as an operator rehearsing recovery would, and all succeed on a clean disk (no blkdebug rules or
 // option left): every Server ends Ready.
 // (The statistics over many Servers are TestFaultScenarioHalfTheRepavesFailThenAllSucceed's, on the
-// mock datacenter.)
+// mock datacenter; a disk error that strikes every time is TestMachineFaultsWithQEMU's.)
 func TestFaultScenarioWithQEMU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs under TCG (minutes); skipped in -short mode")
