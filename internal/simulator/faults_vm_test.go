@@ -75,11 +75,18 @@ func (r *faultRig) inject(name string, fs ...stargatev1.Fault) *stargatev1.Fault
 	}
 	fi := &stargatev1.FaultInjection{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: stargatev1.FaultInjectionSpec{Faults: fs}}
 	r.must(r.c.Create(ctx, fi))
-	waitFor(r.t, name+" to be Ready on this host", time.Minute, func() bool {
-		r.must(r.c.Get(ctx, client.ObjectKeyFromObject(fi), fi))
+	waitInjecting(r.t, r.c, fi)
+	return fi
+}
+
+// waitInjecting waits until the one host of the test reports that it injects all of fi's faults.
+func waitInjecting(t *testing.T, c client.Client, fi *stargatev1.FaultInjection) {
+	t.Helper()
+	must := mustFor(t)
+	waitFor(t, fi.Name+" to be Ready on this host", time.Minute, func() bool {
+		must(c.Get(context.Background(), client.ObjectKeyFromObject(fi), fi))
 		return len(fi.Status.Hosts) == 1 && meta.IsStatusConditionTrue(fi.Status.Hosts[0].Conditions, stargatev1.ConditionReady)
 	})
-	return fi
 }
 
 // repave runs a repave (spec.timeout timeout) to its end; midway runs every poll while it runs.

@@ -65,10 +65,7 @@ func TestFaultScenarioWithQEMU(t *testing.T) {
 			Faults: []stargatev1.Fault{{Name: "disk", Type: stargatev1.FaultDiskWriteError, At: stargatev1.ConditionVMRunning,
 				Probability: ptr.To("0.5"), AfterOperations: ptr.To[int64](0)}}}}
 	must(c.Create(ctx, fi))
-	waitFor(t, "the FaultInjection to be Ready on this host", time.Minute, func() bool {
-		must(c.Get(ctx, client.ObjectKeyFromObject(fi), fi))
-		return len(fi.Status.Hosts) == 1 && meta.IsStatusConditionTrue(fi.Status.Hosts[0].Conditions, stargatev1.ConditionReady)
-	})
+	waitInjecting(t, c, fi)
 
 	vmDir := func(server string) string { return h.p.VMDir(client.ObjectKey{Namespace: ns, Name: server}) }
 	repaveAll := func(round string, servers []string) map[string]*stargatev1.Operation {
