@@ -169,7 +169,7 @@ func expectedOff(latest *stargatev1.Operation) bool {
 // newer than the Server's last installation (an older Operation never overrides a newer result).
 func currentOperation(ops []stargatev1.Operation, st stargatev1.ServerStatus) *stargatev1.Operation {
 	var newest, last *stargatev1.Operation
-	evacuated := lastEvacuation(ops)
+	evacuated := lastEvacuation(ops, st.LastOperation)
 	for i := range ops {
 		op := &ops[i]
 		if op.Name == st.LastOperation {
@@ -248,14 +248,29 @@ func serverTransitionEvent(before, after stargatev1.ServerStatus) (serverEvent, 
 	return serverEvent{}, false
 }
 
-// lastEvacuation is when the Server was last evacuated (nil if never).
-func lastEvacuation(ops []stargatev1.Operation) *metav1.Time {
+// lastEvacuation is when the Server was last evacuated (nil if never). The evacuation commits when
+// it rewrites the Server's status (recording itself as the last Operation), before its own phase
+// says Succeeded: from that moment on it counts, from its start (or creation), so the new host never reads the
+// lost host's repave as the Server's state.
+func lastEvacuation(ops []stargatev1.Operation, recorded string) *metav1.Time {
 	var last *metav1.Time
 	for i := range ops {
 		op := &ops[i]
-		if op.Spec.Operation == stargatev1.OperationEvacuate && op.Status.Phase == stargatev1.OperationSucceeded &&
-			op.Status.CompletionTime != nil && (last == nil || last.Before(op.Status.CompletionTime)) {
-			last = op.Status.CompletionTime
+		if op.Spec.Operation != stargatev1.OperationEvacuate {
+			continue
+		}
+		at := op.Status.CompletionTime
+		if op.Status.Phase != stargatev1.OperationSucceeded {
+			at = nil
+		}
+		if op.Name == recorded && at == nil {
+			at = op.Status.StartTime
+			if at == nil { // the evacuation records its start only when it finishes
+				at = &op.CreationTimestamp
+			}
+		}
+		if at != nil && (last == nil || last.Before(at)) {
+			last = at
 		}
 	}
 	return last

@@ -78,6 +78,16 @@ func TestDesiredServerStatus(t *testing.T) {
 			status:  stargatev1.ServerStatus{State: stargatev1.ServerAvailable, LastOperation: "evac", Message: "Evacuated from lost host a"},
 			ops:     []stargatev1.Operation{succeeded, powerOp("evac", stargatev1.OperationEvacuate, stargatev1.OperationSucceeded, 40)},
 			machine: &ServerInfo{}, state: stargatev1.ServerAvailable, last: "evac", msg: "Evacuated", power: stargatev1.PowerUnknown},
+		// The evacuation rewrites the Server's status before its own phase says Succeeded: in
+		// between, the new host's view must not take the lost host's repave for the state.
+		{name: "evacuated, the evacuation not yet marked Succeeded",
+			status: stargatev1.ServerStatus{State: stargatev1.ServerAvailable, LastOperation: "evac", Message: "Evacuated from lost host a"},
+			ops: []stargatev1.Operation{succeeded, func() stargatev1.Operation {
+				op := opAt("evac", 40, "", 0)
+				op.Spec.Operation, op.Spec.ProvisioningProfileRef = stargatev1.OperationEvacuate, nil
+				return op
+			}()},
+			machine: &ServerInfo{}, state: stargatev1.ServerAvailable, last: "evac", msg: "Evacuated", power: stargatev1.PowerUnknown},
 		{name: "repaved after the evacuation", status: stargatev1.ServerStatus{State: stargatev1.ServerAvailable, LastOperation: "evac"},
 			ops: []stargatev1.Operation{succeeded, powerOp("evac", stargatev1.OperationEvacuate, stargatev1.OperationSucceeded, 40),
 				opAt("op4", 50, stargatev1.OperationSucceeded, 51)},
