@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# build.sh builds a bootable Debian 12 (bookworm) amd64 cloud image with cloud-init from Debian packages
+# build.sh builds a bootable Debian 12 (bookworm) amd64 cloud image with cloud-init (Debian 13's) from Debian packages
 # only (no download site besides a Debian mirror is needed) and prints the absolute path of the qcow2.
 #
 #   hack/guest-image/build.sh [OUT_DIR]
@@ -35,10 +35,11 @@
 set -euo pipefail
 
 readonly SUITE=bookworm
+readonly CLOUD_INIT_SUITE=trixie # see "cloud-init from Debian 13" below
 readonly DISK_SIZE_MIB=3072 # whole virtual disk; the root partition starts at 1 MiB
 readonly PACKAGES=(
 	linux-image-cloud-amd64 systemd-sysv udev kmod procps netbase e2fsprogs util-linux
-	cloud-init python3-cffi-backend cloud-guest-utils
+	cloud-init python3-cffi-backend cloud-guest-utils netcat-openbsd
 	ifupdown isc-dhcp-client iproute2 ca-certificates curl
 	containerd runc containernetworking-plugins conntrack socat ethtool iptables ebtables
 )
@@ -147,6 +148,47 @@ if ! debootstrap --variant=minbase --arch=amd64 --include="${packages}" --cache-
 fi
 log "debootstrap done after $((SECONDS - start)) s"
 
+# cloud-init from Debian 13 (trixie): since 24.3 it runs its four stages in one Python process
+# (cloud-init-main.service; the stage units only signal it over sockets), where bookworm's 22.4 starts
+# Python four times: ~2 s of imports each under TCG, on every boot. The package is architecture
+# "all" and its dependencies are bookworm's (plus netcat-openbsd for the stage units). apt in the
+# chroot verifies trixie's index with Debian's archive keyring; trixie is pinned below bookworm, so
+# only the package named with /trixie comes from it (not libc, not its dependencies).
+log "cloud-init from ${CLOUD_INIT_SUITE} (one process for all stages)"
+extra_list="${rootfs}/etc/apt/sources.list.d/stargate-${CLOUD_INIT_SUITE}.list"
+extra_pin="${rootfs}/etc/apt/preferences.d/stargate-${CLOUD_INIT_SUITE}"
+printf 'deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s main\n' "${mirror}" "${CLOUD_INIT_SUITE}" >"${extra_list}"
+printf 'Package: *\nPin: release n=%s\nPin-Priority: 1\n' "${CLOUD_INIT_SUITE}" >"${extra_pin}"
+[[ -s "${rootfs}/etc/resolv.conf" ]] || cp /etc/resolv.conf "${rootfs}/etc/resolv.conf"
+mount -t proc proc "${rootfs}/proc"
+if ! { chroot "${rootfs}" apt-get -o Acquire::Languages=none update &&
+	chroot "${rootfs}" apt-get install -s --no-install-recommends "cloud-init/${CLOUD_INIT_SUITE}" >"${work}/cloud-init.plan" &&
+	DEBIAN_FRONTEND=noninteractive chroot "${rootfs}" apt-get install -y --no-install-recommends \
+		"cloud-init/${CLOUD_INIT_SUITE}"; } >"${work}/cloud-init.log" 2>&1; then
+	tail -n 40 "${work}/cloud-init.log" >&2
+	die "installing cloud-init from ${CLOUD_INIT_SUITE} failed: the mirror ${mirror} must serve ${CLOUD_INIT_SUITE} too (STARGATE_DEBIAN_MIRROR chooses another)"
+fi
+umount "${rootfs}/proc"
+rm -f "${extra_list}" "${extra_pin}"
+# apt's plan ("Inst PACKAGE [OLD] (NEW RELEASE [ARCH])"): nothing but cloud-init from trixie.
+others="$(awk '$1 == "Inst" && $2 != "cloud-init" && /Debian:13/ { print $2 }' "${work}/cloud-init.plan" | paste -sd, -)"
+[[ -z "${others}" ]] || die "apt took packages other than cloud-init from ${CLOUD_INIT_SUITE}: ${others}"
+grep -q '^Inst cloud-init .*Debian:13' "${work}/cloud-init.plan" || die "apt did not plan cloud-init from ${CLOUD_INIT_SUITE}"
+# The old package's files the new one dropped stay behind as obsolete conffiles: its SysV script
+# /etc/init.d/cloud-init would become a unit (cloud-init.service, the old stage's name) that runs
+# cloud-init a second time. Remove them, and the old stage layout's dangling enablement links.
+dpkg-query --admindir="${rootfs}/var/lib/dpkg" -W -f '${Conffiles}\n' cloud-init | awk '$NF == "obsolete" { print $1 }' |
+	while read -r conffile; do
+		log "removing obsolete conffile ${conffile}"
+		rm -f -- "${rootfs}${conffile}"
+	done
+# The links are absolute paths inside the image: resolve them there, not on the host.
+find "${rootfs}/etc/systemd/system" -type l -printf '%p\t%l\n' | while IFS=$'\t' read -r link target; do
+	[[ "${target}" == /* && ! -e "${rootfs}${target}" ]] || continue
+	log "removing dangling unit link ${link#"${rootfs}"}"
+	rm -f -- "${link}"
+done
+
 mkdir -p "${rootfs}/etc/cloud/cloud.cfg.d"
 cat >"${rootfs}/etc/cloud/cloud.cfg.d/90-stargate.cfg" <<'EOF'
 # Stargate guest image: configuration comes from a NoCloud seed (CD-ROM/disk labelled "cidata", or the
@@ -157,6 +199,19 @@ locale: C.UTF-8
 # GRUB is installed by hand, not by the grub-pc package this module configures (1.3 s under TCG).
 grub_dpkg:
   enabled: false
+# No SSH server (nor ssh-keygen) in the image: no host keys to make. A profile that installs
+# openssh-server gets its keys from the package.
+ssh_genkeytypes: []
+EOF
+
+# cloud-init's single process logs a stage's exception only to its log file (unwritable when the
+# disk fails) and to its unit's status text; its stage units print only "fatal error, run systemctl
+# status ...". The host has the serial console alone: print the status text there when the process
+# fails (pkg/cloudinit.Crashed reads this line).
+mkdir -p "${rootfs}/etc/systemd/system/cloud-init-main.service.d"
+cat >"${rootfs}/etc/systemd/system/cloud-init-main.service.d/50-stargate-status.conf" <<'EOF'
+[Service]
+ExecStopPost=/bin/sh -c '[ "$EXIT_STATUS" = 0 ] || echo "STARGATE-CLOUD-INIT-STATUS: $(systemctl show -P StatusText cloud-init-main.service)"'
 EOF
 printf 'LANG=C.UTF-8\n' >"${rootfs}/etc/default/locale"
 

@@ -261,7 +261,7 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 				up, panicLine, filepath.Join(dir, filenames.ConsoleFile), cloudinit.ConsoleTail(console, 25, 3000)))
 	case crashed:
 		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
-		msg := fmt.Sprintf("cloud-init crashed in every stage %s after QEMU started, the last on %s: the guest can never report, "+
+		msg := fmt.Sprintf("cloud-init crashed in every stage %s after QEMU started, on %s: the guest can never report, "+
 			"so the repave fails now rather than at its spec.timeout", up, exception)
 		// Why: the kernel's lines (an I/O error, a file system gone read-only), not the tracebacks.
 		errs := slices.DeleteFunc(cloudinit.GuestErrors(console, 50), func(l string) bool { return strings.Contains(l, "cloud-init[") })

@@ -31,8 +31,10 @@ func KernelPanic(console []byte) (string, bool) {
 	return string(m), m != nil
 }
 
-// cloudInitStages is how many processes cloud-init runs in during a boot: Debian's cloud-init
-// (22.4) has one systemd unit per stage (init --local, init, modules config, modules final).
+// cloudInitStages is how many stages cloud-init runs in a boot: init --local, init, modules config,
+// modules final. Debian 12's cloud-init (22.4) runs each in a process of its own; 24.3 and later
+// (Debian 13's, which the Stargate guest image carries) run all four in one process
+// (cloud-init-main.service) that each stage's unit only signals.
 const cloudInitStages = 4
 
 var (
@@ -42,14 +44,27 @@ var (
 	tracebackHeader = []byte("Traceback (most recent call last):")
 	entryFrame      = []byte(`File "/usr/bin/cloud-init"`)
 	exceptionLine   = regexp.MustCompile(`^([A-Za-z_][A-Za-z0-9_.]*(?:Error|Exception)\b.*)`)
+
+	// One process: a stage's unit prints this fixed line when the stage raised (cloud-init's
+	// socket protocol), and the exception goes to the process's status text only, which the
+	// guest image prints on the console when the process fails.
+	stageFatal   = []byte(`fatal error, run "systemctl status cloud-init-main.service"`)
+	statusFailed = regexp.MustCompile(`STARGATE-CLOUD-INIT-STATUS: Completed with failure, first exception received: ([^\r\n]*?)(?: in <frame at [^>]*>)?\.?(?: Run 'cloud-init status --long' for more details\.)?\r?$`)
 )
 
-// Crashed reports whether every cloud-init process of the boot died on an exception out
-// of its entry point (/usr/bin/cloud-init), as their tracebacks on the console show, and returns
-// the last one's exception. Then its final stage, the one that reports, died too, and the guest
-// will never report: a root file system gone read-only does this. A cloud-init that runs its
-// stages in fewer processes never counts as crashed here (its guest is left to the timeout).
+// Crashed reports whether every stage of cloud-init's boot died on an exception, and returns the
+// exception: then the final stage, the one that reports, died too, and the guest will never
+// report. A root file system gone read-only does this. Both ways cloud-init runs are read:
+//   - one process per stage (22.4): each process's traceback out of its entry point
+//     (/usr/bin/cloud-init), the last one's exception returned;
+//   - one process for all stages (24.3+): each stage unit's fatal-error line, and the process's
+//     status text on its exit (printed by the Stargate guest image), the first exception returned.
+//
+// A guest image of another kind that prints neither is left to the timeout.
 func Crashed(console []byte) (string, bool) {
+	if exception, ok := crashedSingleProcess(console); ok {
+		return exception, true
+	}
 	if !bytes.Contains(console, tracebackHeader) {
 		return "", false
 	}
@@ -76,4 +91,20 @@ func Crashed(console []byte) (string, bool) {
 		delete(headerSeen, pid)
 	}
 	return last, len(crashed) >= cloudInitStages
+}
+
+// crashedSingleProcess is Crashed for cloud-init 24.3 and later: every stage's unit reported a
+// fatal error, and the process ended with its first exception (the status line comes last, when
+// the process exits, so a console that has it has all the stages' lines it will ever have).
+func crashedSingleProcess(console []byte) (string, bool) {
+	if bytes.Count(console, stageFatal) < cloudInitStages {
+		return "", false
+	}
+	var exception string
+	for _, line := range bytes.Split(console, []byte("\n")) {
+		if m := statusFailed.FindSubmatch(line); m != nil {
+			exception = string(m[1])
+		}
+	}
+	return exception, exception != ""
 }

@@ -50,6 +50,31 @@ func TestCrashed(t *testing.T) {
 	}
 }
 
+// A real console (Debian 12 with Debian 13's cloud-init 25.1, the Stargate guest image) of the
+// same guest: one cloud-init process runs every stage, each stage's unit prints a fatal error and
+// the image prints the process's status text when it exits. Cut to the lines around them.
+func TestCrashedSingleProcess(t *testing.T) {
+	console, err := os.ReadFile(filepath.Join("testdata", "console-readonly-root-single-process.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exception, ok := Crashed(console)
+	if !ok || exception != "OSError(30, 'Read-only file system')" {
+		t.Errorf("Crashed = %q %v, want the read-only file system, every stage crashed", exception, ok)
+	}
+	// Every stage reported its fatal error, but the process has not exited yet: its status line
+	// (the exception) is missing, and so is the verdict.
+	status := bytes.Index(console, []byte("STARGATE-CLOUD-INIT-STATUS"))
+	if _, ok := Crashed(console[:status]); ok {
+		t.Error("crashed before the process's status line")
+	}
+	// Three stages crashed and the process failed: the final stage did not crash, it may report.
+	first := bytes.Index(console, stageFatal)
+	if _, ok := Crashed(append(bytes.Clone(console[:first]), console[first+len(stageFatal):]...)); ok {
+		t.Error("crashed with three of the four stages' fatal errors")
+	}
+}
+
 // A traceback that does not start at cloud-init's entry point (an exception it logged and
 // handled, a script's own) is no crash of a stage.
 func TestCrashedIgnoresOtherTracebacks(t *testing.T) {
