@@ -17,6 +17,7 @@ import (
 	"stargate.io/stargate/internal/netnstest"
 	"stargate.io/stargate/internal/simulator"
 	"stargate.io/stargate/internal/testenv"
+	"stargate.io/stargate/pkg/cloudinit"
 	"stargate.io/stargate/pkg/filenames"
 	"stargate.io/stargate/pkg/qemu"
 )
@@ -138,6 +139,9 @@ func diskFaultsRepave(t *testing.T, r *faultRig) (cleanDisk func()) {
 	if guest == nil || guest.Reason != "CloudInitCrashed" || !strings.Contains(guest.Message, "Read-only file system") ||
 		!strings.Contains(guest.Message, "the guest's kernel reported: ") || !strings.Contains(guest.Message, "I/O error") {
 		t.Errorf("GuestReady after the disk's writes failed: %+v; want CloudInitCrashed with the exception and the kernel's I/O errors", guest)
+	} else if kernel, _, _ := strings.Cut(strings.SplitN(guest.Message, "the guest's kernel reported: ", 2)[1], "\n"); strings.Contains(kernel, cloudinit.StatusMarker) ||
+		strings.Contains(kernel, "cloud-init[") {
+		t.Errorf("the kernel's lines quote cloud-init's own: %s", kernel)
 	}
 	console, err := os.ReadFile(filepath.Join(r.vmDir(), filenames.ConsoleFile))
 	r.must(err)

@@ -263,8 +263,11 @@ func (p *Provider) observeGuest(st *status, req controller.RepaveRequest, dir st
 		st.set(stargatev1.ConditionVMRunning, controller.StepDone, "Running", "VM running")
 		msg := fmt.Sprintf("cloud-init crashed in every stage %s after QEMU started, on %s: the guest can never report, "+
 			"so the repave fails now rather than at its spec.timeout", up, exception)
-		// Why: the kernel's lines (an I/O error, a file system gone read-only), not the tracebacks.
-		errs := slices.DeleteFunc(cloudinit.GuestErrors(console, 50), func(l string) bool { return strings.Contains(l, "cloud-init[") })
+		// Why: the kernel's lines (an I/O error, a file system gone read-only), not cloud-init's
+		// tracebacks or status line, which the message quotes already.
+		errs := slices.DeleteFunc(cloudinit.GuestErrors(console, 50), func(l string) bool {
+			return strings.Contains(l, "cloud-init[") || strings.Contains(l, cloudinit.StatusMarker)
+		})
 		if len(errs) > 0 {
 			msg += "; the guest's kernel reported: " + strings.Join(errs[max(0, len(errs)-3):], " | ")
 		}

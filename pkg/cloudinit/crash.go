@@ -31,6 +31,10 @@ func KernelPanic(console []byte) (string, bool) {
 	return string(m), m != nil
 }
 
+// StatusMarker starts the console line in which the Stargate guest image prints the status text
+// of cloud-init's single process when it fails (the exception that made a stage fail).
+const StatusMarker = "STARGATE-CLOUD-INIT-STATUS: "
+
 // cloudInitStages is how many stages cloud-init runs in a boot: init --local, init, modules config,
 // modules final. Debian 12's cloud-init (22.4) runs each in a process of its own; 24.3 and later
 // (Debian 13's, which the Stargate guest image carries) run all four in one process
@@ -49,7 +53,7 @@ var (
 	// socket protocol), and the exception goes to the process's status text only, which the
 	// guest image prints on the console when the process fails.
 	stageFatal   = []byte(`fatal error, run "systemctl status cloud-init-main.service"`)
-	statusFailed = regexp.MustCompile(`STARGATE-CLOUD-INIT-STATUS: Completed with failure, first exception received: ([^\r\n]*?)(?: in <frame at [^>]*>)?\.?(?: Run 'cloud-init status --long' for more details\.)?\r?$`)
+	statusFailed = regexp.MustCompile(regexp.QuoteMeta(StatusMarker) + `Completed with failure, first exception received: ([^\r\n]*?)(?: in <frame at [^>]*>)?\.?(?: Run 'cloud-init status --long' for more details\.)?\r?$`)
 )
 
 // Crashed reports whether every stage of cloud-init's boot died on an exception, and returns the
