@@ -159,9 +159,9 @@ bench-join: deps build kube-binaries guest-image installer-iso ## Join benchmark
 	E2E_BENCH_JOIN=1 STARGATE_GUEST_IMAGE="$$(hack/guest-image/build.sh)" STARGATE_INSTALLER_ISO="$$(hack/installer-iso/build.sh)" KUBE_BIN_DIR="$(KUBE_BIN_DIR)" hack/e2e.sh
 
 .PHONY: test-rehearsal
-test-rehearsal: deps $(if $(KUBEBUILDER_ASSETS),,envtest-assets) guest-image ## The chaos rehearsal with real guests (root, 5-7 min): a disk error with probability 0.5 over six Servers, then recovery.
+test-rehearsal: deps $(if $(KUBEBUILDER_ASSETS),,envtest-assets) guest-image ## Only the chaos rehearsal with real guests (root, ~5 min; make test runs it too): a disk error with probability 0.5 over six Servers, then recovery.
 	STARGATE_GUEST_IMAGE="$${STARGATE_GUEST_IMAGE:-$$(hack/guest-image/build.sh)}" \
-	KUBEBUILDER_ASSETS="$(or $(KUBEBUILDER_ASSETS),$(KUBE_BIN_DIR))" go test -tags rehearsal -count=1 -timeout 30m -run '^TestFaultScenarioWithQEMU$$' -v ./internal/simulator/
+	KUBEBUILDER_ASSETS="$(or $(KUBEBUILDER_ASSETS),$(KUBE_BIN_DIR))" go test -count=1 -timeout 30m -run '^TestFaultScenarioWithQEMU$$' -v ./internal/simulator/
 
 .PHONY: test-short
 test-short: $(if $(KUBEBUILDER_ASSETS),,envtest-assets) ## Run the fast tests only (no VM boots, no scale test).

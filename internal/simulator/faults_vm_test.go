@@ -17,7 +17,6 @@ import (
 	"stargate.io/stargate/internal/netnstest"
 	"stargate.io/stargate/internal/simulator"
 	"stargate.io/stargate/internal/testenv"
-	"stargate.io/stargate/pkg/cloudinit"
 	"stargate.io/stargate/pkg/filenames"
 	"stargate.io/stargate/pkg/qemu"
 )
@@ -122,54 +121,13 @@ func (r *faultRig) startRepave(name string, timeout time.Duration) *stargatev1.O
 	return op
 }
 
-// diskFaultsRepave: a DiskWriteError makes the guest's writes fail (QEMU blkdebug): the kernel
-// logs the I/O errors, the root file system stays read-only, every stage of cloud-init crashes on
-// it, and the repave fails as any such guest's does: at once, CloudInitCrashed, its message
-// quoting the exception and the kernel's error lines (not at its spec.timeout). It returns the
-// check, for after the rig's next repave (without the fault), that it got a clean disk.
-func diskFaultsRepave(t *testing.T, r *faultRig) (cleanDisk func()) {
-	fi := r.inject("broken-disk", stargatev1.Fault{Name: "writes", Type: stargatev1.FaultDiskWriteError,
-		At: stargatev1.ConditionVMRunning, AfterOperations: ptr.To[int64](0)})
-
-	op := r.repave("broken", 8*time.Minute, stargatev1.OperationFailed, nil)
-	if len(op.Status.Faults) != 1 || op.Status.Faults[0].Fault.Name != "writes" {
-		t.Errorf("faults recorded: %+v", op.Status.Faults)
-	}
-	guest := meta.FindStatusCondition(op.Status.Conditions, stargatev1.ConditionGuestReady)
-	if guest == nil || guest.Reason != "CloudInitCrashed" || !strings.Contains(guest.Message, "Read-only file system") ||
-		!strings.Contains(guest.Message, "the guest's kernel reported: ") || !strings.Contains(guest.Message, "I/O error") {
-		t.Errorf("GuestReady after the disk's writes failed: %+v; want CloudInitCrashed with the exception and the kernel's I/O errors", guest)
-	} else if kernel, _, _ := strings.Cut(strings.SplitN(guest.Message, "the guest's kernel reported: ", 2)[1], "\n"); strings.Contains(kernel, cloudinit.StatusMarker) ||
-		strings.Contains(kernel, "cloud-init[") {
-		t.Errorf("the kernel's lines quote cloud-init's own: %s", kernel)
-	}
-	console, err := os.ReadFile(filepath.Join(r.vmDir(), filenames.ConsoleFile))
-	r.must(err)
-	if !strings.Contains(string(console), "I/O error, dev vda") || !strings.Contains(string(console), "(WRITE)") {
-		t.Errorf("the guest's kernel logged no write I/O error on its disk:\n%s", console)
-	}
-	if _, err := os.Stat(filepath.Join(r.vmDir(), filenames.BlkdebugFile)); err != nil {
-		t.Errorf("blkdebug rules: %v", err)
-	}
-	r.must(r.c.Delete(context.Background(), fi))
-	return func() {
-		t.Helper()
-		if _, err := os.Stat(filepath.Join(r.vmDir(), filenames.BlkdebugFile)); !os.IsNotExist(err) {
-			t.Errorf("blkdebug rules after a repave without the disk fault: %v", err)
-		}
-		if cmd := qemuCmdline(t, r.vmDir()); strings.Contains(cmd, "blkdebug") {
-			t.Errorf("the repave without the disk fault has blkdebug: %s", cmd)
-		}
-	}
-}
-
-// TestMachineFaultsWithQEMU: first, network faults fail a repave (networkFaultsRepave), then disk
-// write errors another (diskFaultsRepave). Then a Hang stops the VM (QMP stop, seen paused) for
-// its duration and the repave still succeeds (its guest, with the network faults gone, reaches the
-// API server; its disk has no injected errors left), its timeline showing the gap; a skewed clock and a throttled disk are on
+// TestMachineFaultsWithQEMU: first, network faults fail a repave (networkFaultsRepave). Then a
+// Hang stops the VM (QMP stop, seen paused) for its duration and the repave still succeeds (its guest, with the network faults gone, reaches the
+// API server), its timeline showing the gap; a skewed clock and a throttled disk are on
 // QEMU's command line, the skew in the guest's own clock too. Then a PowerLoss once cloud-init runs
 // kills QEMU, and the repave fails as for any VM that dies while booting. Last, a KernelCrash panics
-// the guest's kernel, and the repave fails at once with the panic line (KernelPanic).
+// the guest's kernel, and the repave fails at once with the panic line (KernelPanic). Disk write
+// errors are TestFaultScenarioWithQEMU's, the rehearsal over six Servers.
 func TestMachineFaultsWithQEMU(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots VMs under TCG (minutes); skipped in -short mode")
@@ -179,7 +137,6 @@ func TestMachineFaultsWithQEMU(t *testing.T) {
 	}
 	r := newFaultRig(t, "sgmach-br0", "mach-1")
 	networkGone := networkFaultsRepave(t, r) // netfaults_vm_test.go: the first repave, failed
-	cleanDisk := diskFaultsRepave(t, r)
 	const hang, skew = 20 * time.Second, 30 * time.Minute
 	fi := r.inject("machine", stargatev1.Fault{Name: "hang", Type: stargatev1.FaultHang, At: stargatev1.ConditionVMRunning,
 		Duration: &metav1.Duration{Duration: hang}},
@@ -199,7 +156,6 @@ func TestMachineFaultsWithQEMU(t *testing.T) {
 		}
 	})
 	networkGone() // the network faults' FaultInjection deleted, this repave reached the API server
-	cleanDisk()
 	if !paused {
 		t.Error("the VM was never seen paused during its hang")
 	}

@@ -53,7 +53,8 @@ var (
 	// socket protocol), and the exception goes to the process's status text only, which the
 	// guest image prints on the console when the process fails.
 	stageFatal   = []byte(`fatal error, run "systemctl status cloud-init-main.service"`)
-	statusFailed = regexp.MustCompile(regexp.QuoteMeta(StatusMarker) + `Completed with failure, first exception received: ([^\r\n]*?)(?: in <frame at [^>]*>)?\.?(?: Run 'cloud-init status --long' for more details\.)?\r?$`)
+	statusFailed = regexp.MustCompile(regexp.QuoteMeta(StatusMarker) + `Completed with failure, first exception received: ` +
+		`([^\r\n]*?)(?: in <frame at [^>]*>)?\.?(?: Run 'cloud-init status --long' for more details\.)?\r?$`)
 )
 
 // Crashed reports whether every stage of cloud-init's boot died on an exception, and returns the
